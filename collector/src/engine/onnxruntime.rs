@@ -1,0 +1,156 @@
+//! ONNX Runtime through `ort`, with the shared library loaded at run time.
+//!
+//! `ort` keeps the loaded library in a process-wide slot, so one process can use one
+//! libonnxruntime; this is one reason each cell runs in its own worker process, and it is what lets
+//! two cells of a sweep compare two ONNX Runtime versions.
+
+use std::path::Path;
+use std::time::Instant;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+use super::{Engine, EngineConfig, OrtOptimization, RunOutput};
+
+pub(super) struct OrtEngine {
+    session: Session,
+    input_name: String,
+    input_shape: Vec<usize>,
+    version: String,
+    _environment: Environment,
+}
+
+/// Loads the library (once per process) and returns its version.
+fn init(library: &Path) -> Result<(Environment, String), String> {
+    if !library.is_file() {
+        return Err(format!(
+            "ONNX Runtime library {} does not exist",
+            library.display()
+        ));
+    }
+    let environment = ort::init_from(library)
+        .map_err(|e| e.to_string())?
+        .with_name("deltann")
+        .build()
+        .map_err(|e| format!("cannot create ONNX Runtime environment: {e}"))?;
+    Ok((environment, version_from(ort::info(), library)))
+}
+
+/// The version, from the build info (`git-branch=rel-1.32.0, ...`) or else the file name
+/// (`libonnxruntime.so.1.32.0`).
+fn version_from(info: &str, library: &Path) -> String {
+    let from_info = info
+        .split([',', ' '])
+        .find_map(|part| part.trim().strip_prefix("git-branch=rel-"))
+        .map(str::to_string);
+    let from_name = || {
+        let name = library.file_name()?.to_string_lossy().into_owned();
+        let at = name.find(".so.")?;
+        Some(name[at + 4..].to_string())
+    };
+    from_info
+        .or_else(from_name)
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+pub(super) fn library_version(library: &Path) -> Result<String, String> {
+    init(library).map(|(_, version)| version)
+}
+
+impl OrtEngine {
+    pub(super) fn load(config: &EngineConfig) -> Result<Self, String> {
+        let library = config
+            .ort_library
+            .as_deref()
+            .ok_or("no ONNX Runtime library configured")?;
+        let (environment, version) = init(library)?;
+        let level = match config.ort_optimization.unwrap_or(OrtOptimization::All) {
+            OrtOptimization::Disabled => GraphOptimizationLevel::Disable,
+            OrtOptimization::Basic => GraphOptimizationLevel::Level1,
+            OrtOptimization::Extended => GraphOptimizationLevel::Level2,
+            OrtOptimization::All => GraphOptimizationLevel::Level3,
+        };
+        let session = Session::builder(&environment)
+            .map_err(|e| e.to_string())?
+            .with_optimization_level(level)
+            .map_err(|e| e.to_string())?
+            .with_intra_threads(config.threads)
+            .map_err(|e| e.to_string())?
+            .with_inter_threads(1)
+            .map_err(|e| e.to_string())?
+            .with_parallel_execution(false)
+            .map_err(|e| e.to_string())?
+            .commit_from_file(&config.model_path)
+            .map_err(|e| e.to_string())?;
+        let input_name = session
+            .inputs()
+            .first()
+            .map(|i| i.name().to_string())
+            .ok_or("model has no inputs")?;
+        if session.outputs().is_empty() {
+            return Err("model has no outputs".into());
+        }
+        Ok(Self {
+            session,
+            input_name,
+            input_shape: config.input_shape.clone(),
+            version,
+            _environment: environment,
+        })
+    }
+}
+
+impl Engine for OrtEngine {
+    fn version(&self) -> &str {
+        &self.version
+    }
+
+    fn run(&mut self, input: &[f32], rows: usize) -> Result<RunOutput, String> {
+        let mut shape = Vec::with_capacity(self.input_shape.len() + 1);
+        shape.push(rows);
+        shape.extend_from_slice(&self.input_shape);
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])
+            .map_err(|e| e.to_string())?;
+        let elapsed = started.elapsed();
+        let first = outputs
+            .values()
+            .next()
+            .ok_or("the run returned no outputs")?;
+        let (shape, values) = first
+            .try_extract_tensor::<f32>()
+            .map_err(|e| format!("first output is not a float32 tensor: {e}"))?;
+        Ok(RunOutput {
+            values: values.to_vec(),
+            shape: shape
+                .iter()
+                .map(|&d| usize::try_from(d).unwrap_or(0))
+                .collect(),
+            elapsed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_comes_from_build_info_or_file_name() {
+        let lib = Path::new("/x/libonnxruntime.so.1.31.1");
+        assert_eq!(
+            version_from(
+                "ORT Build Info: git-branch=rel-1.32.0, git-commit-id=abc",
+                lib
+            ),
+            "1.32.0"
+        );
+        assert_eq!(version_from("ORT Build Info: dev build", lib), "1.31.1");
+        assert_eq!(version_from("", Path::new("onnxruntime.dll")), "unknown");
+    }
+}

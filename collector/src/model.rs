@@ -1,0 +1,186 @@
+//! What a model file says about itself, read before any cell runs.
+//!
+//! Reading the ONNX protobuf up front catches a missing or malformed model before the sweep
+//! starts (naming the file), gives the input size and class count that preprocessing and label
+//! checks need, and hashes the file for the cell ids.
+
+use std::path::Path;
+
+use tract_onnx::pb;
+use tract_onnx::prelude::Framework;
+
+use crate::error::{Error, IoContext, Result};
+
+/// One dimension of an input or output: a number, or a symbol such as `batch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dim {
+    /// A fixed size.
+    Fixed(i64),
+    /// A symbolic (dynamic) size.
+    Symbol(String),
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Symbol(s) if s.is_empty() => f.write_str("?"),
+            Dim::Symbol(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A model file's identity and interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// sha256 of the file.
+    pub sha256: String,
+    /// File size.
+    pub bytes: u64,
+    /// Name of the first graph input.
+    pub input_name: String,
+    /// Its declared shape.
+    pub input_dims: Vec<Dim>,
+    /// Name of the first graph output.
+    pub output_name: String,
+    /// Its declared shape.
+    pub output_dims: Vec<Dim>,
+}
+
+impl ModelInfo {
+    /// The declared input shape, e.g. `batch x 3 x 224 x 224`.
+    pub fn input_shape(&self) -> String {
+        join_dims(&self.input_dims)
+    }
+
+    /// The class count: the last output dimension when it is fixed.
+    pub fn num_classes(&self) -> Option<usize> {
+        match self.output_dims.last() {
+            Some(Dim::Fixed(n)) if *n > 0 => usize::try_from(*n).ok(),
+            _ => None,
+        }
+    }
+
+    /// The square spatial size of an NCHW or NHWC image input, when the model fixes it.
+    pub fn image_size(&self) -> Option<u32> {
+        let fixed = |d: &Dim| match d {
+            Dim::Fixed(n) => u32::try_from(*n).ok(),
+            Dim::Symbol(_) => None,
+        };
+        match self.input_dims.as_slice() {
+            [_, Dim::Fixed(3), h, w] if fixed(h).is_some() && fixed(h) == fixed(w) => fixed(h),
+            [_, h, w, Dim::Fixed(3)] if fixed(h).is_some() && fixed(h) == fixed(w) => fixed(h),
+            _ => None,
+        }
+    }
+}
+
+fn join_dims(dims: &[Dim]) -> String {
+    dims.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
+/// Reads and hashes a model file and parses its graph interface.
+///
+/// # Errors
+/// Fails, naming the file, when it is missing, unreadable, not ONNX, or has no inputs or outputs.
+pub fn inspect(path: &Path) -> Result<ModelInfo> {
+    if !path.is_file() {
+        return Err(Error::input(path, "model file does not exist"));
+    }
+    let bytes = std::fs::read(path).io("read model", path)?;
+    let sha256 = deltann_store::ids::sha256_hex(&bytes);
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut std::io::Cursor::new(&bytes))
+        .map_err(|e| Error::input(path, format!("not a valid ONNX model: {e:#}")))?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::input(path, "ONNX model has no graph"))?;
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let input = graph
+        .input
+        .iter()
+        .find(|i| !initializers.contains(i.name.as_str()))
+        .ok_or_else(|| Error::input(path, "ONNX model has no inputs"))?;
+    let output = graph
+        .output
+        .first()
+        .ok_or_else(|| Error::input(path, "ONNX model has no outputs"))?;
+    Ok(ModelInfo {
+        sha256,
+        bytes: bytes.len() as u64,
+        input_name: input.name.clone(),
+        input_dims: dims(input),
+        output_name: output.name.clone(),
+        output_dims: dims(output),
+    })
+}
+
+fn dims(value: &pb::ValueInfoProto) -> Vec<Dim> {
+    use pb::tensor_shape_proto::dimension::Value;
+    let Some(pb::type_proto::Value::TensorType(tensor)) =
+        value.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return Vec::new();
+    };
+    tensor
+        .shape
+        .as_ref()
+        .map(|shape| {
+            shape
+                .dim
+                .iter()
+                .map(|d| match &d.value {
+                    Some(Value::DimValue(n)) => Dim::Fixed(*n),
+                    Some(Value::DimParam(s)) => Dim::Symbol(s.clone()),
+                    None => Dim::Symbol(String::new()),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_size_and_classes_from_dims() {
+        let info = ModelInfo {
+            sha256: String::new(),
+            bytes: 0,
+            input_name: "input".into(),
+            input_dims: vec![
+                Dim::Symbol("batch".into()),
+                Dim::Fixed(3),
+                Dim::Fixed(240),
+                Dim::Fixed(240),
+            ],
+            output_name: "logits".into(),
+            output_dims: vec![Dim::Symbol("batch".into()), Dim::Fixed(1000)],
+        };
+        assert_eq!(info.image_size(), Some(240));
+        assert_eq!(info.num_classes(), Some(1000));
+        assert_eq!(info.input_shape(), "batchx3x240x240");
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.onnx");
+        std::fs::write(&path, b"\x08\x07definitely not a protobuf graph \xff\xff").unwrap();
+        let err = inspect(&path).unwrap_err().to_string();
+        assert!(err.contains("bad.onnx"), "{err}");
+        let err = inspect(&dir.path().join("missing.onnx"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("missing.onnx") && err.contains("does not exist"),
+            "{err}"
+        );
+    }
+}

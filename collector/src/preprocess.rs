@@ -1,0 +1,448 @@
+//! Image decoding and preprocessing: from file bytes to the float tensor a model expects.
+//!
+//! The reference pipeline (torchvision's, which MANIFEST.md's accuracy figures were measured with)
+//! is: decode -> RGB -> resize the shorter side to round(size / crop) -> centre crop size x size
+//! -> x / 255 -> (x - mean) / std -> CHW. Each step here copies its exact arithmetic: the
+//! resized long side is truncated as `int()` does, the crop offset is rounded half-to-even as
+//! Python's `round` does, and resampling is Pillow's convolution with antialiasing, which
+//! `fast_image_resize` implements (other filters are offered because the choice of resize is
+//! one of the environment differences deltann measures).
+//!
+//! Decoding applies the EXIF orientation (a photo's pixels are what its viewer shows), converts
+//! grayscale, palette, 16-bit and CMYK images to 8-bit RGB, and drops alpha without compositing,
+//! as Pillow's `convert("RGB")` does.
+
+use std::fmt;
+use std::io::Cursor;
+
+use fast_image_resize as fr;
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use serde::{Deserialize, Serialize};
+
+/// Resampling used for the resize step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResizeFilter {
+    /// Nearest neighbour.
+    Nearest,
+    /// Box (area average).
+    Box,
+    /// Bilinear with antialiasing (Pillow's `BILINEAR`, torchvision's default).
+    Bilinear,
+    /// Bilinear on a fixed 2x2 kernel, no antialiasing (OpenCV's `INTER_LINEAR`,
+    /// `antialias=False` in TensorFlow and torchvision tensors).
+    BilinearNoAntialias,
+    /// Hamming.
+    Hamming,
+    /// Bicubic, Catmull-Rom (Pillow's `BICUBIC`).
+    Bicubic,
+    /// Lanczos, 3 lobes (Pillow's `LANCZOS`).
+    Lanczos3,
+}
+
+impl ResizeFilter {
+    /// Every filter, for help texts.
+    pub const ALL: [ResizeFilter; 7] = [
+        ResizeFilter::Nearest,
+        ResizeFilter::Box,
+        ResizeFilter::Bilinear,
+        ResizeFilter::BilinearNoAntialias,
+        ResizeFilter::Hamming,
+        ResizeFilter::Bicubic,
+        ResizeFilter::Lanczos3,
+    ];
+
+    /// The name used in sweep files and the store.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResizeFilter::Nearest => "nearest",
+            ResizeFilter::Box => "box",
+            ResizeFilter::Bilinear => "bilinear",
+            ResizeFilter::BilinearNoAntialias => "bilinear-no-antialias",
+            ResizeFilter::Hamming => "hamming",
+            ResizeFilter::Bicubic => "bicubic",
+            ResizeFilter::Lanczos3 => "lanczos3",
+        }
+    }
+
+    fn algorithm(self) -> fr::ResizeAlg {
+        use fr::FilterType as F;
+        match self {
+            ResizeFilter::Nearest => fr::ResizeAlg::Nearest,
+            ResizeFilter::Box => fr::ResizeAlg::Convolution(F::Box),
+            ResizeFilter::Bilinear => fr::ResizeAlg::Convolution(F::Bilinear),
+            ResizeFilter::BilinearNoAntialias => fr::ResizeAlg::Interpolation(F::Bilinear),
+            ResizeFilter::Hamming => fr::ResizeAlg::Convolution(F::Hamming),
+            ResizeFilter::Bicubic => fr::ResizeAlg::Convolution(F::CatmullRom),
+            ResizeFilter::Lanczos3 => fr::ResizeAlg::Convolution(F::Lanczos3),
+        }
+    }
+}
+
+impl fmt::Display for ResizeFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Channel order of the model's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channels {
+    Rgb,
+    Bgr,
+}
+
+/// Memory layout of the model's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Batch, channels, height, width (PyTorch, ONNX exports of it).
+    Nchw,
+    /// Batch, height, width, channels (TensorFlow).
+    Nhwc,
+}
+
+/// Named starting points for a model's preprocessing; any field can be overridden.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// x / 255, ImageNet mean and std (torchvision's classifiers).
+    Torchvision,
+    /// (255 x - 127) / 128 (TensorFlow's EfficientNet-Lite, MobileNet and Inception ports).
+    Tf127,
+    /// x / 255 only.
+    Unit,
+}
+
+impl Preset {
+    /// The name used in sweep files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Torchvision => "torchvision",
+            Preset::Tf127 => "tf127",
+            Preset::Unit => "unit",
+        }
+    }
+
+    /// `(pixel_scale, mean, std)`: a pixel `p` in 0..=255 becomes `(p / pixel_scale - mean) / std`.
+    pub fn normalization(self) -> (f32, [f32; 3], [f32; 3]) {
+        match self {
+            Preset::Torchvision => (255.0, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            Preset::Tf127 => (1.0, [127.0; 3], [128.0; 3]),
+            Preset::Unit => (255.0, [0.0; 3], [1.0; 3]),
+        }
+    }
+}
+
+/// A complete preprocessing recipe. Two models with equal recipes share their tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    /// The preset the recipe started from (informational; the fields below are what count).
+    pub preset: Preset,
+    /// Side of the square crop fed to the model.
+    pub size: u32,
+    /// Crop ratio: the shorter side is first resized to `round(size / crop)`.
+    pub crop: f64,
+    /// Resampling filter.
+    pub filter: ResizeFilter,
+    /// Pixels (0..=255) are divided by this first.
+    pub pixel_scale: f32,
+    /// Subtracted per channel, in the model's channel order.
+    pub mean: [f32; 3],
+    /// Divides per channel, in the model's channel order.
+    pub std: [f32; 3],
+    /// Channel order.
+    pub channels: Channels,
+    /// Memory layout.
+    pub layout: Layout,
+}
+
+impl Preprocess {
+    /// A preset's recipe at a given size, with its defaults (crop 0.875, bilinear, RGB, NCHW).
+    pub fn from_preset(preset: Preset, size: u32) -> Self {
+        let (pixel_scale, mean, std) = preset.normalization();
+        Self {
+            preset,
+            size,
+            crop: 0.875,
+            filter: ResizeFilter::Bilinear,
+            pixel_scale,
+            mean,
+            std,
+            channels: Channels::Rgb,
+            layout: Layout::Nchw,
+        }
+    }
+
+    /// The shorter side before cropping: `round(size / crop)`, halves to even as in Python.
+    pub fn resize_short(&self) -> u32 {
+        // Saturating float-to-int: sizes are validated to be far below u32::MAX.
+        (f64::from(self.size) / self.crop).round_ties_even() as u32
+    }
+
+    /// The per-image tensor shape (no batch dimension), in the model's layout.
+    pub fn shape(&self) -> [usize; 3] {
+        let s = self.size as usize;
+        match self.layout {
+            Layout::Nchw => [3, s, s],
+            Layout::Nhwc => [s, s, 3],
+        }
+    }
+
+    /// Elements per image.
+    pub fn tensor_len(&self) -> usize {
+        self.shape().iter().product()
+    }
+
+    /// A short stable key: the first 12 hex digits of the sha256 of the recipe's JSON (preset
+    /// name excluded: two presets that end up identical share tensors).
+    pub fn key(&self) -> String {
+        let canonical = serde_json::json!({
+            "size": self.size,
+            "crop": self.crop,
+            "filter": self.filter,
+            "pixel_scale": self.pixel_scale,
+            "mean": self.mean,
+            "std": self.std,
+            "channels": self.channels,
+            "layout": self.layout,
+        });
+        deltann_store::ids::sha256_hex(canonical.to_string().as_bytes())[..12].to_string()
+    }
+}
+
+/// What decoding learned about an image, for the `images` table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageInfo {
+    /// Container format, e.g. `Jpeg`.
+    pub format: Option<String>,
+    /// Width as stored (before EXIF rotation).
+    pub width: u32,
+    /// Height as stored.
+    pub height: u32,
+    /// Colour type as decoded, e.g. `Rgb8`, `L8`, `Rgba16`.
+    pub color: String,
+    /// EXIF orientation (1..=8) when the file has one.
+    pub exif_orientation: Option<u8>,
+}
+
+/// Decodes image bytes to 8-bit RGB with the EXIF orientation applied.
+///
+/// # Errors
+/// Returns a human-readable reason for unknown formats, truncated or corrupt data, and images
+/// beyond the decoder's memory limits.
+pub fn decode(bytes: &[u8]) -> Result<(RgbImage, ImageInfo), String> {
+    if bytes.is_empty() {
+        return Err("empty file (0 bytes)".into());
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let Some(format) = reader.format() else {
+        return Err("not an image (unrecognised format)".into());
+    };
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
+    let orientation = decoder.orientation().ok();
+    let exif_orientation = orientation
+        .map(image::metadata::Orientation::to_exif)
+        .filter(|&o| o != 1 || decoder_has_exif(&mut decoder));
+    let (width, height) = decoder.dimensions();
+    let mut img = DynamicImage::from_decoder(decoder)
+        .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
+    let color = format!("{:?}", img.color());
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    let info = ImageInfo {
+        format: Some(format!("{format:?}")),
+        width,
+        height,
+        color,
+        exif_orientation,
+    };
+    Ok((img.to_rgb8(), info))
+}
+
+fn decoder_has_exif(decoder: &mut impl ImageDecoder) -> bool {
+    decoder.exif_metadata().ok().flatten().is_some()
+}
+
+/// Resizes, crops and normalises an RGB image into `out` (cleared first) following `p`.
+///
+/// # Errors
+/// Fails when the image is too small to crop or resampling fails.
+pub fn preprocess(img: &RgbImage, p: &Preprocess, out: &mut Vec<f32>) -> Result<(), String> {
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return Err(format!("image has no pixels ({w}x{h})"));
+    }
+    let short = p.resize_short();
+    // torchvision: the long side is int(short * long / short_side), truncated.
+    let (nw, nh) = if w <= h {
+        (
+            short,
+            (f64::from(short) * f64::from(h) / f64::from(w)) as u32,
+        )
+    } else {
+        (
+            (f64::from(short) * f64::from(w) / f64::from(h)) as u32,
+            short,
+        )
+    };
+    let resized;
+    let src: &[u8] = if (nw, nh) == (w, h) {
+        img.as_raw()
+    } else {
+        resized = resize(img, nw, nh, p.filter)?;
+        &resized
+    };
+    let size = p.size;
+    if nw < size || nh < size {
+        return Err(format!(
+            "resized image {nw}x{nh} is smaller than the {size}x{size} crop"
+        ));
+    }
+    let top = (f64::from(nh - size) / 2.0).round_ties_even() as usize;
+    let left = (f64::from(nw - size) / 2.0).round_ties_even() as usize;
+    let (size, row) = (size as usize, nw as usize * 3);
+
+    out.clear();
+    out.resize(p.tensor_len(), 0.0);
+    let order: [usize; 3] = match p.channels {
+        Channels::Rgb => [0, 1, 2],
+        Channels::Bgr => [2, 1, 0],
+    };
+    for y in 0..size {
+        let line = &src[(top + y) * row + left * 3..][..size * 3];
+        for x in 0..size {
+            for (c, &from) in order.iter().enumerate() {
+                let v = (f32::from(line[x * 3 + from]) / p.pixel_scale - p.mean[c]) / p.std[c];
+                let at = match p.layout {
+                    Layout::Nchw => c * size * size + y * size + x,
+                    Layout::Nhwc => (y * size + x) * 3 + c,
+                };
+                out[at] = v;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn resize(img: &RgbImage, nw: u32, nh: u32, filter: ResizeFilter) -> Result<Vec<u8>, String> {
+    let (w, h) = img.dimensions();
+    let src = fr::images::ImageRef::new(w, h, img.as_raw(), fr::PixelType::U8x3)
+        .map_err(|e| format!("resize: {e}"))?;
+    let mut dst = fr::images::Image::new(nw, nh, fr::PixelType::U8x3);
+    fr::Resizer::new()
+        .resize(
+            &src,
+            &mut dst,
+            &fr::ResizeOptions::new().resize_alg(filter.algorithm()),
+        )
+        .map_err(|e| format!("resize to {nw}x{nh}: {e}"))?;
+    Ok(dst.into_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+        })
+    }
+
+    #[test]
+    fn crop_offsets_round_half_to_even_like_python() {
+        // A 256x341 image with size 224: no resize (short side already 256), left offset
+        // (341-224)/2 = 58.5 -> 58 in Python 3.
+        let img = gradient(341, 256);
+        let p = Preprocess::from_preset(Preset::Unit, 224);
+        let mut out = Vec::new();
+        preprocess(&img, &p, &mut out).unwrap();
+        assert_eq!(out.len(), 3 * 224 * 224);
+        // Channel 0 at (y=0, x=0) is the source column 58, scaled by 1/255.
+        assert_eq!(out[0], 58.0 / 255.0);
+        // Channel 1 at row 0 is source row 16 ((256-224)/2).
+        assert_eq!(out[224 * 224], 16.0 / 255.0);
+        assert_eq!(out[2 * 224 * 224], 7.0 / 255.0);
+    }
+
+    #[test]
+    fn resize_short_side_rounds_like_python() {
+        assert_eq!(
+            Preprocess::from_preset(Preset::Unit, 224).resize_short(),
+            256
+        );
+        assert_eq!(
+            Preprocess::from_preset(Preset::Unit, 240).resize_short(),
+            274
+        );
+    }
+
+    #[test]
+    fn long_side_is_truncated_like_int() {
+        // 300x401 -> short 256, long int(256*401/300) = int(342.18) = 342.
+        let img = gradient(300, 401);
+        let mut p = Preprocess::from_preset(Preset::Unit, 224);
+        p.filter = ResizeFilter::Nearest;
+        let mut out = Vec::new();
+        preprocess(&img, &p, &mut out).unwrap();
+        assert_eq!(out.len(), 3 * 224 * 224);
+    }
+
+    #[test]
+    fn tf127_and_bgr_and_nhwc() {
+        let img = RgbImage::from_pixel(256, 256, image::Rgb([255, 127, 0]));
+        let mut p = Preprocess::from_preset(Preset::Tf127, 224);
+        p.channels = Channels::Bgr;
+        p.layout = Layout::Nhwc;
+        let mut out = Vec::new();
+        preprocess(&img, &p, &mut out).unwrap();
+        assert_eq!(&out[..3], &[-127.0 / 128.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn keys_differ_by_recipe_not_preset_name() {
+        let a = Preprocess::from_preset(Preset::Torchvision, 224);
+        let mut b = a.clone();
+        assert_eq!(a.key(), b.key());
+        b.filter = ResizeFilter::Bicubic;
+        assert_ne!(a.key(), b.key());
+        let mut c = a.clone();
+        c.preset = Preset::Unit;
+        assert_eq!(a.key(), c.key());
+    }
+
+    #[test]
+    fn exif_orientation_is_applied_and_recorded() {
+        use image::ImageEncoder;
+        // Big-endian TIFF with one IFD entry: Orientation (0x0112), SHORT, 1 value: 6.
+        let exif = b"MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0".to_vec();
+        let stored = gradient(3, 2);
+        let mut png = Vec::new();
+        let mut encoder = image::codecs::png::PngEncoder::new(&mut png);
+        encoder.set_exif_metadata(exif).unwrap();
+        encoder
+            .write_image(stored.as_raw(), 3, 2, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let (shown, info) = decode(&png).unwrap();
+        assert_eq!(info.exif_orientation, Some(6));
+        assert_eq!((info.width, info.height), (3, 2));
+        assert_eq!(shown, image::imageops::rotate90(&stored));
+    }
+
+    #[test]
+    fn decode_rejects_garbage_with_reasons() {
+        assert!(decode(b"").unwrap_err().contains("empty"));
+        assert!(
+            decode(b"hello, world")
+                .unwrap_err()
+                .contains("not an image")
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! The worker protocol: how the collector talks to the process that runs one cell.
+//!
+//! Over the worker's stdin, the collector sends one JSON line ([`Request`]) and then an Arrow IPC
+//! stream of input batches ([`input_schema`]: one row per image, the tensor as a fixed-size list
+//! of float32). Over stdout, the worker answers one JSON line ([`Ready`]), then an Arrow IPC
+//! stream of results ([`result_schema`]: one row per image and repetition), then one JSON line
+//! ([`Done`]). Anything else the worker wants to say goes to stderr, which the collector keeps
+//! (the tail of it ends up in the cell's error when the worker dies).
+//!
+//! The format is documented for other implementations in docs/ENGINES.md: any program that speaks
+//! it (for example a Python script with pyarrow driving PyTorch on a GPU) can be a worker.
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineConfig;
+
+/// Version of this protocol; a worker refuses requests of another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Input column: image id.
+pub const IMAGE_ID: &str = "image_id";
+/// Input column: the preprocessed tensor of one image.
+pub const TENSOR: &str = "tensor";
+/// Result column: repetition index, from 0.
+pub const REPETITION: &str = "repetition";
+/// Result column: index of the engine call within the cell (0-based, counting every input batch).
+pub const BATCH_INDEX: &str = "batch_index";
+/// Result column: images in that engine call.
+pub const BATCH_ROWS: &str = "batch_rows";
+/// Result column: the image's output row (null on error).
+pub const LOGITS: &str = "logits";
+/// Result column: the engine call's duration divided by its rows.
+pub const LATENCY_NS: &str = "latency_ns";
+/// Result column: the engine call's duration.
+pub const BATCH_LATENCY_NS: &str = "batch_latency_ns";
+/// Result column: the engine's error for this call (null when it succeeded).
+pub const ERROR: &str = "error";
+
+/// What the collector asks of a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The cell being run (for the worker's own messages).
+    pub cell_id: String,
+    /// What to load and how.
+    pub engine: EngineConfig,
+    /// Untimed runs on the first batch before timing starts.
+    pub warmup: u32,
+    /// Timed runs of every batch.
+    pub repetitions: u32,
+    /// Report the engine's version and exit without loading the model or reading inputs.
+    #[serde(default)]
+    pub probe: bool,
+}
+
+/// The worker's first answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ready {
+    /// Protocol version the worker speaks.
+    pub protocol: u32,
+    /// Whether the engine and model loaded. When false, `error` says why and the worker exits.
+    pub ok: bool,
+    /// Engine name, e.g. `ort`.
+    pub engine: String,
+    /// Engine version as the engine reports it (empty when unknown).
+    pub engine_version: String,
+    /// Time to load the model, in milliseconds.
+    pub load_ms: f64,
+    /// Why loading failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The worker's last answer, after the results stream.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Done {
+    /// Input batches processed.
+    pub batches: u64,
+    /// Peak resident memory of the worker, in KiB, where the OS reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// Schema of the input stream for tensors of `len` elements per image.
+pub fn input_schema(len: usize) -> SchemaRef {
+    let len = i32::try_from(len).unwrap_or(i32::MAX);
+    Arc::new(Schema::new(vec![
+        Field::new(IMAGE_ID, DataType::Utf8, false),
+        Field::new(
+            TENSOR,
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), len),
+            false,
+        ),
+    ]))
+}
+
+/// Schema of the results stream.
+pub fn result_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(IMAGE_ID, DataType::Utf8, false),
+        Field::new(REPETITION, DataType::Int32, false),
+        Field::new(BATCH_INDEX, DataType::Int64, false),
+        Field::new(BATCH_ROWS, DataType::Int32, false),
+        Field::new(LOGITS, DataType::new_list(DataType::Float32, true), true),
+        Field::new(LATENCY_NS, DataType::Int64, false),
+        Field::new(BATCH_LATENCY_NS, DataType::Int64, false),
+        Field::new(ERROR, DataType::Utf8, true),
+    ]))
+}
+
+/// Writes one message as a JSON line and flushes.
+///
+/// # Errors
+/// Fails when the pipe is closed.
+pub fn write_line<T: Serialize>(out: &mut impl Write, message: &T) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    out.write_all(&line)?;
+    out.flush()
+}
+
+/// Reads one JSON-line message. `Ok(None)` at end of stream.
+///
+/// # Errors
+/// Fails on I/O errors and on a line that is not the expected message (the error quotes the line,
+/// which usually shows what a misbehaving library printed to stdout).
+pub fn read_line<T: for<'de> Deserialize<'de>>(
+    input: &mut impl BufRead,
+) -> std::io::Result<Option<T>> {
+    let mut line = String::new();
+    if input.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    serde_json::from_str(line.trim_end())
+        .map(Some)
+        .map_err(|e| {
+            let shown: String = line.chars().take(200).collect();
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("expected a protocol message, got {shown:?}: {e}"),
+            )
+        })
+}

@@ -1,0 +1,355 @@
+//! The outputs sink: worker results in, committed `outputs` parts out.
+//!
+//! Rows accumulate in Arrow builders and go to the open part in batches; the part is committed
+//! when it holds `part_rows` rows or has been open `part_age`, always on a boundary between input
+//! batches, so all repetitions of an image commit together and a resumed cell can skip exactly
+//! the images it finds. Per-image engine errors go to `errors`, committed just before the outputs
+//! part they belong with. Memory is bounded by one part's row groups, whatever the dataset size.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    Array, ArrayBuilder, ArrayRef, AsArray, Float32Builder, Int32Builder, Int64Builder,
+    ListBuilder, RecordBatch, StringBuilder, UInt64Builder,
+};
+use arrow::datatypes::{Float32Type, Int32Type, Int64Type};
+use deltann_store::schema::{self, stage};
+use deltann_store::{PartMeta, PartWriter, Partition, StoreWriter, Table};
+
+use crate::error::{Error, Result};
+use crate::plan::Cell;
+use crate::postprocess;
+use crate::protocol;
+use crate::records::{self, ErrorRow};
+
+/// When to commit a part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// Commit once a part holds this many rows.
+    pub part_rows: usize,
+    /// Commit once a part has been open this long (bounds what a crash can lose).
+    pub part_age: Duration,
+    /// Keep full logits (else top-5 and hash only).
+    pub keep_logits: bool,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            part_rows: 4096,
+            part_age: Duration::from_secs(60),
+            keep_logits: true,
+        }
+    }
+}
+
+/// What an image contributes to each of its output rows besides the engine's values.
+#[derive(Clone, Debug)]
+pub struct ImageFacts {
+    pub sha256: String,
+    pub label: Option<i32>,
+}
+
+/// Counts of what a sink has committed.
+#[derive(Clone, Debug, Default)]
+pub struct SinkStats {
+    /// Images with at least one output row.
+    pub images_ok: usize,
+    /// Images with an engine error (and no output row).
+    pub images_failed: usize,
+    /// Output rows committed.
+    pub rows: u64,
+    /// The first engine error seen, if any.
+    pub first_error: Option<String>,
+}
+
+/// Streams one cell's results into the store.
+pub struct OutputSink<'a> {
+    store: &'a StoreWriter,
+    cell: &'a Cell,
+    run_id: &'a str,
+    images: &'a HashMap<String, ImageFacts>,
+    config: SinkConfig,
+    partition: Partition,
+    part: Option<PartWriter>,
+    part_opened: Instant,
+    rows: Rows,
+    errors: Vec<ErrorRow>,
+    ok: HashSet<String>,
+    failed: HashSet<String>,
+    committed_rows: u64,
+    first_error: Option<String>,
+}
+
+impl<'a> OutputSink<'a> {
+    /// A sink for `cell`.
+    ///
+    /// # Errors
+    /// Fails when the cell's model name cannot be a partition value.
+    pub fn new(
+        store: &'a StoreWriter,
+        cell: &'a Cell,
+        run_id: &'a str,
+        images: &'a HashMap<String, ImageFacts>,
+        config: SinkConfig,
+    ) -> Result<Self> {
+        let partition =
+            Partition::for_table(Table::Outputs, &[&cell.model.spec.name, cell.engine.name()])?;
+        Ok(Self {
+            store,
+            cell,
+            run_id,
+            images,
+            config,
+            partition,
+            part: None,
+            part_opened: Instant::now(),
+            rows: Rows::default(),
+            errors: Vec::new(),
+            ok: HashSet::new(),
+            failed: HashSet::new(),
+            committed_rows: 0,
+            first_error: None,
+        })
+    }
+
+    /// Takes one result batch from the worker. Returns how many distinct images it completed.
+    ///
+    /// # Errors
+    /// Fails on a malformed batch (protocol violation) or a store error.
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<usize> {
+        let bad = |what: &str| Error::Worker(format!("result batch has no valid `{what}` column"));
+        let ids = batch
+            .column_by_name(protocol::IMAGE_ID)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| bad(protocol::IMAGE_ID))?;
+        let reps = batch
+            .column_by_name(protocol::REPETITION)
+            .and_then(|c| c.as_primitive_opt::<Int32Type>())
+            .ok_or_else(|| bad(protocol::REPETITION))?;
+        let batch_index = batch
+            .column_by_name(protocol::BATCH_INDEX)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| bad(protocol::BATCH_INDEX))?;
+        let batch_rows = batch
+            .column_by_name(protocol::BATCH_ROWS)
+            .and_then(|c| c.as_primitive_opt::<Int32Type>())
+            .ok_or_else(|| bad(protocol::BATCH_ROWS))?;
+        let logits = batch
+            .column_by_name(protocol::LOGITS)
+            .and_then(|c| c.as_list_opt::<i32>())
+            .ok_or_else(|| bad(protocol::LOGITS))?;
+        let latency = batch
+            .column_by_name(protocol::LATENCY_NS)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| bad(protocol::LATENCY_NS))?;
+        let batch_latency = batch
+            .column_by_name(protocol::BATCH_LATENCY_NS)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| bad(protocol::BATCH_LATENCY_NS))?;
+        let errors = batch
+            .column_by_name(protocol::ERROR)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| bad(protocol::ERROR))?;
+
+        let mut completed = HashSet::new();
+        let multi_rep = self.cell.repetitions > 1;
+        for row in 0..batch.num_rows() {
+            let id = ids.value(row);
+            let Some(facts) = self.images.get(id) else {
+                return Err(Error::Worker(format!("result for unknown image `{id}`")));
+            };
+            completed.insert(id);
+            if logits.is_null(row) {
+                let message = if errors.is_null(row) {
+                    "no output"
+                } else {
+                    errors.value(row)
+                };
+                let message = if multi_rep {
+                    format!("repetition {}: {message}", reps.value(row))
+                } else {
+                    message.to_string()
+                };
+                self.errors.push(ErrorRow::new(
+                    Some(&self.cell.id),
+                    id,
+                    stage::INFERENCE,
+                    &message,
+                ));
+                self.failed.insert(id.to_string());
+                self.first_error.get_or_insert(message);
+                continue;
+            }
+            let values = logits.value(row);
+            let values = values
+                .as_primitive_opt::<Float32Type>()
+                .ok_or_else(|| bad(protocol::LOGITS))?;
+            let values = values.values();
+            let ranked = postprocess::rank(values, self.cell.model.spec.output);
+            self.rows.push(
+                &self.cell.id,
+                id,
+                facts,
+                reps.value(row),
+                batch_index.value(row),
+                batch_rows.value(row),
+                &ranked,
+                self.config.keep_logits.then_some(&values[..]),
+                latency.value(row),
+                batch_latency.value(row),
+            );
+            self.ok.insert(id.to_string());
+        }
+        self.failed.retain(|id| !self.ok.contains(id));
+
+        if self.rows.len() > 0 {
+            let batch = self.rows.finish()?;
+            if self.part.is_none() {
+                self.part = Some(self.store.begin(
+                    Table::Outputs,
+                    self.partition.clone(),
+                    PartMeta {
+                        cell_id: Some(self.cell.id.clone()),
+                        run_id: Some(self.run_id.to_string()),
+                    },
+                )?);
+                self.part_opened = Instant::now();
+            }
+            if let Some(part) = self.part.as_mut() {
+                part.write(&batch)?;
+            }
+        }
+        let full = self
+            .part
+            .as_ref()
+            .is_some_and(|p| p.rows() as usize >= self.config.part_rows);
+        if full || self.part_opened.elapsed() >= self.config.part_age {
+            self.commit()?;
+        }
+        Ok(completed.len())
+    }
+
+    /// Commits what is pending: errors first, then the outputs part.
+    ///
+    /// # Errors
+    /// Fails when the store cannot be written.
+    pub fn commit(&mut self) -> Result<()> {
+        let errors = std::mem::take(&mut self.errors);
+        records::commit(self.store, Some(&self.cell.id), self.run_id, &errors)?;
+        if let Some(part) = self.part.take() {
+            let rows = part.rows();
+            self.store.commit(part)?;
+            self.committed_rows += rows;
+        }
+        self.part_opened = Instant::now();
+        Ok(())
+    }
+
+    /// Commits the rest and reports what this sink wrote.
+    ///
+    /// # Errors
+    /// Fails when the store cannot be written.
+    pub fn finish(mut self) -> Result<SinkStats> {
+        self.commit()?;
+        Ok(SinkStats {
+            images_ok: self.ok.len(),
+            images_failed: self.failed.len(),
+            rows: self.committed_rows,
+            first_error: self.first_error,
+        })
+    }
+}
+
+/// Column builders for `outputs` rows.
+#[derive(Default)]
+struct Rows {
+    cell_id: StringBuilder,
+    image_id: StringBuilder,
+    image_sha256: StringBuilder,
+    label: Int32Builder,
+    repetition: Int32Builder,
+    batch_index: Int64Builder,
+    batch_rows: Int32Builder,
+    top1: Int32Builder,
+    top1_prob: Float32Builder,
+    top5: ListBuilder<Int32Builder>,
+    top5_prob: ListBuilder<Float32Builder>,
+    logits: ListBuilder<Float32Builder>,
+    logits_hash: UInt64Builder,
+    latency_ns: Int64Builder,
+    batch_latency_ns: Int64Builder,
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.cell_id.len()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        cell_id: &str,
+        image_id: &str,
+        facts: &ImageFacts,
+        repetition: i32,
+        batch_index: i64,
+        batch_rows: i32,
+        ranked: &postprocess::Ranked,
+        logits: Option<&[f32]>,
+        latency_ns: i64,
+        batch_latency_ns: i64,
+    ) {
+        self.cell_id.append_value(cell_id);
+        self.image_id.append_value(image_id);
+        self.image_sha256.append_value(&facts.sha256);
+        self.label.append_option(facts.label);
+        self.repetition.append_value(repetition);
+        self.batch_index.append_value(batch_index);
+        self.batch_rows.append_value(batch_rows);
+        self.top1
+            .append_value(ranked.top.first().copied().unwrap_or(-1));
+        self.top1_prob
+            .append_value(ranked.prob.first().copied().unwrap_or(f32::NAN));
+        self.top5.values().append_slice(&ranked.top);
+        self.top5.append(true);
+        self.top5_prob.values().append_slice(&ranked.prob);
+        self.top5_prob.append(true);
+        match logits {
+            Some(values) => {
+                self.logits.values().append_slice(values);
+                self.logits.append(true);
+            }
+            None => self.logits.append(false),
+        }
+        self.logits_hash.append_value(ranked.hash);
+        self.latency_ns.append_value(latency_ns);
+        self.batch_latency_ns.append_value(batch_latency_ns);
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.cell_id.finish()),
+            Arc::new(self.image_id.finish()),
+            Arc::new(self.image_sha256.finish()),
+            Arc::new(self.label.finish()),
+            Arc::new(self.repetition.finish()),
+            Arc::new(self.batch_index.finish()),
+            Arc::new(self.batch_rows.finish()),
+            Arc::new(self.top1.finish()),
+            Arc::new(self.top1_prob.finish()),
+            Arc::new(self.top5.finish()),
+            Arc::new(self.top5_prob.finish()),
+            Arc::new(self.logits.finish()),
+            Arc::new(self.logits_hash.finish()),
+            Arc::new(self.latency_ns.finish()),
+            Arc::new(self.batch_latency_ns.finish()),
+        ];
+        Ok(RecordBatch::try_new(
+            schema::schema(Table::Outputs),
+            columns,
+        )?)
+    }
+}

@@ -1,0 +1,124 @@
+//! `deltann collect`: run a sweep, then print the per-cell summary read back from the store.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use deltann_collector::collect::{self, CollectOptions};
+use deltann_collector::runner::{Timeouts, WorkerCommand};
+use deltann_collector::sink::SinkConfig;
+use deltann_collector::summary::{self, CellSummary};
+use deltann_store::Store;
+
+use super::CollectArgs;
+use super::progress::Progress;
+
+pub fn run(args: &CollectArgs) -> anyhow::Result<ExitCode> {
+    let (sweep, store) = super::load_sweep(&args.sweep, args.store.as_deref())?;
+    let options = CollectOptions {
+        store: store.clone(),
+        worker: WorkerCommand::current_exe().context("cannot locate the deltann executable")?,
+        parallel_cells: usize::from(args.parallel_cells),
+        timeouts: Timeouts {
+            stall: Duration::from_secs(args.stall_timeout),
+            cell: args.cell_timeout.map(Duration::from_secs),
+        },
+        retry_failed: args.retry_failed,
+        sink: SinkConfig {
+            part_rows: usize::try_from(args.part_rows).unwrap_or(usize::MAX),
+            part_age: Duration::from_secs(args.part_seconds),
+            keep_logits: true,
+        },
+        keep_tensors: args.keep_tensors,
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let progress = Progress::new(args.quiet);
+    let report = collect::collect(&sweep, &options, &progress);
+    progress.finish();
+    let report = report?;
+
+    let snapshot = Store::open(&store)?;
+    let lines = summary::summarize(&snapshot, &report.plan)?;
+    println!("{}", table(&lines));
+    for line in lines.iter().filter(|l| l.status == "failed") {
+        println!(
+            "failed {} {} {}: {}",
+            &line.cell_id,
+            line.model,
+            line.tag,
+            line.error.as_deref().unwrap_or("?")
+        );
+    }
+    let rows: u64 = snapshot
+        .parts(deltann_store::Table::Outputs)
+        .map(|p| p.rows)
+        .sum();
+    println!(
+        "store {} ({rows} output rows); run {}; {} cells run now, {} already done{}{}",
+        store.display(),
+        report.run_id,
+        report.outcomes.len(),
+        report.skipped_done,
+        if report.undecodable > 0 {
+            format!(
+                "; {} undecodable images (see the errors table)",
+                report.undecodable
+            )
+        } else {
+            String::new()
+        },
+        report
+            .peak_rss_kib
+            .map(|k| format!("; collector peak memory {:.0} MiB", k as f64 / 1024.0))
+            .unwrap_or_default(),
+    );
+    let any_failed = lines.iter().any(|l| l.status == "failed");
+    Ok(if any_failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The summary as a table: one row per cell.
+fn table(lines: &[CellSummary]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "cell",
+        "model",
+        "environment",
+        "status",
+        "top-1",
+        "p50 ms",
+        "agree w/ ref",
+    ]);
+    for l in lines {
+        let accuracy = l.accuracy.map_or_else(
+            || "-".to_string(),
+            |(c, n)| format!("{:.1}% ({c}/{n})", 100.0 * c as f64 / n as f64),
+        );
+        let agreement = match (&l.reference, l.agreement) {
+            (None, _) => "(ref)".to_string(),
+            (Some(_), Some((_, 0)) | None) => "-".to_string(),
+            (Some(_), Some((a, n))) => format!("{:.1}% ({a}/{n})", 100.0 * a as f64 / n as f64),
+        };
+        let status = if l.images_failed > 0 {
+            format!("{} ({} img err)", l.status, l.images_failed)
+        } else {
+            l.status.clone()
+        };
+        t.add_row(vec![
+            l.cell_id.clone(),
+            l.model.clone(),
+            l.tag.clone(),
+            status,
+            accuracy,
+            l.latency_p50_ms
+                .map_or_else(|| "-".into(), |p| format!("{p:.2}")),
+            agreement,
+        ]);
+    }
+    t
+}

@@ -1,0 +1,90 @@
+//! `deltann plan`: the cells a sweep expands to, with what the store already holds of each.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use deltann_collector::collect;
+use deltann_collector::dataset::Dataset;
+use deltann_collector::plan::Plan;
+use deltann_collector::runner::{self, WorkerCommand};
+use deltann_store::Store;
+
+use super::PlanArgs;
+
+pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    let (sweep, store_path) = super::load_sweep(&args.sweep, args.store.as_deref())?;
+    let dataset = Dataset::load(&sweep.dataset)?;
+    let worker = WorkerCommand::current_exe().context("cannot locate the deltann executable")?;
+    let plan = Plan::build(&sweep, &|engine, lib| runner::probe(&worker, engine, lib))?;
+    let store = if store_path
+        .join(deltann_store::layout::FORMAT_FILE)
+        .is_file()
+    {
+        Some(Store::open(&store_path)?)
+    } else {
+        None
+    };
+    let statuses = match &store {
+        Some(s) => collect::status(s, &plan)?,
+        None => Default::default(),
+    };
+
+    let planned = dataset.images.len();
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "#",
+        "cell",
+        "model",
+        "precision",
+        "environment",
+        "state",
+        "done",
+    ]);
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for (i, cell) in plan.cells.iter().enumerate() {
+        let st = statuses.get(&cell.id).cloned().unwrap_or_default();
+        let state = st.state(planned);
+        *counts.entry(state).or_default() += 1;
+        t.add_row(vec![
+            (i + 1).to_string(),
+            cell.id.clone(),
+            cell.model.spec.name.clone(),
+            cell.model.spec.precision.clone(),
+            cell.tag.clone(),
+            state.to_string(),
+            format!("{}/{planned}", st.done.len()),
+        ]);
+    }
+    println!("{t}");
+    let states: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    println!(
+        "{} cells ({}) from {} models; {} images in {}{}{}",
+        plan.cells.len(),
+        states.join(", "),
+        plan.models.len(),
+        planned,
+        dataset.root.display(),
+        if plan.excluded > 0 {
+            format!("; {} combinations excluded", plan.excluded)
+        } else {
+            String::new()
+        },
+        if dataset.skipped_files > 0 {
+            format!("; {} non-image files skipped", dataset.skipped_files)
+        } else {
+            String::new()
+        },
+    );
+    println!(
+        "store {}{}",
+        store_path.display(),
+        if store.is_some() {
+            ""
+        } else {
+            " (not created yet)"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

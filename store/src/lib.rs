@@ -1,0 +1,39 @@
+/*!
+deltann's result store: the one contract between the collector, which writes results, and the
+analyzer and TUI, which read them.
+
+A store is a directory of plain Parquet files that any Parquet reader can use (DuckDB, Polars,
+Spark, pyarrow), plus an append-only manifest that says which files are committed. The pieces:
+
+- [`schema`]: the tables, their column names (as constants, so queries and code agree) and their
+  Arrow schemas.
+- [`layout`]: where a table's parts live on disk, including Hive-style partition directories.
+- [`manifest`]: the append-only commit log, tolerant of a torn last line.
+- [`writer`]: the crash-safe commit protocol (temporary file, fsync, rename, manifest entry) and
+  recovery of whatever a crash left behind.
+- [`reader`]: a read-only view that lists committed parts only and streams their rows.
+- [`ids`]: deterministic cell ids, so the same cell in two sweeps is recognisably the same.
+
+docs/STORE.md describes the format for people who read the files with other tools.
+*/
+
+pub mod error;
+pub mod ids;
+pub mod layout;
+pub mod manifest;
+pub mod reader;
+pub mod schema;
+pub mod writer;
+
+pub use error::{Error, Result};
+pub use layout::{Partition, Table};
+pub use manifest::PartEntry;
+pub use reader::Store;
+pub use writer::{PartMeta, PartWriter, Recovery, StoreWriter};
+
+/// Microseconds since the Unix epoch, the unit of every timestamp column in the store.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}

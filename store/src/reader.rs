@@ -1,0 +1,136 @@
+//! Read-only access to committed parts.
+//!
+//! A [`Store`] is a snapshot of the manifest: it lists committed parts only, so a reader running
+//! next to a live `collect` never sees a half-written file, and it streams rows part by part, row
+//! group by row group, so memory stays bounded whatever the store's size.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::error::{Error, Result};
+use crate::layout::{self, Table};
+use crate::manifest::{self, PartEntry};
+
+/// A read-only snapshot of a store's committed parts.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+    entries: Vec<PartEntry>,
+}
+
+impl Store {
+    /// Opens the store at `root` for reading.
+    ///
+    /// # Errors
+    /// Fails when `root` is not a deltann store or its manifest is damaged.
+    pub fn open(root: &Path) -> Result<Self> {
+        if !root.join(layout::FORMAT_FILE).is_file() {
+            return Err(Error::NotAStore {
+                path: root.to_path_buf(),
+                reason: format!("not a deltann store (no {})", layout::FORMAT_FILE),
+            });
+        }
+        crate::writer::check_format(root)?;
+        let read = manifest::read(&root.join(layout::MANIFEST_FILE))?;
+        Ok(Self::from_entries(root.to_path_buf(), read.entries))
+    }
+
+    pub(crate) fn from_entries(root: PathBuf, entries: Vec<PartEntry>) -> Self {
+        Self { root, entries }
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every committed part, in commit order.
+    pub fn entries(&self) -> &[PartEntry] {
+        &self.entries
+    }
+
+    /// The committed parts of one table, in commit order.
+    pub fn parts(&self, table: Table) -> impl Iterator<Item = &PartEntry> {
+        self.entries.iter().filter(move |e| e.table == table)
+    }
+
+    /// The absolute path of a part.
+    pub fn part_path(&self, part: &PartEntry) -> PathBuf {
+        self.root.join(&part.path)
+    }
+
+    /// Streams the rows of `parts` (all of one table), keeping only `columns` (all columns when
+    /// empty). Batches come at most `batch_rows` rows at a time.
+    ///
+    /// # Errors
+    /// The iterator yields an error for a part that cannot be opened or decoded, or that lacks a
+    /// requested column.
+    pub fn scan<'a>(
+        &'a self,
+        parts: impl IntoIterator<Item = &'a PartEntry> + 'a,
+        columns: &'a [&'a str],
+        batch_rows: usize,
+    ) -> impl Iterator<Item = Result<RecordBatch>> + 'a {
+        parts.into_iter().flat_map(move |part| {
+            let path = self.part_path(part);
+            match open_part(&path, columns, batch_rows) {
+                Ok(reader) => Box::new(reader.map(move |b| {
+                    b.map_err(|source| Error::Arrow {
+                        path: path.clone(),
+                        source,
+                    })
+                })) as Box<dyn Iterator<Item = Result<RecordBatch>>>,
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            }
+        })
+    }
+
+    /// Streams a whole table (see [`Store::scan`]).
+    pub fn scan_table<'a>(
+        &'a self,
+        table: Table,
+        columns: &'a [&'a str],
+    ) -> impl Iterator<Item = Result<RecordBatch>> + 'a {
+        self.scan(self.parts(table), columns, 8192)
+    }
+}
+
+fn open_part(
+    path: &Path,
+    columns: &[&str],
+    batch_rows: usize,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+    let parquet_err = |source| Error::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(|source| Error::Io {
+        op: "open",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
+    let builder = if columns.is_empty() {
+        builder
+    } else {
+        let schema = builder.parquet_schema();
+        let mut indices = Vec::with_capacity(columns.len());
+        for name in columns {
+            let idx = builder
+                .schema()
+                .index_of(name)
+                .map_err(|_| Error::Invalid(format!("{}: no column `{name}`", path.display())))?;
+            indices.push(idx);
+        }
+        let mask = ProjectionMask::roots(schema, indices);
+        builder.with_projection(mask)
+    };
+    builder
+        .with_batch_size(batch_rows)
+        .build()
+        .map_err(parquet_err)
+}

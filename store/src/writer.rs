@@ -1,0 +1,669 @@
+//! The commit protocol: how a part becomes visible, and how a writer recovers after a crash.
+//!
+//! A part is written to `_tmp/`, closed, fsynced, renamed to its final name inside the table
+//! directory (the directory is fsynced too), and only then recorded in the manifest with a fsynced
+//! append. So at any instant a crash leaves one of:
+//!
+//! 1. a file in `_tmp/`: incomplete, never visible; recovery deletes it;
+//! 2. a renamed part with no manifest entry: complete (it was fsynced before the rename); recovery
+//!    re-creates its entry from the metadata stored in the part's own footer ("adoption");
+//! 3. a torn manifest line: ignored by readers, cut off by the next writer, whose recovery then
+//!    adopts the part as in 2.
+//!
+//! So a crash loses at most the part being written, and since a part's identity (sequence number,
+//! cell) is fixed before rename, nothing is ever committed twice. One writer at a time: the writer
+//! holds an exclusive lock on `_lock` for its whole life.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{KeyValue, ParquetMetaDataReader};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::layout::{self, Partition, Table};
+use crate::manifest::{self, ManifestWriter, PartEntry};
+use crate::reader::Store;
+
+/// Footer key under which a part records what its manifest entry would say.
+pub const PART_META_KEY: &str = "deltann.part";
+
+/// Rows per row group in `outputs` parts: bounds the writer's buffer to a few MB with full logits.
+pub const OUTPUTS_ROW_GROUP_ROWS: usize = 1024;
+
+/// What a part says about itself, beyond its table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartMeta {
+    /// The cell the rows belong to, if any.
+    pub cell_id: Option<String>,
+    /// The run that wrote the part.
+    pub run_id: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FooterMeta {
+    table: Table,
+    partition: Partition,
+    #[serde(flatten)]
+    meta: PartMeta,
+}
+
+/// What recovery found and did when a writer opened the store.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// A torn manifest line was cut off.
+    pub torn_manifest_line: bool,
+    /// Complete parts without a manifest entry, now recorded (relative paths).
+    pub adopted: Vec<String>,
+    /// Damaged files moved to `_quarantine/` (relative paths they had).
+    pub quarantined: Vec<String>,
+    /// Unfinished temporary files deleted.
+    pub tmp_removed: usize,
+    /// Manifest entries whose file is missing (someone deleted it by hand).
+    pub missing: Vec<String>,
+}
+
+impl Recovery {
+    /// Whether recovery had anything to do.
+    pub fn is_clean(&self) -> bool {
+        !self.torn_manifest_line
+            && self.adopted.is_empty()
+            && self.quarantined.is_empty()
+            && self.tmp_removed == 0
+            && self.missing.is_empty()
+    }
+}
+
+struct Inner {
+    manifest: ManifestWriter,
+    entries: Vec<PartEntry>,
+    next_seq: u64,
+}
+
+/// The single writer of a store. Shareable across threads: commits are serialised internally.
+pub struct StoreWriter {
+    root: PathBuf,
+    _lock: File,
+    inner: Mutex<Inner>,
+    tmp_counter: AtomicU64,
+}
+
+impl std::fmt::Debug for StoreWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreWriter")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreWriter {
+    /// Opens (creating if needed) the store at `root` for writing, takes its lock and recovers
+    /// from whatever an earlier crash left.
+    ///
+    /// # Errors
+    /// Fails when the directory cannot be created or written, is a non-empty directory that is not
+    /// a store, has an unknown format version, or is locked by another writer.
+    pub fn open(root: &Path) -> Result<(Self, Recovery)> {
+        prepare_root(root)?;
+        let lock_path = root.join(layout::LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .io("create", &lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
+            Err(fs::TryLockError::Error(e)) => return Err(e).io("lock", &lock_path),
+        }
+
+        let mut recovery = Recovery::default();
+        let tmp = root.join(layout::TMP_DIR);
+        fs::create_dir_all(&tmp).io("create", &tmp)?;
+        for entry in fs::read_dir(&tmp).io("list", &tmp)? {
+            let path = entry.io("list", &tmp)?.path();
+            if path.is_file() {
+                fs::remove_file(&path).io("remove", &path)?;
+                recovery.tmp_removed += 1;
+            }
+        }
+
+        let manifest_path = root.join(layout::MANIFEST_FILE);
+        let read = manifest::read(&manifest_path)?;
+        recovery.torn_manifest_line = read.torn_tail;
+        let mut manifest = ManifestWriter::open(&manifest_path, read.valid_len)?;
+        let mut entries = read.entries;
+
+        let known: HashSet<String> = entries.iter().map(|e| e.path.clone()).collect();
+        for entry in &entries {
+            if !root.join(&entry.path).is_file() {
+                recovery.missing.push(entry.path.clone());
+            }
+        }
+        let mut orphans = Vec::new();
+        for table in Table::ALL {
+            collect_parts(root, &root.join(table.name()), &mut orphans)?;
+        }
+        orphans.retain(|rel| !known.contains(rel));
+        orphans.sort_by_key(|rel| part_seq_of(rel));
+        for rel in orphans {
+            match adopt(root, &rel) {
+                Ok(entry) => {
+                    manifest.append(&entry)?;
+                    entries.push(entry);
+                    recovery.adopted.push(rel);
+                }
+                Err(_) => {
+                    quarantine(root, &rel)?;
+                    recovery.quarantined.push(rel);
+                }
+            }
+        }
+
+        let next_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0) + 1;
+        Ok((
+            Self {
+                root: root.to_path_buf(),
+                _lock: lock,
+                inner: Mutex::new(Inner {
+                    manifest,
+                    entries,
+                    next_seq,
+                }),
+                tmp_counter: AtomicU64::new(0),
+            },
+            recovery,
+        ))
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A read-only view of everything committed so far.
+    pub fn snapshot(&self) -> Store {
+        let entries = self
+            .inner
+            .lock()
+            .map(|inner| inner.entries.clone())
+            .unwrap_or_default();
+        Store::from_entries(self.root.clone(), entries)
+    }
+
+    /// Starts a part of `table`. Rows written to it stay invisible until [`StoreWriter::commit`].
+    ///
+    /// # Errors
+    /// Fails when the temporary file cannot be created, or the partition does not fit the table.
+    pub fn begin(&self, table: Table, partition: Partition, meta: PartMeta) -> Result<PartWriter> {
+        if partition.0.len() != table.partition_keys().len() {
+            return Err(Error::Invalid(format!(
+                "table {table} needs partition keys {:?}",
+                table.partition_keys()
+            )));
+        }
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp_path = self
+            .root
+            .join(layout::TMP_DIR)
+            .join(format!("{table}-{}-{n}.parquet.tmp", std::process::id()));
+        let file = File::create(&tmp_path).io("create", &tmp_path)?;
+        let footer = serde_json::to_string(&FooterMeta {
+            table,
+            partition: partition.clone(),
+            meta: meta.clone(),
+        })
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        let props = writer_properties(table, footer);
+        let writer = ArrowWriter::try_new(file, crate::schema::schema(table), Some(props))
+            .map_err(|source| Error::Parquet {
+                path: tmp_path.clone(),
+                source,
+            })?;
+        Ok(PartWriter {
+            table,
+            partition,
+            meta,
+            tmp_path,
+            writer,
+            rows: 0,
+        })
+    }
+
+    /// Makes a part durable and visible: close, fsync, rename into place, fsync the directory,
+    /// append the manifest entry. Returns the entry; an empty part is discarded (`None`).
+    ///
+    /// # Errors
+    /// Fails on any I/O error; the part then stays invisible (at worst it is adopted by the next
+    /// writer's recovery, which is correct because it is complete once renamed).
+    pub fn commit(&self, mut part: PartWriter) -> Result<Option<PartEntry>> {
+        let tmp_path = part.tmp_path.clone();
+        if part.rows == 0 {
+            drop(part);
+            fs::remove_file(&tmp_path).io("remove", &tmp_path)?;
+            return Ok(None);
+        }
+        part.writer.finish().map_err(|source| Error::Parquet {
+            path: tmp_path.clone(),
+            source,
+        })?;
+        part.writer.inner().sync_all().io("fsync", &tmp_path)?;
+        let bytes = fs::metadata(&tmp_path).io("stat", &tmp_path)?.len();
+        drop(part.writer);
+
+        // The sequence number is taken, and the rename and append done, under the lock, so the
+        // manifest's order is the order in which parts became visible.
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| Error::Invalid("store writer poisoned by a panic".into()))?;
+        let seq = inner.next_seq;
+        let dir = self.root.join(part.table.name()).join(part.partition.dir());
+        fs::create_dir_all(&dir).io("create", &dir)?;
+        let tag = part.meta.cell_id.as_deref().unwrap_or_default();
+        let final_path = dir.join(layout::part_file_name(seq, tag));
+        fs::rename(&tmp_path, &final_path).io("rename into place", &final_path)?;
+        sync_dir(&dir)?;
+        let rel = final_path
+            .strip_prefix(&self.root)
+            .map(layout::relative_string)
+            .map_err(|_| Error::Invalid(format!("{} escaped the store", final_path.display())))?;
+        let entry = PartEntry {
+            seq,
+            table: part.table,
+            path: rel,
+            rows: part.rows,
+            bytes,
+            cell_id: part.meta.cell_id,
+            run_id: part.meta.run_id,
+            committed_at_us: crate::now_micros(),
+        };
+        inner.manifest.append(&entry)?;
+        inner.entries.push(entry.clone());
+        inner.next_seq += 1;
+        Ok(Some(entry))
+    }
+
+    /// Writes `batches` as one part of `table` and commits it.
+    ///
+    /// # Errors
+    /// As [`StoreWriter::begin`], [`PartWriter::write`] and [`StoreWriter::commit`].
+    pub fn write_part(
+        &self,
+        table: Table,
+        partition: Partition,
+        meta: PartMeta,
+        batches: &[RecordBatch],
+    ) -> Result<Option<PartEntry>> {
+        let mut part = self.begin(table, partition, meta)?;
+        for batch in batches {
+            part.write(batch)?;
+        }
+        self.commit(part)
+    }
+}
+
+/// A part being written. Dropping it without committing leaves a temporary file that the next
+/// writer's recovery deletes.
+pub struct PartWriter {
+    table: Table,
+    partition: Partition,
+    meta: PartMeta,
+    tmp_path: PathBuf,
+    writer: ArrowWriter<File>,
+    rows: u64,
+}
+
+impl std::fmt::Debug for PartWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartWriter")
+            .field("table", &self.table)
+            .field("tmp_path", &self.tmp_path)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartWriter {
+    /// Appends rows. The batch's schema must be the table's.
+    ///
+    /// # Errors
+    /// Fails on a schema mismatch or a write error.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer.write(batch).map_err(|source| Error::Parquet {
+            path: self.tmp_path.clone(),
+            source,
+        })?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Bytes written to the file plus those buffered for the current row group.
+    pub fn bytes(&self) -> usize {
+        self.writer.bytes_written() + self.writer.in_progress_size()
+    }
+
+    /// The table this part belongs to.
+    pub fn table(&self) -> Table {
+        self.table
+    }
+}
+
+fn writer_properties(table: Table, footer: String) -> WriterProperties {
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_key_value_metadata(Some(vec![KeyValue::new(PART_META_KEY.into(), footer)]));
+    if table == Table::Outputs {
+        builder = builder.set_max_row_group_row_count(Some(OUTPUTS_ROW_GROUP_ROWS));
+    }
+    builder.build()
+}
+
+fn prepare_root(root: &Path) -> Result<()> {
+    let format_path = root.join(layout::FORMAT_FILE);
+    if format_path.is_file() {
+        return check_format(root);
+    }
+    if root.exists() {
+        if !root.is_dir() {
+            return Err(Error::NotAStore {
+                path: root.to_path_buf(),
+                reason: "exists and is not a directory".into(),
+            });
+        }
+        let non_empty = fs::read_dir(root).io("list", root)?.next().is_some();
+        if non_empty {
+            return Err(Error::NotAStore {
+                path: root.to_path_buf(),
+                reason: format!(
+                    "is not empty and has no {}: refusing to write results into it",
+                    layout::FORMAT_FILE
+                ),
+            });
+        }
+    }
+    fs::create_dir_all(root).io("create store directory", root)?;
+    let body = serde_json::json!({ "format": "deltann-store", "version": layout::FORMAT_VERSION });
+    let tmp = root.join(format!("{}.tmp", layout::FORMAT_FILE));
+    fs::write(&tmp, format!("{body:#}\n")).io("write", &tmp)?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .io("fsync", &tmp)?;
+    fs::rename(&tmp, &format_path).io("rename", &format_path)?;
+    sync_dir(root)
+}
+
+/// Checks the format marker of an existing store.
+pub(crate) fn check_format(root: &Path) -> Result<()> {
+    let path = root.join(layout::FORMAT_FILE);
+    let text = fs::read_to_string(&path).map_err(|e| Error::NotAStore {
+        path: root.to_path_buf(),
+        reason: format!("cannot read {}: {e}", layout::FORMAT_FILE),
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::NotAStore {
+        path: path.clone(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(layout::FORMAT_VERSION) => Ok(()),
+        Some(v) => Err(Error::NotAStore {
+            path,
+            reason: format!(
+                "store format version {v}, this deltann reads version {}",
+                layout::FORMAT_VERSION
+            ),
+        }),
+        None => Err(Error::NotAStore {
+            path,
+            reason: "no format version".into(),
+        }),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).io("fsync", dir)
+}
+
+fn collect_parts(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(dir).io("list", dir)? {
+        let path = entry.io("list", dir)?.path();
+        if path.is_dir() {
+            collect_parts(root, &path, out)?;
+        } else if path.extension().is_some_and(|e| e == "parquet")
+            && let Ok(rel) = path.strip_prefix(root)
+        {
+            out.push(layout::relative_string(rel));
+        }
+    }
+    Ok(())
+}
+
+fn part_seq_of(rel: &str) -> u64 {
+    rel.rsplit('/')
+        .next()
+        .and_then(layout::part_seq)
+        .unwrap_or(u64::MAX)
+}
+
+/// Rebuilds the manifest entry of a complete part from its location and footer.
+fn adopt(root: &Path, rel: &str) -> Result<PartEntry> {
+    let path = root.join(rel);
+    let file = File::open(&path).io("open", &path)?;
+    let bytes = file.metadata().io("stat", &path)?.len();
+    let metadata = ParquetMetaDataReader::new()
+        .parse_and_finish(&file)
+        .map_err(|source| Error::Parquet {
+            path: path.clone(),
+            source,
+        })?;
+    let footer = metadata
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kvs| kvs.iter().find(|kv| kv.key == PART_META_KEY))
+        .and_then(|kv| kv.value.as_deref())
+        .ok_or_else(|| Error::Invalid(format!("{rel}: no {PART_META_KEY} footer")))?;
+    let footer: FooterMeta =
+        serde_json::from_str(footer).map_err(|e| Error::Invalid(format!("{rel}: {e}")))?;
+    let seq = rel
+        .rsplit('/')
+        .next()
+        .and_then(layout::part_seq)
+        .ok_or_else(|| Error::Invalid(format!("{rel}: not a part file name")))?;
+    let committed_at_us = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    Ok(PartEntry {
+        seq,
+        table: footer.table,
+        path: rel.to_string(),
+        rows: u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(0),
+        bytes,
+        cell_id: footer.meta.cell_id,
+        run_id: footer.meta.run_id,
+        committed_at_us,
+    })
+}
+
+fn quarantine(root: &Path, rel: &str) -> Result<()> {
+    let from = root.join(rel);
+    let to = root.join(layout::QUARANTINE_DIR).join(rel);
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent).io("create", parent)?;
+    }
+    fs::rename(&from, &to).io("quarantine", &from)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, StringArray, TimestampMicrosecondArray};
+
+    use super::*;
+    use crate::schema::{schema, timestamp_type};
+
+    fn errors_batch(n: usize) -> RecordBatch {
+        let s = schema(Table::Errors);
+        let text = |v: &str| Arc::new(StringArray::from(vec![v; n])) as _;
+        let ts = TimestampMicrosecondArray::from(vec![0; n]).with_timezone("UTC");
+        assert_eq!(ts.data_type(), &timestamp_type());
+        RecordBatch::try_new(
+            s,
+            vec![
+                text("run"),
+                Arc::new(StringArray::from(vec![Some("cell"); n])),
+                text("img.jpg"),
+                text("decode"),
+                text("bad"),
+                Arc::new(ts),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn commit_one(w: &StoreWriter, rows: usize) -> PartEntry {
+        w.write_part(
+            Table::Errors,
+            Partition::none(),
+            PartMeta {
+                cell_id: Some("cell".into()),
+                run_id: Some("run".into()),
+            },
+            &[errors_batch(rows)],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn commit_then_reopen_sees_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let (w, rec) = StoreWriter::open(&root).unwrap();
+        assert!(rec.is_clean());
+        let e1 = commit_one(&w, 3);
+        let e2 = commit_one(&w, 2);
+        assert_eq!((e1.seq, e2.seq), (1, 2));
+        drop(w);
+        let store = Store::open(&root).unwrap();
+        let rows: u64 = store.parts(Table::Errors).map(|p| p.rows).sum();
+        assert_eq!(rows, 5);
+    }
+
+    #[test]
+    fn second_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_w, _) = StoreWriter::open(dir.path()).unwrap();
+        let err = StoreWriter::open(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Locked { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_foreign_non_empty_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("thesis.tex"), "precious").unwrap();
+        let err = StoreWriter::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("refusing"), "{err}");
+        assert!(dir.path().join("thesis.tex").exists());
+    }
+
+    /// Crash after the rename, before the manifest append: the part is adopted exactly once.
+    #[test]
+    fn crash_between_rename_and_manifest_adopts_the_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (w, _) = StoreWriter::open(root).unwrap();
+        commit_one(&w, 1);
+        let e2 = commit_one(&w, 4);
+        drop(w);
+        // Undo the second manifest append, as if the process died just before it.
+        let manifest = root.join(layout::MANIFEST_FILE);
+        let text = fs::read_to_string(&manifest).unwrap();
+        let first_line = text.lines().next().unwrap();
+        fs::write(&manifest, format!("{first_line}\n")).unwrap();
+
+        let (w, rec) = StoreWriter::open(root).unwrap();
+        assert_eq!(rec.adopted, vec![e2.path.clone()]);
+        let store = w.snapshot();
+        let parts: Vec<_> = store.parts(Table::Errors).collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].seq, e2.seq);
+        assert_eq!(parts[1].rows, 4);
+        assert_eq!(parts[1].cell_id.as_deref(), Some("cell"));
+        // The next commit does not reuse the adopted sequence number.
+        assert_eq!(commit_one(&w, 1).seq, e2.seq + 1);
+        drop(w);
+        let (_w, rec) = StoreWriter::open(root).unwrap();
+        assert!(rec.is_clean(), "{rec:?}");
+    }
+
+    /// Crash while writing: the temporary file is removed and nothing becomes visible.
+    #[test]
+    fn crash_before_rename_leaves_nothing_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (w, _) = StoreWriter::open(root).unwrap();
+        let mut part = w
+            .begin(Table::Errors, Partition::none(), PartMeta::default())
+            .unwrap();
+        part.write(&errors_batch(2)).unwrap();
+        std::mem::forget(part); // the process "dies" with the part open
+        drop(w);
+        let (w, rec) = StoreWriter::open(root).unwrap();
+        assert_eq!(rec.tmp_removed, 1);
+        assert_eq!(w.snapshot().parts(Table::Errors).count(), 0);
+    }
+
+    /// A damaged file in a table directory is moved aside, not deleted and not read.
+    #[test]
+    fn damaged_orphan_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        drop(StoreWriter::open(root).unwrap());
+        let table_dir = root.join("errors");
+        fs::create_dir_all(&table_dir).unwrap();
+        fs::write(table_dir.join("part-000009.parquet"), b"garbage").unwrap();
+        let (w, rec) = StoreWriter::open(root).unwrap();
+        assert_eq!(
+            rec.quarantined,
+            vec!["errors/part-000009.parquet".to_string()]
+        );
+        assert!(root.join("_quarantine/errors/part-000009.parquet").exists());
+        assert_eq!(w.snapshot().parts(Table::Errors).count(), 0);
+    }
+
+    #[test]
+    fn empty_part_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, _) = StoreWriter::open(dir.path()).unwrap();
+        let part = w
+            .begin(Table::Errors, Partition::none(), PartMeta::default())
+            .unwrap();
+        assert!(w.commit(part).unwrap().is_none());
+        assert_eq!(
+            fs::read_dir(dir.path().join(layout::TMP_DIR))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}
