@@ -1,1 +1,13 @@
+//! deltann's integration tests: one binary, one module per area (ripgrep's layout). They run the
+//! real `deltann` binary on real models and images and read the store back with arrow-rs.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+mod bad_inputs;
+mod e2e;
+mod isolation;
+mod ort_versions;
+mod reference;
+mod resume;
+mod util;

@@ -242,6 +242,11 @@ pub fn decode(bytes: &[u8]) -> Result<(RgbImage, ImageInfo), String> {
     let Some(format) = reader.format() else {
         return Err("not an image (unrecognised format)".into());
     };
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // The JPEG decoder fills a cut-off scan with grey and carries on; Pillow refuses
+        // ("image file is truncated"), and so do we: half a photo is not the photo.
+        return Err("truncated JPEG: no end-of-image marker after the image data".into());
+    }
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
@@ -264,6 +269,17 @@ pub fn decode(bytes: &[u8]) -> Result<(RgbImage, ImageInfo), String> {
         exif_orientation,
     };
     Ok((img.to_rgb8(), info))
+}
+
+/// Whether an end-of-image marker (FF D9) follows the last start-of-scan marker (FF DA). Inside
+/// entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so neither
+/// marker can appear there by accident; an EXIF thumbnail's markers come before the main scan.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(at) => bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 fn decoder_has_exif(decoder: &mut impl ImageDecoder) -> bool {
@@ -434,6 +450,17 @@ mod tests {
         assert_eq!(info.exif_orientation, Some(6));
         assert_eq!((info.width, info.height), (3, 2));
         assert_eq!(shown, image::imageops::rotate90(&stored));
+    }
+
+    #[test]
+    fn truncated_jpeg_is_refused() {
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+            .encode_image(&gradient(64, 48))
+            .unwrap();
+        assert!(decode(&jpeg).is_ok());
+        let err = decode(&jpeg[..jpeg.len() - 40]).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
     }
 
     #[test]

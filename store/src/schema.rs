@@ -300,6 +300,27 @@ mod tests {
     }
 
     #[test]
+    fn store_md_documents_every_column() {
+        let doc = include_str!("../../docs/STORE.md");
+        for table in Table::ALL {
+            let heading = format!("### `{table}`");
+            let start = doc
+                .find(&heading)
+                .unwrap_or_else(|| panic!("no section {heading}"));
+            let section = &doc[start..];
+            let end = section[4..].find("\n### ").map_or(section.len(), |e| e + 4);
+            let section = &section[..end];
+            for field in schema(table).fields() {
+                let quoted = format!("`{}`", field.name());
+                assert!(
+                    section.contains(&quoted),
+                    "docs/STORE.md {heading} lacks {quoted}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn column_names_are_unique_per_table() {
         for table in Table::ALL {
             let schema = schema(table);

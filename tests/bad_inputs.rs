@@ -1,0 +1,326 @@
+//! Bad input: broken and unusual images are either processed correctly or recorded with a reason
+//! (never a panic, never a lost row); bad configuration is a clear error naming the file, before
+//! any work starts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use deltann_collector::preprocess;
+use image::{ImageEncoder, Rgb, RgbImage};
+
+use crate::util::{self, ints, read_table, strings, text};
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    util::root().join("tests/fixtures/images").join(name)
+}
+
+fn png(path: &Path, width: u32, height: u32, color: image::ExtendedColorType, bytes: &[u8]) {
+    let file = std::fs::File::create(path).unwrap();
+    image::codecs::png::PngEncoder::new(file)
+        .write_image(bytes, width, height, color)
+        .unwrap();
+}
+
+/// A folder with every kind of bad and unusual image next to a good one.
+fn bad_dataset(dir: &Path) {
+    let photo = util::data().join("images/pelican.jpeg");
+    let good = std::fs::read(&photo).unwrap();
+    std::fs::write(dir.join("good.jpeg"), &good).unwrap();
+    std::fs::write(dir.join("empty.jpg"), b"").unwrap();
+    std::fs::write(dir.join("truncated.jpg"), &good[..good.len() / 3]).unwrap();
+    std::fs::write(
+        dir.join("not-an-image.jpg"),
+        b"this is a text file, not a JPEG\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(dir.join("nowhere.jpg"), dir.join("dangling.jpg")).unwrap();
+    std::fs::write(dir.join("notes.txt"), b"skipped: not an image extension").unwrap();
+
+    let rgb = image::load_from_memory(&good).unwrap().to_rgb8();
+    let (w, h) = rgb.dimensions();
+    let gray: Vec<u8> = rgb.pixels().map(|p| p[1]).collect();
+    png(
+        &dir.join("gray.png"),
+        w,
+        h,
+        image::ExtendedColorType::L8,
+        &gray,
+    );
+    let rgba: Vec<u8> = rgb.pixels().flat_map(|p| [p[0], p[1], p[2], 128]).collect();
+    png(
+        &dir.join("alpha.png"),
+        w,
+        h,
+        image::ExtendedColorType::Rgba8,
+        &rgba,
+    );
+    let deep: Vec<u8> = rgb
+        .pixels()
+        .flat_map(|p| p.0.map(|c| u16::from(c) * 257))
+        .flat_map(u16::to_be_bytes)
+        .collect();
+    png(
+        &dir.join("deep.png"),
+        w,
+        h,
+        image::ExtendedColorType::Rgb16,
+        &deep,
+    );
+    std::fs::copy(fixture("cmyk.jpg"), dir.join("cmyk.jpg")).unwrap();
+    std::fs::copy(fixture("exif-rotated.jpg"), dir.join("exif-rotated.jpg")).unwrap();
+}
+
+#[test]
+fn bad_images_are_recorded_unusual_ones_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("imgs");
+    std::fs::create_dir(&images).unwrap();
+    bad_dataset(&images);
+    let sweep = util::write_sweep(
+        dir.path(),
+        r#"
+store = "store"
+warmup = 0
+[dataset]
+images = "imgs"
+[[model]]
+name = "efficientnet-lite0"
+path = "{data}/efficientnet-lite0.onnx"
+preset = "tf127"
+[environments]
+engine = ["tract"]
+"#,
+    );
+    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4 undecodable images"),
+        "{}",
+        text(&out)
+    );
+
+    let store = dir.path().join("store");
+    let rows = read_table(&store, "images").all().unwrap();
+    assert_eq!(
+        rows.num_rows(),
+        10,
+        "every image file has a row (notes.txt is not one)"
+    );
+    let ids = strings(&rows, "image_id");
+    let status = strings(&rows, "status");
+    let error = strings(&rows, "error");
+    let color = strings(&rows, "color");
+    let exif = ints(&rows, "exif_orientation");
+    let by_id: BTreeMap<String, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone().unwrap(), i))
+        .collect();
+    let reason = |id: &str| error[by_id[id]].clone().unwrap_or_default();
+    for (id, needle) in [
+        ("empty.jpg", "empty file"),
+        ("truncated.jpg", "truncated JPEG"),
+        ("not-an-image.jpg", "not an image"),
+        ("dangling.jpg", "cannot read file"),
+    ] {
+        assert_eq!(status[by_id[id]].as_deref(), Some("failed"), "{id}");
+        assert!(reason(id).contains(needle), "{id}: {}", reason(id));
+    }
+    for id in [
+        "good.jpeg",
+        "gray.png",
+        "alpha.png",
+        "deep.png",
+        "cmyk.jpg",
+        "exif-rotated.jpg",
+    ] {
+        assert_eq!(
+            status[by_id[id]].as_deref(),
+            Some("ok"),
+            "{id}: {}",
+            reason(id)
+        );
+    }
+    assert_eq!(color[by_id["gray.png"]].as_deref(), Some("L8"));
+    assert_eq!(color[by_id["alpha.png"]].as_deref(), Some("Rgba8"));
+    assert_eq!(color[by_id["deep.png"]].as_deref(), Some("Rgb16"));
+    assert_eq!(exif[by_id["exif-rotated.jpg"]], Some(6));
+
+    // The failures are in `errors` with their reason; the rest ran.
+    let errors = read_table(&store, "errors").all().unwrap();
+    let failed: std::collections::BTreeSet<String> =
+        strings(&errors, "image_id").into_iter().flatten().collect();
+    assert_eq!(failed.len(), 4, "{failed:?}");
+    assert!(
+        strings(&errors, "stage")
+            .iter()
+            .all(|s| s.as_deref() == Some("decode"))
+    );
+    let outputs = read_table(&store, "outputs").all().unwrap();
+    let ran: std::collections::BTreeSet<String> = strings(&outputs, "image_id")
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(ran.len(), 6);
+    assert!(ran.is_disjoint(&failed));
+
+    // The same photo as gray, alpha and 16-bit: alpha and 16-bit lose nothing, so they classify
+    // exactly like the original (pelican).
+    let top1: BTreeMap<String, i32> = strings(&outputs, "image_id")
+        .into_iter()
+        .zip(ints(&outputs, "top1"))
+        .map(|(i, t)| (i.unwrap(), t.unwrap()))
+        .collect();
+    for id in ["good.jpeg", "alpha.png", "deep.png"] {
+        assert_eq!(top1[id], 144, "{id}");
+    }
+}
+
+fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let total: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    total as f64 / a.as_raw().len() as f64
+}
+
+#[test]
+fn cmyk_and_exif_decode_like_pillow() {
+    // Pillow's decodes of the same files (tests/fixtures/make_fixtures.py). JPEG decoders differ
+    // by a level or two here and there; a wrong colour conversion or a missed rotation would
+    // differ by tens.
+    for name in ["cmyk", "exif-rotated"] {
+        let bytes = std::fs::read(fixture(&format!("{name}.jpg"))).unwrap();
+        let (ours, _) = preprocess::decode(&bytes).unwrap();
+        let expected = image::open(fixture(&format!("{name}.expected.png")))
+            .unwrap()
+            .to_rgb8();
+        let diff = mean_abs_diff(&ours, &expected);
+        assert!(diff < 2.0, "{name}: mean difference {diff} levels");
+    }
+    // Sanity check of the measure: the unrotated pixels are far from the upright expectation.
+    let stored = image::open(fixture("exif-rotated.jpg")).unwrap().to_rgb8();
+    let upright = image::open(fixture("exif-rotated.expected.png"))
+        .unwrap()
+        .to_rgb8();
+    let wrong = image::imageops::rotate270(&stored);
+    assert!(mean_abs_diff(&wrong, &upright) > 10.0);
+    let _ = Rgb([0u8; 3]);
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = r#"
+store = "store"
+[dataset]
+images = "{data}/images"
+labels = "LABELS"
+[[model]]
+name = "m"
+path = "MODEL"
+preset = "tf127"
+[environments]
+engine = ["tract"]
+"#;
+    let garbage = dir.path().join("garbage.onnx");
+    std::fs::write(&garbage, b"\x08\x01 not a model at all \xff").unwrap();
+    let bad_labels = dir.path().join("labels.csv");
+    std::fs::write(
+        &bad_labels,
+        "file,class_index\nimages/pelican.jpeg,pelican\n",
+    )
+    .unwrap();
+    let big_labels = dir.path().join("big.csv");
+    std::fs::write(
+        &big_labels,
+        format!(
+            "file,class_index\n{}/images/pelican.jpeg,1000\n",
+            util::data().display()
+        ),
+    )
+    .unwrap();
+    let model = util::data().join("efficientnet-lite0.onnx");
+    let good_labels = util::data().join("labels.csv");
+    let cases: Vec<(String, String, &str)> = vec![
+        (
+            dir.path().join("missing.onnx").display().to_string(),
+            good_labels.display().to_string(),
+            "missing.onnx: model file does not exist",
+        ),
+        (
+            garbage.display().to_string(),
+            good_labels.display().to_string(),
+            "garbage.onnx: not a valid ONNX model",
+        ),
+        (
+            model.display().to_string(),
+            bad_labels.display().to_string(),
+            "labels.csv: line 2: class_index `pelican` is not a non-negative integer",
+        ),
+        (
+            model.display().to_string(),
+            big_labels.display().to_string(),
+            "big.csv: `pelican.jpeg` has class 1000 but model m has 1000 classes",
+        ),
+    ];
+    for (model, labels, expected) in cases {
+        let sweep = util::write_sweep(
+            dir.path(),
+            &base.replace("MODEL", &model).replace("LABELS", &labels),
+        );
+        let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in:\n{stderr}"
+        );
+        assert!(
+            !dir.path().join("store").exists(),
+            "work started despite: {expected}"
+        );
+    }
+
+    // Unknown key, with its name and line.
+    let sweep = util::write_sweep(
+        dir.path(),
+        &base
+            .replace("MODEL", &model.display().to_string())
+            .replace("LABELS", &good_labels.display().to_string())
+            .replace("preset = \"tf127\"", "preset = \"tf127\"\nresize = 256"),
+    );
+    let out = util::run(&["plan", sweep.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sweep.toml") && stderr.contains("line 10") && stderr.contains("resize"),
+        "{stderr}"
+    );
+
+    // A missing sweep file, and a store that is someone else's folder.
+    let out = util::run(&["collect", "nope.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml does not exist"));
+    let foreign = dir.path().join("thesis");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("chapter1.tex"), "precious").unwrap();
+    let sweep = util::write_sweep(
+        dir.path(),
+        &base
+            .replace("MODEL", &model.display().to_string())
+            .replace("LABELS", &good_labels.display().to_string()),
+    );
+    let out = util::run(&[
+        "collect",
+        "--store",
+        foreign.to_str().unwrap(),
+        sweep.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to write results into it"));
+    assert_eq!(std::fs::read_dir(&foreign).unwrap().count(), 1);
+}

@@ -1,0 +1,42 @@
+//! Two ONNX Runtime versions in one sweep: each cell's worker loads its own library, so cells of
+//! different versions live side by side, with different ids and their versions recorded.
+
+use crate::util::{self, data_sweep, read_table, strings, text};
+
+#[test]
+fn cells_load_different_onnx_runtime_versions() {
+    util::ort_library("1.32.0");
+    util::ort_library("1.31.1");
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = data_sweep(
+        dir.path(),
+        "engine = [\"ort\"]\nort_library = [\"1.32.0\", \"1.31.1\"]",
+    );
+    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cells = read_table(&dir.path().join("store"), "cells")
+        .all()
+        .unwrap();
+    let mut versions: Vec<String> = strings(&cells, "engine_version")
+        .into_iter()
+        .flatten()
+        .collect();
+    versions.sort();
+    assert_eq!(versions, vec!["1.31.1", "1.32.0"]);
+    let libraries: Vec<String> = strings(&cells, "ort_library")
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        libraries
+            .iter()
+            .any(|l| l.ends_with("libonnxruntime.so.1.31.1")),
+        "{libraries:?}"
+    );
+    let ids = strings(&cells, "cell_id");
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(
+        read_table(&dir.path().join("store"), "outputs").rows(),
+        2 * 8
+    );
+}
