@@ -10,6 +10,12 @@ Exit codes: 0 success; 1 the command ran but found a problem it reports (a faile
 
 mod cli;
 
+/// glibc's malloc raises its mmap threshold after large frees, so the collector's many
+/// short-lived image buffers end up fragmenting the heap and peak memory grows with the dataset
+/// (measured: 87 MiB for 100 images, 152 MiB for 1000). mimalloc keeps it flat.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -194,6 +194,8 @@ pub struct CellOutcome {
     pub images_ok: usize,
     pub images_failed: usize,
     pub latency: Option<LatencySummary>,
+    /// The worker's peak resident memory, MiB.
+    pub worker_peak_rss_mb: Option<f64>,
 }
 
 /// What a collection did.
@@ -516,6 +518,11 @@ fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
             )
         })
     });
+    let worker_peak_rss_mb = run
+        .done
+        .as_ref()
+        .and_then(|d| d.peak_rss_kib)
+        .map(|k| k as f64 / 1024.0);
     let row = CellRow {
         cell: cell.clone(),
         attempt: todo.attempt,
@@ -527,11 +534,7 @@ fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
         load_ms,
         latency,
         wall_s: clock.elapsed().as_secs_f64(),
-        worker_peak_rss_mb: run
-            .done
-            .as_ref()
-            .and_then(|d| d.peak_rss_kib)
-            .map(|k| k as f64 / 1024.0),
+        worker_peak_rss_mb,
         started_at_us,
         finished_at_us: deltann_store::now_micros(),
         parallel_cells: ctx.options.parallel_cells,
@@ -545,6 +548,7 @@ fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
         images_ok: images_ok.len(),
         images_failed,
         latency,
+        worker_peak_rss_mb,
     };
     ctx.observer.cell_finished(cell, &outcome);
     Ok(outcome)

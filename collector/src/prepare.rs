@@ -438,7 +438,13 @@ pub fn stream(
                         ),
                         None => return Some(Err(Error::Engine("tensor cache has no ids".into()))),
                     };
-                    match filter_record_batch(&b, &keep) {
+                    // Tensors are large: pass whole batches through uncopied when possible.
+                    let kept = if keep.true_count() == b.num_rows() {
+                        Ok(b)
+                    } else {
+                        filter_record_batch(&b, &keep)
+                    };
+                    match kept {
                         Ok(f) if f.num_rows() > 0 => {
                             pending_rows += f.num_rows();
                             pending.push(f);
@@ -465,14 +471,26 @@ fn take_rows(
     pending_rows: &mut usize,
     n: usize,
 ) -> Result<RecordBatch> {
+    *pending_rows -= n;
+    // Usually the first pending batch has enough rows: a zero-copy slice.
+    if let Some(first) = pending.first()
+        && first.num_rows() >= n
+    {
+        let out = first.slice(0, n);
+        let rest = first.slice(n, first.num_rows() - n);
+        if rest.num_rows() == 0 {
+            pending.remove(0);
+        } else {
+            pending[0] = rest;
+        }
+        return Ok(out);
+    }
     let all = concat_batches(schema, pending.iter())?;
     let out = all.slice(0, n);
     let rest = all.slice(n, all.num_rows() - n);
     pending.clear();
-    *pending_rows = rest.num_rows();
     if rest.num_rows() > 0 {
         pending.push(rest);
     }
-    // Copy the rows out so the batch does not pin the whole concatenation in memory.
-    Ok(concat_batches(schema, [&out])?)
+    Ok(out)
 }

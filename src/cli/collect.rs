@@ -73,6 +73,14 @@ pub fn run(args: &CollectArgs) -> anyhow::Result<ExitCode> {
             .map(|k| format!("; collector peak memory {:.0} MiB", k as f64 / 1024.0))
             .unwrap_or_default(),
     );
+    let worker_peak = report
+        .outcomes
+        .iter()
+        .filter_map(|o| o.worker_peak_rss_mb)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    if let Some(peak) = worker_peak {
+        println!("worker peak memory {peak:.0} MiB (largest cell of this run)");
+    }
     let any_failed = lines.iter().any(|l| l.status == "failed");
     Ok(if any_failed {
         ExitCode::from(1)

@@ -22,9 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{KeyValue, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
@@ -367,7 +368,18 @@ fn writer_properties(table: Table, footer: String) -> WriterProperties {
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_key_value_metadata(Some(vec![KeyValue::new(PART_META_KEY.into(), footer)]));
     if table == Table::Outputs {
-        builder = builder.set_max_row_group_row_count(Some(OUTPUTS_ROW_GROUP_ROWS));
+        // Logits are nearly all distinct floats: a dictionary costs more than it saves (about 6
+        // bytes a value), while splitting the bytes of each float into streams lets zstd find
+        // the redundancy in exponents and high mantissa bits.
+        let logits = ColumnPath::from(vec![
+            crate::schema::col::LOGITS.to_string(),
+            "list".to_string(),
+            "item".to_string(),
+        ]);
+        builder = builder
+            .set_max_row_group_row_count(Some(OUTPUTS_ROW_GROUP_ROWS))
+            .set_column_dictionary_enabled(logits.clone(), false)
+            .set_column_encoding(logits, Encoding::BYTE_STREAM_SPLIT);
     }
     builder.build()
 }

@@ -4,7 +4,8 @@
 //! libonnxruntime; this is one reason each cell runs in its own worker process, and it is what lets
 //! two cells of a sweep compare two ONNX Runtime versions.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use ort::environment::Environment;
@@ -22,8 +23,22 @@ pub(super) struct OrtEngine {
     _environment: Environment,
 }
 
-/// Loads the library (once per process) and returns its version.
+/// The process's one ONNX Runtime: its library, environment and version.
+static RUNTIME: OnceLock<(PathBuf, Environment, String)> = OnceLock::new();
+
+/// Loads the library and creates the environment (once per process: ONNX Runtime allows one
+/// environment, and `ort` one library) and returns them with the version.
 fn init(library: &Path) -> Result<(Environment, String), String> {
+    if let Some((loaded, environment, version)) = RUNTIME.get() {
+        return if loaded == library {
+            Ok((environment.clone(), version.clone()))
+        } else {
+            Err(format!(
+                "this process already loaded {}; one process can load one ONNX Runtime library",
+                loaded.display()
+            ))
+        };
+    }
     if !library.is_file() {
         return Err(format!(
             "ONNX Runtime library {} does not exist",
@@ -35,7 +50,10 @@ fn init(library: &Path) -> Result<(Environment, String), String> {
         .with_name("deltann")
         .build()
         .map_err(|e| format!("cannot create ONNX Runtime environment: {e}"))?;
-    Ok((environment, version_from(ort::info(), library)))
+    let version = version_from(ort::info(), library);
+    let (_, environment, version) =
+        RUNTIME.get_or_init(|| (library.to_path_buf(), environment, version));
+    Ok((environment.clone(), version.clone()))
 }
 
 /// The version, from the build info (`git-branch=rel-1.32.0, ...`) or else the file name

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The benchmarks behind BENCHMARKS.md, in an optimised build kept in target-bench/ (CI never
+# builds release). Needs ../shared for the 1000-image figures; falls back to data/ otherwise.
+#   scripts/bench.sh             everything
+#   scripts/bench.sh throughput  collector vs bare engine, bytes per row
+#   scripts/bench.sh memory      collector peak memory, 100 vs 1000 images
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-bench}"
+what="${1:-all}"
+
+scripts/fetch-onnxruntime.sh 1.32.0 >/dev/null
+cargo build --release --bin deltann
+bin="$CARGO_TARGET_DIR/release/deltann"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
+
+if [ "$what" = all ] || [ "$what" = throughput ]; then
+  echo "== collector throughput vs bare engine (cargo bench -p deltann-collector --bench throughput)"
+  cargo bench -p deltann-collector --bench throughput
+fi
+
+if [ "$what" = all ] || [ "$what" = memory ]; then
+  echo "== collector peak memory by dataset size (full logits, ORT opt=all, 1 thread)"
+  images="$(pwd)/../shared/images/imagenet-sample"
+  [ -d "$images" ] || { echo "memory: ../shared absent, skipped"; exit 0; }
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  for n in 100 1000; do
+    cat > "$tmp/sweep-$n.toml" <<TOML
+store = "store-$n"
+warmup = 1
+[dataset]
+images = "$images"
+limit = $n
+[[model]]
+name = "efficientnet-lite0"
+path = "$(pwd)/data/efficientnet-lite0.onnx"
+preset = "tf127"
+[environments]
+engine = ["ort"]
+ort_library = ["1.32.0"]
+TOML
+    out="$("$bin" collect --quiet "$tmp/sweep-$n.toml" 2>/dev/null)"
+    collector="$(grep -o 'collector peak memory [0-9]* MiB' <<<"$out")"
+    worker="$(grep -o 'worker peak memory [0-9]* MiB' <<<"$out")"
+    echo "$n images: $collector, $worker"
+  done
+fi
