@@ -217,7 +217,7 @@ fn main() {
         let prepared = prepare::prepare(
             &writer,
             &dataset,
-            &[cell.preprocess.clone()],
+            std::slice::from_ref(&cell.preprocess),
             "bench",
             &Silent,
         )
