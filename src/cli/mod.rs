@@ -4,6 +4,9 @@
 mod collect;
 mod plan;
 mod progress;
+mod query;
+mod report;
+mod sql;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +20,8 @@ use clap::{Parser, Subcommand};
 /// deltann runs every combination ("cell") on the same preprocessed images and stores every
 /// output (full logits, top-5, per-image latency, provenance) as plain Parquet.
 ///
-/// Start with `deltann plan SWEEP.toml`, then `deltann collect SWEEP.toml`.
+/// Start with `deltann plan SWEEP.toml`, then `deltann collect SWEEP.toml`; then ask questions
+/// with `deltann report STORE`, `deltann query STORE "SELECT ..."` or `deltann sql STORE`.
 #[derive(Debug, Parser)]
 #[command(name = "deltann", version, about, long_about)]
 pub struct Args {
@@ -31,9 +35,22 @@ pub enum Command {
     Plan(PlanArgs),
     /// Run a sweep's cells into the result store; rerun to resume after a crash or Ctrl-C.
     Collect(CollectArgs),
+    /// Run SQL over a store (or a saved query from queries/ with --saved NAME).
+    Query(QueryArgs),
+    /// Interactive SQL shell over a store (batch mode with -f FILE or piped input).
+    Sql(SqlArgs),
+    /// Disagreement, its root causes, and performance regressions of a store.
+    Report(ReportArgs),
+    /// Gate: exit 0 when flip rates and slowdowns are within bounds, 1 when not, 2 on error.
+    Check(CheckArgs),
+    /// Compare the same cells in two stores (e.g. before and after an engine upgrade).
+    Diff(DiffArgs),
     /// Run one cell for `collect` (speaks the worker protocol of docs/ENGINES.md on stdin/stdout).
     #[command(hide = true)]
     Worker,
+    /// Write a synthetic store (for benchmarks and demos of the analyzer without a sweep).
+    #[command(hide = true)]
+    Synth(SynthArgs),
 }
 
 /// Arguments of `deltann plan`.
@@ -84,6 +101,236 @@ pub struct CollectArgs {
     pub quiet: bool,
 }
 
+/// Output formats of `query` and `sql`.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum FormatArg {
+    #[default]
+    Table,
+    Csv,
+    Json,
+    Markdown,
+}
+
+impl From<FormatArg> for deltann_analyzer::format::PrintFormat {
+    fn from(f: FormatArg) -> Self {
+        use deltann_analyzer::format::PrintFormat as P;
+        match f {
+            FormatArg::Table => P::Table,
+            FormatArg::Csv => P::Csv,
+            FormatArg::Json => P::Json,
+            FormatArg::Markdown => P::Markdown,
+        }
+    }
+}
+
+/// Output formats of `report`.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum ReportFormatArg {
+    #[default]
+    Table,
+    Markdown,
+    Json,
+}
+
+impl From<ReportFormatArg> for deltann_analyzer::report::ReportFormat {
+    fn from(f: ReportFormatArg) -> Self {
+        use deltann_analyzer::report::ReportFormat as R;
+        match f {
+            ReportFormatArg::Table => R::Table,
+            ReportFormatArg::Markdown => R::Markdown,
+            ReportFormatArg::Json => R::Json,
+        }
+    }
+}
+
+/// Arguments of `deltann query`.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = QUERY_HELP)]
+pub struct QueryArgs {
+    /// The result store.
+    #[arg(value_parser = existing_store, required_unless_present = "list")]
+    pub store: Option<PathBuf>,
+    /// SQL to run (several statements separated by ';' run in order).
+    pub sql: Option<String>,
+    /// Run a saved query from queries/ by name instead.
+    #[arg(long, value_name = "NAME")]
+    pub saved: Option<String>,
+    /// List the saved queries and what each answers.
+    #[arg(long)]
+    pub list: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    pub format: FormatArg,
+    /// Print at most this many rows.
+    #[arg(long, value_name = "N")]
+    pub maxrows: Option<usize>,
+    /// Print row count and time to stderr.
+    #[arg(long)]
+    pub timing: bool,
+    /// Allow statements that write files (INSERT, COPY TO).
+    #[arg(long)]
+    pub allow_write: bool,
+}
+
+const QUERY_HELP: &str = "\
+Tables: runs, models, images, cells, outputs (partitioned by model and engine), errors; views:
+cells_latest (each cell's latest attempt) and predictions (outputs joined with their cell's
+environment). Columns are documented in docs/STORE.md. Only committed parts are read.
+
+Examples:
+  deltann query results/demo \"SELECT tag, latency_p50_ms FROM cells_latest ORDER BY 2\"
+  deltann query results/demo --saved flip_matrix --format csv > flips.csv";
+
+/// Arguments of `deltann sql`.
+#[derive(Debug, clap::Args)]
+pub struct SqlArgs {
+    /// The result store.
+    #[arg(value_parser = existing_store)]
+    pub store: PathBuf,
+    /// Run the statements of this file, then exit (stops at the first error, exit code 2).
+    #[arg(short, long, value_name = "FILE", value_parser = existing_file)]
+    pub file: Option<PathBuf>,
+    /// Output format (\\format changes it in the shell).
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    pub format: FormatArg,
+    /// Print at most this many rows per result (\\maxrows changes it).
+    #[arg(long, value_name = "N", default_value_t = 40)]
+    pub maxrows: usize,
+    /// Allow statements that write files (INSERT, COPY TO).
+    #[arg(long)]
+    pub allow_write: bool,
+}
+
+/// Arguments of `deltann report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The result store.
+    #[arg(value_parser = existing_store)]
+    pub store: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormatArg::Table)]
+    pub format: ReportFormatArg,
+    /// Show every row of every section (JSON always has everything).
+    #[arg(long)]
+    pub all: bool,
+    /// Flag slowdowns larger than this many times the cells' combined latency dispersion.
+    #[arg(long, default_value_t = 1.0, value_name = "K")]
+    pub noise_multiple: f64,
+    /// Recompute instead of using STORE/_cache/analysis-v1.json (it is refreshed automatically
+    /// whenever parts were committed since).
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// Arguments of `deltann check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The result store.
+    #[arg(value_parser = existing_store)]
+    pub store: PathBuf,
+    /// Fail when two cells of a family disagree on more than this share of images (0.05 or 5%).
+    #[arg(long, value_name = "R", value_parser = fraction)]
+    pub max_flip_rate: Option<f64>,
+    /// Fail when a change meant to speed things up slows p50 latency by more than this
+    /// (0.1 or 10%) with an interval that excludes no change.
+    #[arg(long, value_name = "S", value_parser = fraction)]
+    pub max_slowdown: Option<f64>,
+    /// Do not hold pairs that differ in this dimension to the flip bound (repeatable), e.g.
+    /// precision for intended int8 variants.
+    #[arg(long, value_name = "DIMENSION", value_parser = dimension)]
+    pub skip: Vec<DimensionArg>,
+    /// Flag slowdowns larger than this many times the cells' combined latency dispersion.
+    #[arg(long, default_value_t = 1.0, value_name = "K")]
+    pub noise_multiple: f64,
+}
+
+/// Arguments of `deltann diff`.
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The first store (before).
+    #[arg(value_parser = existing_store)]
+    pub store_a: PathBuf,
+    /// The second store (after).
+    #[arg(value_parser = existing_store)]
+    pub store_b: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Flag slowdowns larger than this many times the cells' combined latency dispersion.
+    #[arg(long, default_value_t = 1.0, value_name = "K")]
+    pub noise_multiple: f64,
+}
+
+/// Arguments of the hidden `deltann synth`.
+#[derive(Debug, clap::Args)]
+pub struct SynthArgs {
+    /// Where to write the store (must not exist, or be empty).
+    pub store: PathBuf,
+    /// Images per family (the benchmark default gives 1,008,000 output rows).
+    #[arg(long, default_value_t = 5250)]
+    pub images: usize,
+    /// Model families (48 cells each).
+    #[arg(long, default_value_t = 4)]
+    pub families: usize,
+    /// Keep only top-5 and the logits hash.
+    #[arg(long)]
+    pub top5_only: bool,
+    /// ONNX Runtime version to record (a second store with another one makes a `diff` demo).
+    #[arg(long, default_value = "1.32.0")]
+    pub ort_version: String,
+    /// The small test store instead (2 families, 60 images, planted effects and failures).
+    #[arg(long)]
+    pub small: bool,
+}
+
+/// A dimension named on the command line.
+#[derive(Clone, Copy, Debug)]
+pub struct DimensionArg(pub deltann_analyzer::cells::Dimension);
+
+fn dimension(s: &str) -> Result<DimensionArg, String> {
+    deltann_analyzer::cells::Dimension::from_name(s)
+        .map(DimensionArg)
+        .ok_or_else(|| {
+            let names: Vec<&str> = deltann_analyzer::cells::Dimension::ALL
+                .iter()
+                .map(|d| d.name())
+                .collect();
+            format!("dimensions are {}", names.join(", "))
+        })
+}
+
+/// `0.05` or `5%`.
+fn fraction(s: &str) -> Result<f64, String> {
+    let (text, scale) = match s.strip_suffix('%') {
+        Some(t) => (t, 100.0),
+        None => (s, 1.0),
+    };
+    let v: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number or percentage"))?;
+    let v = v / scale;
+    if (0.0..=10.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` is out of range"))
+    }
+}
+
+fn existing_store(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    if path.join(deltann_store::layout::FORMAT_FILE).is_file() {
+        Ok(path)
+    } else if path.is_dir() {
+        Err(format!(
+            "{s} is not a deltann store (no {})",
+            deltann_store::layout::FORMAT_FILE
+        ))
+    } else {
+        Err(format!("{s} does not exist"))
+    }
+}
+
 const COLLECT_HELP: &str = "\
 Each cell runs in its own worker process, so a crash, abort or hang fails that cell only (it is \
 recorded with the reason) and the sweep goes on. Results are committed in parts; killing the \
@@ -111,6 +358,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Plan(a) => plan::run(&a),
         Command::Collect(a) => collect::run(&a),
+        Command::Query(a) => query::run(&a),
+        Command::Sql(a) => sql::run(&a),
+        Command::Report(a) => report::report(&a),
+        Command::Check(a) => report::check(&a),
+        Command::Diff(a) => report::diff(&a),
+        Command::Synth(a) => {
+            let mut spec = if a.small {
+                deltann_analyzer::synth::Spec::small()
+            } else {
+                let mut s = deltann_analyzer::synth::Spec::benchmark();
+                s.images = a.images;
+                s.families = a.families;
+                s
+            };
+            spec.keep_logits = !a.top5_only;
+            spec.ort_version = Box::leak(a.ort_version.clone().into_boxed_str());
+            let started = std::time::Instant::now();
+            deltann_analyzer::synth::generate(&a.store, &spec)?;
+            println!(
+                "wrote {} output rows ({} cells) to {} in {:.1}s",
+                spec.rows(),
+                spec.families * spec.cells_per_family(),
+                a.store.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Worker => {
             deltann_collector::worker::serve(std::io::stdin(), std::io::stdout())
                 .map_err(|e| anyhow::anyhow!("worker: {e}"))?;

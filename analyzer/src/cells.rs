@@ -1,0 +1,380 @@
+//! The cells of a store as the analyzer sees them: the latest attempt of each, its environment
+//! split into named dimensions, and the model facts (family, class names) analysis needs.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
+use deltann_store::schema::col;
+use deltann_store::{Store, Table};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// An environment dimension along which two cells can differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    /// Another model file of the same family (fp16, int8 variants).
+    Precision,
+    /// ONNX Runtime against tract.
+    Engine,
+    /// Another version of the same engine.
+    EngineVersion,
+    /// ORT graph optimization level, or tract plan.
+    Optimization,
+    Threads,
+    BatchSize,
+    ResizeFilter,
+}
+
+impl Dimension {
+    /// Every dimension, in report order.
+    pub const ALL: [Dimension; 7] = [
+        Dimension::Precision,
+        Dimension::Engine,
+        Dimension::EngineVersion,
+        Dimension::Optimization,
+        Dimension::Threads,
+        Dimension::BatchSize,
+        Dimension::ResizeFilter,
+    ];
+
+    /// The dimension's name in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dimension::Precision => "precision",
+            Dimension::Engine => "engine",
+            Dimension::EngineVersion => "engine_version",
+            Dimension::Optimization => "optimization",
+            Dimension::Threads => "threads",
+            Dimension::BatchSize => "batch_size",
+            Dimension::ResizeFilter => "resize_filter",
+        }
+    }
+
+    /// Parses a dimension name.
+    pub fn from_name(name: &str) -> Option<Dimension> {
+        Dimension::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+impl fmt::Display for Dimension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The latest attempt of one cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellInfo {
+    pub cell_id: String,
+    pub attempt: i32,
+    pub tag: String,
+    pub model: String,
+    pub family: String,
+    pub precision: String,
+    pub engine: String,
+    pub engine_version: String,
+    pub ort_optimization: Option<String>,
+    pub tract_plan: Option<String>,
+    pub threads: i32,
+    pub batch_size: i32,
+    pub repetitions: i32,
+    pub resize_filter: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub images_ok: i64,
+    pub latency_p50_ms: Option<f64>,
+    pub started_at_us: i64,
+}
+
+impl CellInfo {
+    /// ORT optimization level or tract plan, whichever applies.
+    pub fn optimization(&self) -> &str {
+        self.ort_optimization
+            .as_deref()
+            .or(self.tract_plan.as_deref())
+            .unwrap_or("-")
+    }
+
+    /// The value of a dimension, as text.
+    pub fn value(&self, d: Dimension) -> String {
+        match d {
+            Dimension::Precision => format!("{} ({})", self.precision, self.model),
+            Dimension::Engine => self.engine.clone(),
+            Dimension::EngineVersion => format!("{} {}", self.engine, self.engine_version),
+            Dimension::Optimization => format!("{} {}", self.engine, self.optimization()),
+            Dimension::Threads => self.threads.to_string(),
+            Dimension::BatchSize => self.batch_size.to_string(),
+            Dimension::ResizeFilter => self.resize_filter.clone(),
+        }
+    }
+
+    /// A short label such as `mobilenetv2 ort opt=all t=1 b=1 bilinear`.
+    pub fn short(&self) -> String {
+        let opt = match (&self.ort_optimization, &self.tract_plan) {
+            (Some(o), _) => format!("opt={o}"),
+            (_, Some(p)) => format!("plan={p}"),
+            _ => String::new(),
+        };
+        format!(
+            "{} {} {} {opt} t={} b={} {}",
+            self.model,
+            self.engine,
+            self.engine_version,
+            self.threads,
+            self.batch_size,
+            self.resize_filter
+        )
+    }
+}
+
+/// The dimensions in which two cells of one family differ. Between engines, version and
+/// optimization are the engine's own and do not count separately.
+pub fn differences(a: &CellInfo, b: &CellInfo) -> Vec<Dimension> {
+    let mut out = Vec::new();
+    if a.model != b.model {
+        out.push(Dimension::Precision);
+    }
+    if a.engine != b.engine {
+        out.push(Dimension::Engine);
+    } else {
+        if a.engine_version != b.engine_version {
+            out.push(Dimension::EngineVersion);
+        }
+        if a.optimization() != b.optimization() {
+            out.push(Dimension::Optimization);
+        }
+    }
+    if a.threads != b.threads {
+        out.push(Dimension::Threads);
+    }
+    if a.batch_size != b.batch_size {
+        out.push(Dimension::BatchSize);
+    }
+    if a.resize_filter != b.resize_filter {
+        out.push(Dimension::ResizeFilter);
+    }
+    out
+}
+
+/// What analysis needs of a model.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelFacts {
+    pub family: String,
+    pub precision: String,
+    pub num_classes: i32,
+    pub class_names: Option<Vec<String>>,
+}
+
+fn strings(batch: &RecordBatch, name: &str) -> Vec<Option<String>> {
+    match batch
+        .column_by_name(name)
+        .and_then(|c| c.as_string_opt::<i32>())
+    {
+        Some(c) => (0..c.len())
+            .map(|i| c.is_valid(i).then(|| c.value(i).to_string()))
+            .collect(),
+        None => vec![None; batch.num_rows()],
+    }
+}
+
+fn ints(batch: &RecordBatch, name: &str) -> Vec<i32> {
+    match batch
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<Int32Type>())
+    {
+        Some(c) => c.values().to_vec(),
+        None => vec![0; batch.num_rows()],
+    }
+}
+
+/// Reads the latest attempt of every cell, ordered by family, then start time.
+///
+/// # Errors
+/// Fails when a `cells` part cannot be read.
+pub fn load_cells(store: &Store) -> Result<Vec<CellInfo>> {
+    let mut latest: HashMap<String, CellInfo> = HashMap::new();
+    for batch in store.scan_table(Table::Cells, &[]) {
+        let batch = batch?;
+        let n = batch.num_rows();
+        let text = |name| strings(&batch, name);
+        let (
+            ids,
+            tags,
+            models,
+            families,
+            precisions,
+            engines,
+            versions,
+            opts,
+            plans,
+            filters,
+            st,
+            errs,
+        ) = (
+            text(col::CELL_ID),
+            text(col::TAG),
+            text(col::MODEL),
+            text(col::FAMILY),
+            text(col::PRECISION),
+            text(col::ENGINE),
+            text(col::ENGINE_VERSION),
+            text(col::ORT_OPTIMIZATION),
+            text(col::TRACT_PLAN),
+            text(col::RESIZE_FILTER),
+            text(col::STATUS),
+            text(col::ERROR),
+        );
+        let (attempts, threads, batches, reps) = (
+            ints(&batch, col::ATTEMPT),
+            ints(&batch, col::THREADS),
+            ints(&batch, col::BATCH_SIZE),
+            ints(&batch, col::REPETITIONS),
+        );
+        let images_ok = batch
+            .column_by_name(col::IMAGES_OK)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>());
+        let p50 = batch
+            .column_by_name(col::LATENCY_P50_MS)
+            .and_then(|c| c.as_primitive_opt::<Float64Type>());
+        let started = batch
+            .column_by_name(col::STARTED_AT)
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>());
+        for i in 0..n {
+            let cell = CellInfo {
+                cell_id: ids[i].clone().unwrap_or_default(),
+                attempt: attempts[i],
+                tag: tags[i].clone().unwrap_or_default(),
+                model: models[i].clone().unwrap_or_default(),
+                family: families[i].clone().unwrap_or_default(),
+                precision: precisions[i].clone().unwrap_or_default(),
+                engine: engines[i].clone().unwrap_or_default(),
+                engine_version: versions[i].clone().unwrap_or_default(),
+                ort_optimization: opts[i].clone(),
+                tract_plan: plans[i].clone(),
+                threads: threads[i],
+                batch_size: batches[i],
+                repetitions: reps[i],
+                resize_filter: filters[i].clone().unwrap_or_default(),
+                status: st[i].clone().unwrap_or_default(),
+                error: errs[i].clone(),
+                images_ok: images_ok.map_or(0, |c| c.value(i)),
+                latency_p50_ms: p50.and_then(|c| c.is_valid(i).then(|| c.value(i))),
+                started_at_us: started.map_or(0, |c| c.value(i)),
+            };
+            match latest.get(&cell.cell_id) {
+                Some(old) if old.attempt >= cell.attempt => {}
+                _ => {
+                    latest.insert(cell.cell_id.clone(), cell);
+                }
+            }
+        }
+    }
+    let mut cells: Vec<CellInfo> = latest.into_values().collect();
+    // Within a family: the base model first (its name is the family's), then by start time.
+    cells.sort_by(|a, b| {
+        (&a.family, a.model != a.family, a.started_at_us, &a.cell_id).cmp(&(
+            &b.family,
+            b.model != b.family,
+            b.started_at_us,
+            &b.cell_id,
+        ))
+    });
+    Ok(cells)
+}
+
+/// Reads every model's family, precision and class names.
+///
+/// # Errors
+/// Fails when a `models` part cannot be read.
+pub fn load_models(store: &Store) -> Result<HashMap<String, ModelFacts>> {
+    let mut out = HashMap::new();
+    for batch in store.scan_table(Table::Models, &[]) {
+        let batch = batch?;
+        let (names, families, precisions) = (
+            strings(&batch, col::MODEL),
+            strings(&batch, col::FAMILY),
+            strings(&batch, col::PRECISION),
+        );
+        let classes = ints(&batch, col::NUM_CLASSES);
+        let lists = batch
+            .column_by_name(col::CLASS_NAMES)
+            .and_then(|c| c.as_list_opt::<i32>());
+        for i in 0..batch.num_rows() {
+            let class_names = lists.filter(|l| l.is_valid(i)).map(|l| {
+                let v = l.value(i);
+                let s = v.as_string::<i32>();
+                (0..s.len()).map(|j| s.value(j).to_string()).collect()
+            });
+            out.insert(
+                names[i].clone().unwrap_or_default(),
+                ModelFacts {
+                    family: families[i].clone().unwrap_or_default(),
+                    precision: precisions[i].clone().unwrap_or_default(),
+                    num_classes: classes[i],
+                    class_names,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(model: &str, engine: &str, opt: &str, threads: i32) -> CellInfo {
+        CellInfo {
+            cell_id: format!("{model}{engine}{opt}{threads}"),
+            attempt: 1,
+            tag: String::new(),
+            model: model.into(),
+            family: "m".into(),
+            precision: "fp32".into(),
+            engine: engine.into(),
+            engine_version: if engine == "ort" { "1.32.0" } else { "0.23.9" }.into(),
+            ort_optimization: (engine == "ort").then(|| opt.to_string()),
+            tract_plan: (engine == "tract").then(|| opt.to_string()),
+            threads,
+            batch_size: 1,
+            repetitions: 1,
+            resize_filter: "bilinear".into(),
+            status: "ok".into(),
+            error: None,
+            images_ok: 0,
+            latency_p50_ms: None,
+            started_at_us: 0,
+        }
+    }
+
+    #[test]
+    fn differences_name_each_dimension() {
+        let a = cell("m", "ort", "all", 1);
+        assert!(differences(&a, &a).is_empty());
+        assert_eq!(
+            differences(&a, &cell("m", "ort", "basic", 1)),
+            vec![Dimension::Optimization]
+        );
+        assert_eq!(
+            differences(&a, &cell("m", "ort", "all", 2)),
+            vec![Dimension::Threads]
+        );
+        assert_eq!(
+            differences(&a, &cell("m-int8", "ort", "all", 1)),
+            vec![Dimension::Precision]
+        );
+        // Across engines, version and optimization belong to the engine.
+        assert_eq!(
+            differences(&a, &cell("m", "tract", "optimized", 1)),
+            vec![Dimension::Engine]
+        );
+        assert_eq!(
+            differences(&a, &cell("m", "tract", "optimized", 2)),
+            vec![Dimension::Engine, Dimension::Threads]
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! The per-image comparison measures between two cells, and the interval for a flip rate.
+//!
+//! Each function compares what two environments produced for one image. They are pure and small
+//! so that each can be checked against values computed by hand (see the tests), and so that the
+//! streaming pass in [`crate::disagreement`] can call them millions of times.
+
+/// Wilson score interval for a proportion `k / n` at 95% (z = 1.96): unlike the normal
+/// approximation it stays inside [0, 1] and behaves at k = 0, which is the common case here.
+pub fn wilson(k: u64, n: u64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let (k, n) = (k as f64, n as f64);
+    let p = k / n;
+    let z2 = z * z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = z * ((p * (1.0 - p) + z2 / (4.0 * n)) / n).sqrt() / (1.0 + z2 / n);
+    // At k = 0 and k = n the bounds are exactly 0 and 1; say so rather than leave rounding.
+    let lo = if k == 0.0 {
+        0.0
+    } else {
+        (centre - half).max(0.0)
+    };
+    let hi = if k == n {
+        1.0
+    } else {
+        (centre + half).min(1.0)
+    };
+    (lo, hi)
+}
+
+/// Jaccard overlap of two top-k sets: |A ∩ B| / |A ∪ B|.
+pub fn jaccard(a: &[i32], b: &[i32]) -> f64 {
+    let inter = a.iter().filter(|x| b.contains(x)).count();
+    let union = a.len() + b.len() - inter;
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// Rank-biased overlap (Webber et al. 2010) of two rankings truncated at depth k, with
+/// persistence `p`, normalised so identical rankings score 1:
+/// `sum_{d=1..k} p^(d-1) * |A_d ∩ B_d| / d`, divided by the same sum for identical lists.
+pub fn rbo(a: &[i32], b: &[i32], p: f64) -> f64 {
+    let k = a.len().min(b.len());
+    if k == 0 {
+        return 1.0;
+    }
+    let (mut score, mut norm, mut weight) = (0.0, 0.0, 1.0);
+    for d in 1..=k {
+        let overlap = a[..d].iter().filter(|x| b[..d].contains(x)).count();
+        score += weight * overlap as f64 / d as f64;
+        norm += weight;
+        weight *= p;
+    }
+    score / norm
+}
+
+/// Kendall's tau-a over the labels both rankings contain, by their positions in each:
+/// (concordant - discordant) / pairs. `None` when fewer than two labels are shared.
+pub fn kendall_tau(a: &[i32], b: &[i32]) -> Option<f64> {
+    let shared: Vec<(usize, usize)> = a
+        .iter()
+        .enumerate()
+        .filter_map(|(i, x)| b.iter().position(|y| y == x).map(|j| (i, j)))
+        .collect();
+    let n = shared.len();
+    if n < 2 {
+        return None;
+    }
+    let mut s = 0i64;
+    for i in 0..n {
+        for j in i + 1..n {
+            let da = shared[i].0 as i64 - shared[j].0 as i64;
+            let db = shared[i].1 as i64 - shared[j].1 as i64;
+            s += (da * db).signum();
+        }
+    }
+    Some(s as f64 / (n * (n - 1) / 2) as f64)
+}
+
+/// Max and mean absolute difference of two logit rows (`None` if their lengths differ).
+pub fn abs_diff(a: &[f32], b: &[f32]) -> Option<(f64, f64)> {
+    if a.len() != b.len() || a.is_empty() {
+        return None;
+    }
+    let (mut max, mut sum) = (0.0f32, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        let d = (x - y).abs();
+        max = max.max(d);
+        sum += f64::from(d);
+    }
+    Some((f64::from(max), sum / a.len() as f64))
+}
+
+/// Log-softmax of a logit row, the form the KL divergence needs.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&v| (f64::from(v - max)).exp()).sum();
+    let log_sum = sum.ln() as f32;
+    logits.iter().map(|&v| v - max - log_sum).collect()
+}
+
+/// KL(P || Q) in nats from two log-softmax rows.
+pub fn kl(log_p: &[f32], log_q: &[f32]) -> Option<f64> {
+    if log_p.len() != log_q.len() || log_p.is_empty() {
+        return None;
+    }
+    let mut total = 0.0f64;
+    for (lp, lq) in log_p.iter().zip(log_q) {
+        let p = f64::from(*lp).exp();
+        if p > 0.0 {
+            total += p * f64::from(lp - lq);
+        }
+    }
+    Some(total.max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn wilson_matches_hand_computation() {
+        // k = 0, n = 10: upper = z^2/n / (1 + z^2/n) = 0.38415/1.38415 = 0.27753.
+        let (lo, hi) = wilson(0, 10);
+        assert_eq!(lo, 0.0);
+        assert!((hi - 0.277_53).abs() < 1e-4, "{hi}");
+        // k = 5, n = 10: centre 0.5, half-width 0.2366 -> (0.2366, 0.7634).
+        let (lo, hi) = wilson(5, 10);
+        assert!(
+            (lo - 0.2366).abs() < 1e-4 && (hi - 0.7634).abs() < 1e-4,
+            "{lo} {hi}"
+        );
+        assert_eq!(wilson(0, 0), (0.0, 1.0));
+    }
+
+    #[test]
+    fn overlaps_by_hand() {
+        assert!(close(jaccard(&[1, 2, 3, 4, 5], &[1, 2, 3, 4, 5]), 1.0));
+        // {1,2,3,4,5} vs {1,2,3,9,8}: 3 shared of 7.
+        assert!(close(
+            jaccard(&[1, 2, 3, 4, 5], &[1, 2, 3, 9, 8]),
+            3.0 / 7.0
+        ));
+        assert!(close(jaccard(&[1], &[2]), 0.0));
+        // RBO, p = 0.5, [1,2] vs [2,1]: depth 1 overlap 0, depth 2 overlap 2/2.
+        // (1*0 + 0.5*1) / (1 + 0.5) = 1/3.
+        assert!(close(rbo(&[1, 2], &[2, 1], 0.5), 1.0 / 3.0));
+        assert!(close(rbo(&[1, 2, 3], &[1, 2, 3], 0.9), 1.0));
+    }
+
+    #[test]
+    fn kendall_tau_by_hand() {
+        assert_eq!(kendall_tau(&[1, 2, 3], &[1, 2, 3]), Some(1.0));
+        assert_eq!(kendall_tau(&[1, 2, 3], &[3, 2, 1]), Some(-1.0));
+        // Shared {1,2,3}: positions a (0,1,2), b (0,2,1): pairs (1,2)+ (1,3)+ (2,3)- -> 1/3.
+        assert!(close(
+            kendall_tau(&[1, 2, 3, 7], &[1, 3, 2, 9]).unwrap(),
+            1.0 / 3.0
+        ));
+        assert_eq!(kendall_tau(&[1, 2], &[3, 1]), None);
+    }
+
+    #[test]
+    fn logit_differences_by_hand() {
+        assert_eq!(
+            abs_diff(&[1.0, 2.0, 3.0], &[1.0, 2.5, 1.0]),
+            Some((2.0, 2.5 / 3.0))
+        );
+        assert_eq!(abs_diff(&[1.0], &[1.0, 2.0]), None);
+        let p = log_softmax(&[0.0, 0.0]);
+        assert!((p[0] - (0.5f32).ln()).abs() < 1e-7);
+        // KL([.5,.5] || [.9,.1]) = .5 ln(.5/.9) + .5 ln(.5/.1) = 0.510826.
+        let q = [(0.9f32).ln(), (0.1f32).ln()];
+        assert!((kl(&p, &q).unwrap() - 0.510_826).abs() < 1e-5);
+        assert_eq!(kl(&p, &p), Some(0.0));
+    }
+
+    #[test]
+    fn properties_symmetry_and_bounds() {
+        let rows = [
+            [1, 2, 3, 4, 5],
+            [5, 4, 3, 2, 1],
+            [1, 9, 8, 7, 6],
+            [6, 7, 8, 9, 10],
+        ];
+        for a in &rows {
+            for b in &rows {
+                let (j, r) = (jaccard(a, b), rbo(a, b, 0.9));
+                assert!((0.0..=1.0).contains(&j) && (0.0..=1.0).contains(&r));
+                assert!(close(j, jaccard(b, a)) && close(r, rbo(b, a, 0.9)));
+                if let Some(t) = kendall_tau(a, b) {
+                    assert!((-1.0..=1.0).contains(&t));
+                    assert_eq!(Some(t), kendall_tau(b, a));
+                }
+            }
+            assert!(close(jaccard(a, a), 1.0) && close(rbo(a, a, 0.9), 1.0));
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! A DataFusion table over a store table's committed parts.
+//!
+//! The file list comes from the manifest, re-read at every scan: a query sees exactly the parts
+//! committed when it starts, never a file still being written, and a query run next to a live
+//! `collect` sees its progress. Partition values (`model`, `engine` for `outputs`) come from the
+//! part paths; equality and IN filters on them prune files before anything is opened, and every
+//! other filter is left to DataFusion's Parquet pushdown (row-group statistics, page index).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::{Result as DfResult, ScalarValue};
+use datafusion::datasource::TableProvider;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use deltann_store::{Store, Table};
+
+/// One table of a store, as DataFusion sees it.
+#[derive(Debug)]
+pub struct StoreTable {
+    root: PathBuf,
+    table: Table,
+    file_schema: SchemaRef,
+    schema: SchemaRef,
+    partition_keys: Vec<String>,
+}
+
+impl StoreTable {
+    /// The table `table` of the store at `root`.
+    pub fn new(root: PathBuf, table: Table) -> Self {
+        let file_schema = deltann_store::schema::schema(table);
+        let partition_keys: Vec<String> = table
+            .partition_keys()
+            .iter()
+            .map(|k| (*k).to_string())
+            .collect();
+        let mut fields: Vec<Field> = file_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(
+            partition_keys
+                .iter()
+                .map(|k| Field::new(k, DataType::Utf8, false)),
+        );
+        Self {
+            root,
+            table,
+            file_schema,
+            schema: Arc::new(Schema::new(fields)),
+            partition_keys,
+        }
+    }
+
+    /// Committed files with their partition values, pruned by partition filters.
+    fn files(&self, filters: &[Expr]) -> DfResult<Vec<PartitionedFile>> {
+        let store = Store::open(&self.root)
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let wanted = partition_constraints(filters, &self.partition_keys);
+        let mut out = Vec::new();
+        for part in store.parts(self.table) {
+            let values = partition_values(&part.path, &self.partition_keys);
+            let keep = wanted.iter().all(|(key, allowed)| {
+                values
+                    .get(key.as_str())
+                    .is_some_and(|v| allowed.contains(v))
+            });
+            if !keep {
+                continue;
+            }
+            let path = store.part_path(part);
+            let file = PartitionedFile::new(path.display().to_string(), part.bytes)
+                .with_partition_values(
+                    self.partition_keys
+                        .iter()
+                        .map(|k| ScalarValue::Utf8(values.get(k.as_str()).cloned()))
+                        .collect(),
+                );
+            out.push(file);
+        }
+        Ok(out)
+    }
+}
+
+/// `key=value` directory components of a part path.
+fn partition_values(path: &str, keys: &[String]) -> HashMap<String, String> {
+    path.split('/')
+        .filter_map(|c| c.split_once('='))
+        .filter(|(k, _)| keys.iter().any(|key| key == k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// From filters of the form `key = 'v'`, `'v' = key` or `key IN ('a', 'b')` on partition keys:
+/// the allowed values per key.
+fn partition_constraints(filters: &[Expr], keys: &[String]) -> Vec<(String, Vec<String>)> {
+    let column = |e: &Expr| match e {
+        Expr::Column(c) if keys.contains(&c.name) => Some(c.name.clone()),
+        _ => None,
+    };
+    let literal = |e: &Expr| match e {
+        Expr::Literal(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+            _,
+        ) => Some(s.clone()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for f in filters {
+        match f {
+            Expr::BinaryExpr(b) if b.op == Operator::Eq => {
+                if let (Some(k), Some(v)) = (column(&b.left), literal(&b.right)) {
+                    out.push((k, vec![v]));
+                } else if let (Some(v), Some(k)) = (literal(&b.left), column(&b.right)) {
+                    out.push((k, vec![v]));
+                }
+            }
+            Expr::InList(l) if !l.negated => {
+                if let Some(k) = column(&l.expr) {
+                    let values: Option<Vec<String>> = l.list.iter().map(literal).collect();
+                    if let Some(values) = values {
+                        out.push((k, values));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl TableProvider for StoreTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Partition pruning is a file-level shortcut, not an exact filter: DataFusion still
+        // applies every filter, and pushes what it can into the Parquet scan.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let files = self.files(filters)?;
+        if files.is_empty() {
+            let schema = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
+        // Spread files over the session's partitions, largest first, for parallel scans.
+        let groups_n = state.config().target_partitions().max(1).min(files.len());
+        let mut files = files;
+        files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
+        let mut groups: Vec<(u64, Vec<PartitionedFile>)> =
+            (0..groups_n).map(|_| (0, Vec::new())).collect();
+        for f in files {
+            if let Some(g) = groups.iter_mut().min_by_key(|(size, _)| *size) {
+                g.0 += f.object_meta.size;
+                g.1.push(f);
+            }
+        }
+        let partition_fields: Vec<Arc<Field>> = self
+            .partition_keys
+            .iter()
+            .map(|k| Arc::new(Field::new(k, DataType::Utf8, false)))
+            .collect();
+        let table_schema = TableSchema::builder(self.file_schema.clone())
+            .with_table_partition_cols(partition_fields)
+            .build();
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let source = format.file_source(table_schema);
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+            .with_file_groups(groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect())
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        format.create_physical_plan(state, config).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::logical_expr::{col, lit};
+
+    #[test]
+    fn partition_filters_are_understood() {
+        let keys = vec!["model".to_string(), "engine".to_string()];
+        let filters = vec![
+            col("model").eq(lit("m1")),
+            lit("ort").eq(col("engine")),
+            col("top1").eq(lit(3)),
+            col("model").in_list(vec![lit("a"), lit("b")], false),
+        ];
+        let c = partition_constraints(&filters, &keys);
+        assert_eq!(
+            c,
+            vec![
+                ("model".to_string(), vec!["m1".to_string()]),
+                ("engine".to_string(), vec!["ort".to_string()]),
+                ("model".to_string(), vec!["a".to_string(), "b".to_string()]),
+            ]
+        );
+        let v = partition_values("outputs/model=m1/engine=ort/part-000001-x.parquet", &keys);
+        assert_eq!(v.get("model").map(String::as_str), Some("m1"));
+        assert_eq!(v.get("engine").map(String::as_str), Some("ort"));
+    }
+}

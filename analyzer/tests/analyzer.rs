@@ -1,0 +1,346 @@
+//! The analyzer on stores whose contents are known: hand-written fixtures (values computed by
+//! hand), and the small synthetic store (planted effects), including every saved query.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use deltann_analyzer::analysis::{self, Options};
+use deltann_analyzer::cells::Dimension;
+use deltann_analyzer::context::Session;
+use deltann_analyzer::disagreement::{self, Request};
+use deltann_analyzer::format::{self, PrintFormat};
+use deltann_analyzer::synth::{self, HandCell, Spec};
+use deltann_analyzer::{check, queries};
+use deltann_store::{Store, Table};
+
+fn small_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    synth::generate(&dir.path().join("s"), &Spec::small()).unwrap();
+    dir
+}
+
+fn hand_store(dir: &Path) -> Store {
+    // Three images, two cells. Logits over 6 classes.
+    //   img-a: A ranks 0,1,2,3,4 (5 last); B identical           -> no flip, identical
+    //   img-b: A top-1 class 0, B top-1 class 1                   -> flip
+    //   img-c: A and B same ranking, B's logits shifted by +0.5   -> no flip, |d| = 0.5
+    let a = vec![
+        ("img-a", Some(0), vec![6.0, 5.0, 4.0, 3.0, 2.0, 1.0], 10.0),
+        ("img-b", Some(0), vec![6.0, 5.0, 4.0, 3.0, 2.0, 1.0], 10.0),
+        ("img-c", None, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 10.0),
+    ];
+    let b = vec![
+        ("img-a", Some(0), vec![6.0, 5.0, 4.0, 3.0, 2.0, 1.0], 20.0),
+        ("img-b", Some(0), vec![5.0, 6.0, 4.0, 3.0, 2.0, 1.0], 20.0),
+        ("img-c", None, vec![1.5, 2.5, 3.5, 4.5, 5.5, 6.5], 20.0),
+    ];
+    let cell = |id, engine, opt, rows| HandCell {
+        id,
+        model: "family0",
+        precision: "fp32",
+        engine,
+        optimization: opt,
+        threads: 1,
+        rows,
+    };
+    synth::write_hand(
+        dir,
+        &[
+            cell("aaaaaaaaaaaaaaaa", "ort", "all", a),
+            cell("bbbbbbbbbbbbbbbb", "tract", "optimized", b),
+        ],
+    )
+    .unwrap();
+    Store::open(dir).unwrap()
+}
+
+#[test]
+fn pair_metrics_match_hand_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hand_store(&dir.path().join("h"));
+    let a = analysis::analyze(&store, &Options::default()).unwrap();
+    assert_eq!(a.cells.len(), 2);
+    let p = &a.disagreement.pairs[0];
+    assert_eq!((p.images, p.flips, p.identical), (3, 1, 1));
+    assert!((p.flip_rate - 1.0 / 3.0).abs() < 1e-12);
+    // Top-5 sets are equal on all three images (img-b swaps 0 and 1 within the top 5).
+    assert!((p.jaccard_top5 - 1.0).abs() < 1e-12);
+    // RBO on img-b: [0,1,2,3,4] vs [1,0,2,3,4], p = 0.9: depths 1..5 overlap 0,2,3,4,5.
+    let w: Vec<f64> = (0..5).map(|d| 0.9f64.powi(d)).collect();
+    let rbo_b = (w[1] * 1.0 + w[2] * 1.0 + w[3] * 1.0 + w[4] * 1.0) / w.iter().sum::<f64>();
+    assert!(
+        (p.rbo_top5 - (2.0 + rbo_b) / 3.0).abs() < 1e-9,
+        "{}",
+        p.rbo_top5
+    );
+    // Kendall tau on img-b: 10 pairs of 5 shared labels, one discordant: (9 - 1) / 10.
+    assert!((p.kendall_tau.unwrap() - (1.0 + 0.8 + 1.0) / 3.0).abs() < 1e-9);
+    // Max |Δ| is 1 (img-b swaps 6 and 5); mean |Δ| per image: 0, 2/6, 0.5 -> mean 5/18.
+    assert!((p.max_abs_logit.unwrap() - 1.0).abs() < 1e-6);
+    assert!((p.mean_abs_logit.unwrap() - 5.0 / 18.0).abs() < 1e-6);
+    // A shift leaves softmax unchanged: KL comes from img-b only.
+    let kl_b = {
+        let lse = |v: &[f64]| v.iter().map(|x| x.exp()).sum::<f64>().ln();
+        let (xa, xb) = (
+            [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],
+            [5.0, 6.0, 4.0, 3.0, 2.0, 1.0],
+        );
+        let (la, lb) = (lse(&xa), lse(&xb));
+        xa.iter()
+            .zip(&xb)
+            .map(|(x, y)| (x - la).exp() * ((x - la) - (y - lb)))
+            .sum::<f64>()
+    };
+    assert!(
+        (p.kl.unwrap() - kl_b / 3.0).abs() < 1e-5,
+        "{:?} vs {}",
+        p.kl,
+        kl_b / 3.0
+    );
+    // Accuracy over the two labelled images: A 2/2, B 1/2.
+    assert_eq!((p.labelled, p.correct_a, p.correct_b), (2, 2, 1));
+    assert_eq!(p.flipped, vec!["img-b".to_string()]);
+    // The engine is the only difference, so it gets all the disagreement.
+    assert_eq!(a.attribution.len(), 1);
+    assert_eq!(a.attribution[0].dimension, Dimension::Engine);
+    // B is twice as slow; no intent to be faster between engines, so no flag.
+    let c = &a.contrasts[0];
+    assert!((c.change.value - 1.0).abs() < 1e-9 && !c.flagged && !c.meant_faster);
+}
+
+#[test]
+fn flip_rate_is_symmetric_and_self_pairs_are_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hand_store(&dir.path().join("h"));
+    let parts: Vec<_> = store
+        .parts(Table::Outputs)
+        .enumerate()
+        .map(|(i, p)| (i, store.part_path(p)))
+        .collect();
+    let request = Request {
+        cells: 2,
+        parts,
+        pairs: vec![(0, 1), (1, 0), (0, 0), (1, 1)],
+        groups: vec![vec![0, 1]],
+        near_tie_margin: 0.05,
+    };
+    let d = disagreement::compute(&request).unwrap();
+    assert_eq!(d.pairs[0].flips, d.pairs[1].flips);
+    assert_eq!(d.pairs[0].jaccard_top5, d.pairs[1].jaccard_top5);
+    assert_eq!(d.pairs[0].rbo_top5, d.pairs[1].rbo_top5);
+    assert_eq!(d.pairs[0].max_abs_logit, d.pairs[1].max_abs_logit);
+    for same in &d.pairs[2..] {
+        assert_eq!((same.flips, same.identical, same.images), (0, 3, 3));
+        assert_eq!(same.max_abs_logit, Some(0.0));
+        assert_eq!(same.kl, Some(0.0));
+        assert_eq!(same.jaccard_top5, 1.0);
+    }
+}
+
+#[test]
+fn planted_effects_are_found() {
+    let dir = small_store();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    let a = analysis::analyze(&store, &Options::default()).unwrap();
+    // 2 families x 18 cells plus the failed cell.
+    assert_eq!(a.cells.len(), 37);
+    assert_eq!(a.cells.iter().filter(|c| c.status == "failed").count(), 1);
+    for p in &a.disagreement.pairs {
+        assert!((0.0..=1.0).contains(&p.flip_rate));
+        assert!((0.0..=1.0).contains(&p.jaccard_top5) && (0.0..=1.0).contains(&p.rbo_top5));
+        assert!(p.flip_ci.0 <= p.flip_rate && p.flip_rate <= p.flip_ci.1);
+    }
+    // int8 is the dominant cause; threads change nothing (bit-identical logits).
+    assert_eq!(
+        a.attribution[0].dimension,
+        Dimension::Precision,
+        "{:?}",
+        a.attribution
+    );
+    assert!(a.attribution[0].flip_rate > 0.05);
+    let threads = a
+        .attribution
+        .iter()
+        .find(|r| r.dimension == Dimension::Threads)
+        .unwrap();
+    assert_eq!((threads.flips, threads.mean_abs_logit), (0, Some(0.0)));
+    for p in &a.disagreement.pairs {
+        if deltann_analyzer::cells::differences(&a.cells[p.a], &a.cells[p.b])
+            == [Dimension::Threads]
+        {
+            assert_eq!(p.identical, p.images);
+        }
+    }
+    // The largest deviation signature is the int8 cells'.
+    assert!(
+        a.signatures[0].label.contains("precision=int8"),
+        "{:?}",
+        &a.signatures[..3]
+    );
+    // Repetitions agree: the floor is zero.
+    assert!(
+        a.disagreement
+            .floors
+            .iter()
+            .all(|f| f.flips == 0 && f.nondeterministic == 0)
+    );
+    // The planted regression: ORT basic -> extended is slower in family0 only.
+    let flagged: Vec<_> = a.contrasts.iter().filter(|c| c.flagged).collect();
+    assert!(!flagged.is_empty());
+    for c in &flagged {
+        assert_eq!(c.dimension, Dimension::Optimization);
+        assert_eq!(a.cells[c.from].family, "family0");
+        assert_eq!(
+            (c.from_value.as_str(), c.to_value.as_str()),
+            ("ort basic", "ort extended")
+        );
+    }
+    assert!(
+        a.contrasts
+            .iter()
+            .any(|c| c.dimension == Dimension::Optimization
+                && a.cells[c.from].family == "family1"
+                && c.from_value == "ort basic"
+                && c.to_value == "ort extended"
+                && !c.flagged)
+    );
+    // More threads are meant to be faster and are: never flagged.
+    assert!(
+        a.contrasts
+            .iter()
+            .filter(|c| c.dimension == Dimension::Threads)
+            .all(|c| !c.flagged && c.change.value < 0.0)
+    );
+    // Every fifth image is a near tie in the reference cell.
+    assert!(!a.disagreement.near_ties.is_empty());
+    assert!(a.disagreement.near_ties.iter().all(|n| n.margin < 0.05));
+}
+
+#[test]
+fn check_gates_on_flip_rate_and_slowdown() {
+    let dir = small_store();
+    let store = Store::open(&dir.path().join("s")).unwrap();
+    let a = analysis::analyze(&store, &Options::default()).unwrap();
+    let bounds = |flip, slow, skip: Vec<Dimension>| check::Bounds {
+        max_flip_rate: flip,
+        max_slowdown: slow,
+        skip,
+    };
+    let all = check::check(&a, &bounds(Some(0.01), None, vec![]));
+    assert!(all.iter().any(|v| v.what.contains("precision")), "{all:?}");
+    // Beyond the int8 variants, only near ties flip (between engines): with precision skipped
+    // and a bound above that, the gate passes.
+    let rest = check::check(&a, &bounds(Some(0.2), None, vec![Dimension::Precision]));
+    assert!(rest.is_empty(), "{rest:?}");
+    let slow = check::check(&a, &bounds(None, Some(0.1), vec![]));
+    assert!(
+        !slow.is_empty()
+            && slow
+                .iter()
+                .all(|v| v.what.contains("ort basic -> ort extended"))
+    );
+    assert!(check::check(&a, &bounds(None, Some(5.0), vec![])).is_empty());
+}
+
+#[test]
+fn sql_sees_committed_parts_with_partitions() {
+    let dir = small_store();
+    let root = dir.path().join("s");
+    let session = Session::open(&root, false).unwrap();
+    let count = |sql: &str| -> String {
+        let out = session.run_blocking(sql).unwrap();
+        format::render(&out[0].batches, PrintFormat::Csv, None).unwrap()
+    };
+    let spec = Spec::small();
+    assert_eq!(
+        count("SELECT count(*) AS n FROM outputs"),
+        format!("n\n{}", spec.rows())
+    );
+    assert_eq!(
+        count("SELECT count(*) AS n FROM outputs WHERE model = 'family0-int8' AND engine = 'ort'"),
+        format!("n\n{}", 4 * spec.images * 2)
+    );
+    assert_eq!(count("SELECT count(*) AS n FROM cells_latest"), "n\n37");
+    assert_eq!(
+        count("SELECT count(DISTINCT family) AS n FROM predictions"),
+        "n\n2"
+    );
+    // A part that is not in the manifest is invisible to SQL.
+    let stray = root.join("outputs/model=family0/engine=ort/part-999999-stray.parquet");
+    let any = std::fs::read_dir(root.join("outputs/model=family0/engine=ort"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(any, &stray).unwrap();
+    assert_eq!(
+        count("SELECT count(*) AS n FROM outputs"),
+        format!("n\n{}", spec.rows())
+    );
+}
+
+#[test]
+fn writes_are_refused_unless_allowed() {
+    let dir = small_store();
+    let root = dir.path().join("s");
+    let target = dir.path().join("copy.csv");
+    let copy = format!(
+        "COPY (SELECT cell_id FROM cells) TO '{}' STORED AS CSV",
+        target.display()
+    );
+    let err = Session::open(&root, false)
+        .unwrap()
+        .run_blocking(&copy)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--allow-write"), "{err}");
+    assert!(!target.exists());
+    Session::open(&root, true)
+        .unwrap()
+        .run_blocking(&copy)
+        .unwrap();
+    assert!(target.exists());
+    // Views and in-memory DDL are fine in a read-only session.
+    Session::open(&root, false)
+        .unwrap()
+        .run_blocking("CREATE VIEW v AS SELECT 1 AS x; SELECT * FROM v;")
+        .unwrap();
+}
+
+#[test]
+fn saved_queries_snapshot() {
+    let dir = small_store();
+    let session = Session::open(&dir.path().join("s"), false).unwrap();
+    for q in queries::ALL {
+        let out = session
+            .run_blocking(q.sql)
+            .unwrap_or_else(|e| panic!("saved query {} failed: {e}", q.name));
+        let text = format::render(&out[0].batches, PrintFormat::Markdown, Some(25)).unwrap();
+        insta::assert_snapshot!(q.name, text);
+    }
+}
+
+#[test]
+fn cached_analysis_is_reused_and_refreshed() {
+    let dir = small_store();
+    let root = dir.path().join("s");
+    let store = Store::open(&root).unwrap();
+    let first = analysis::cached(&store, &Options::default(), true).unwrap();
+    let cache = root.join("_cache").join(analysis::CACHE_FILE);
+    assert!(cache.is_file());
+    let again = analysis::cached(&store, &Options::default(), true).unwrap();
+    // The cache holds what serialises (accumulators and raw latencies are not kept).
+    assert_eq!(
+        serde_json::to_value(&first).unwrap(),
+        serde_json::to_value(&again).unwrap()
+    );
+    // Another option invalidates it.
+    let other = Options {
+        noise_multiple: 100.0,
+        ..Options::default()
+    };
+    let flagged = analysis::cached(&store, &other, true).unwrap();
+    assert!(flagged.contrasts.iter().all(|c| !c.flagged));
+}
