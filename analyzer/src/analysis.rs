@@ -215,8 +215,9 @@ pub fn analyze(store: &Store, options: &Options) -> Result<Analysis> {
             signature: s.clone(),
         })
         .collect();
-    let performance = performance(&disagreement);
-    let contrasts = contrasts(&cells, &groups, &performance, &disagreement, options);
+    let sorted = disagreement.sorted_latencies_ms();
+    let performance = performance(&sorted);
+    let contrasts = contrasts(&cells, &groups, &performance, &sorted, options);
     Ok(Analysis {
         store: store.root().display().to_string(),
         parts: store.entries().len(),
@@ -295,22 +296,21 @@ fn label(cells: &[CellInfo], group: &[usize], deviating: &[usize]) -> String {
     }
 }
 
-fn performance(d: &Disagreement) -> Vec<CellPerf> {
-    d.latencies
+fn performance(sorted: &[Vec<f64>]) -> Vec<CellPerf> {
+    sorted
         .iter()
         .enumerate()
-        .map(|(cell, ns)| {
-            let mut ms: Vec<f64> = ns.iter().map(|&n| n as f64 / 1e6).collect();
-            ms.sort_by(f64::total_cmp);
+        .map(|(cell, ms)| {
+            let ms = ms.as_slice();
             let total: f64 = ms.iter().sum();
             CellPerf {
                 cell,
                 rows: ms.len(),
-                p50_ms: stats::quantile(&ms, 0.5),
-                p90_ms: stats::quantile(&ms, 0.9),
-                p99_ms: stats::quantile(&ms, 0.99),
+                p50_ms: stats::quantile(ms, 0.5),
+                p90_ms: stats::quantile(ms, 0.9),
+                p99_ms: stats::quantile(ms, 0.99),
                 throughput_ips: (total > 0.0).then(|| ms.len() as f64 / (total / 1e3)),
-                dispersion: stats::relative_dispersion(&ms),
+                dispersion: stats::relative_dispersion(ms),
             }
         })
         .collect()
@@ -355,18 +355,9 @@ fn contrasts(
     cells: &[CellInfo],
     groups: &[Group],
     perf: &[CellPerf],
-    d: &Disagreement,
+    sorted: &[Vec<f64>],
     options: &Options,
 ) -> Vec<Contrast> {
-    let sorted: Vec<Vec<f64>> = d
-        .latencies
-        .iter()
-        .map(|ns| {
-            let mut ms: Vec<f64> = ns.iter().map(|&n| n as f64 / 1e6).collect();
-            ms.sort_by(f64::total_cmp);
-            ms
-        })
-        .collect();
     let mut out = Vec::new();
     for g in groups {
         for (i, &x) in g.cells.iter().enumerate() {

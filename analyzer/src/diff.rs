@@ -115,15 +115,7 @@ pub fn diff(a: &Store, b: &Store, noise_multiple: f64) -> Result<Diff> {
         near_tie_margin: 0.0,
     };
     let d = disagreement::compute(&request)?;
-    let sorted: Vec<Vec<f64>> = d
-        .latencies
-        .iter()
-        .map(|ns| {
-            let mut ms: Vec<f64> = ns.iter().map(|&n| n as f64 / 1e6).collect();
-            ms.sort_by(f64::total_cmp);
-            ms
-        })
-        .collect();
+    let sorted = d.sorted_latencies_ms();
     let matched = pairs
         .iter()
         .zip(d.pairs)

@@ -153,6 +153,20 @@ pub struct Disagreement {
     pub latencies: Vec<Vec<i64>>,
 }
 
+impl Disagreement {
+    /// Each cell's per-row latencies in milliseconds, sorted (what quantiles need).
+    pub fn sorted_latencies_ms(&self) -> Vec<Vec<f64>> {
+        self.latencies
+            .iter()
+            .map(|ns| {
+                let mut ms: Vec<f64> = ns.iter().map(|&n| n as f64 / 1e6).collect();
+                ms.sort_by(f64::total_cmp);
+                ms
+            })
+            .collect()
+    }
+}
+
 /// One output row, as much of it as analysis uses.
 struct Row {
     rep: i32,
