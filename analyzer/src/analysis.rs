@@ -8,6 +8,7 @@
 //! than the cells' own noise.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use deltann_store::{Store, Table};
 use serde::{Deserialize, Serialize};
@@ -172,6 +173,18 @@ pub fn groups(cells: &[CellInfo], models: &HashMap<String, ModelFacts>) -> Vec<G
 /// # Errors
 /// Fails when committed parts cannot be read.
 pub fn analyze(store: &Store, options: &Options) -> Result<Analysis> {
+    analyze_with_detail(store, options, None)
+}
+
+/// Analyses a store and writes the per-image detail table to `detail` (see [`crate::detail`]).
+///
+/// # Errors
+/// Fails when committed parts cannot be read or the detail file cannot be written.
+pub fn analyze_with_detail(
+    store: &Store,
+    options: &Options,
+    detail: Option<&Path>,
+) -> Result<Analysis> {
     let cells = cells::load_cells(store)?;
     let models = cells::load_models(store)?;
     let groups = groups(&cells, &models);
@@ -201,6 +214,7 @@ pub fn analyze(store: &Store, options: &Options) -> Result<Analysis> {
         pairs,
         groups: groups.iter().map(|g| g.cells.clone()).collect(),
         near_tie_margin: options.near_tie_margin,
+        detail: detail.map(Path::to_path_buf),
     };
     let mut disagreement = disagreement::compute(&request)?;
     // Pairs where neither cell produced anything say nothing.
@@ -411,6 +425,14 @@ fn contrasts(
 /// Cache file for the analysis, under the store's `_cache/` (not results: safe to delete).
 pub const CACHE_FILE: &str = "analysis-v1.json";
 
+/// Where a store's per-image detail table is cached.
+pub fn detail_path(store: &Store) -> PathBuf {
+    store
+        .root()
+        .join(deltann_store::layout::CACHE_DIR)
+        .join(crate::detail::FILE)
+}
+
 #[derive(Serialize, Deserialize)]
 struct Cached {
     parts: usize,
@@ -439,6 +461,7 @@ pub fn cached(store: &Store, options: &Options, use_cache: bool) -> Result<Analy
             && c.near_tie_margin == options.near_tie_margin
     };
     if use_cache
+        && detail_path(store).is_file()
         && let Ok(text) = std::fs::read(&path)
         && let Ok(c) = serde_json::from_slice::<Cached>(&text)
         && fresh(&c)
@@ -447,8 +470,21 @@ pub fn cached(store: &Store, options: &Options, use_cache: bool) -> Result<Analy
         analysis.store = store.root().display().to_string();
         return Ok(analysis);
     }
-    let analysis = analyze(store, options)?;
-    if use_cache {
+    let detail = detail_path(store);
+    // A store on read-only media still gets its analysis, just without caches.
+    let writable =
+        use_cache && std::fs::create_dir_all(detail.parent().unwrap_or(store.root())).is_ok() && {
+            let probe = detail.with_extension("probe");
+            let ok = std::fs::write(&probe, b"").is_ok();
+            let _ = std::fs::remove_file(&probe);
+            ok
+        };
+    let analysis = if writable {
+        analyze_with_detail(store, options, Some(&detail))?
+    } else {
+        analyze(store, options)?
+    };
+    if writable {
         let cached = Cached {
             parts: store.entries().len(),
             last_seq,

@@ -113,6 +113,7 @@ pub fn diff(a: &Store, b: &Store, noise_multiple: f64) -> Result<Diff> {
         pairs: pairs.iter().map(|&(i, j, _)| (i, j + offset)).collect(),
         groups: Vec::new(),
         near_tie_margin: 0.0,
+        detail: None,
     };
     let d = disagreement::compute(&request)?;
     let sorted = d.sorted_latencies_ms();

@@ -47,6 +47,8 @@ pub struct Request {
     pub groups: Vec<Vec<usize>>,
     /// A top-1 margin below this in a group's reference cell is a near tie.
     pub near_tie_margin: f32,
+    /// Where to write the per-image detail table (see [`crate::detail`]), if anywhere.
+    pub detail: Option<PathBuf>,
 }
 
 /// Disagreement between two cells over the images both ran (first repetition of each).
@@ -139,6 +141,20 @@ pub struct NearTie {
     pub flipped: bool,
 }
 
+/// An image whose top-1 is not the same in every cell of a group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnstableImage {
+    pub group: usize,
+    pub image_id: String,
+    pub label: Option<i32>,
+    /// Distinct top-1 classes among the group's cells.
+    pub distinct: u32,
+    /// Cells holding the most common answer, over cells that ran the image.
+    pub majority_share: f64,
+    pub majority: i32,
+    pub cells: u32,
+}
+
 /// Everything the pass finds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Disagreement {
@@ -148,6 +164,8 @@ pub struct Disagreement {
     pub signatures: Vec<Signature>,
     pub classes: Vec<ClassFlips>,
     pub near_ties: Vec<NearTie>,
+    /// Images with more than one top-1 in a group, least stable first.
+    pub unstable: Vec<UnstableImage>,
     /// Per-image latency of every output row, per cell (nanoseconds).
     #[serde(skip)]
     pub latencies: Vec<Vec<i64>>,
@@ -168,21 +186,21 @@ impl Disagreement {
 }
 
 /// One output row, as much of it as analysis uses.
-struct Row {
-    rep: i32,
-    label: Option<i32>,
-    top5: Vec<i32>,
-    top5_prob: Vec<f32>,
-    logits: Option<Vec<f32>>,
-    hash: u64,
-    latency: i64,
+pub(crate) struct Row {
+    pub(crate) rep: i32,
+    pub(crate) label: Option<i32>,
+    pub(crate) top5: Vec<i32>,
+    pub(crate) top5_prob: Vec<f32>,
+    pub(crate) logits: Option<Vec<f32>>,
+    pub(crate) hash: u64,
+    pub(crate) latency: i64,
 }
 
 /// A cell's first repetition for the current image, with its softmax precomputed.
-struct Entry {
-    row: Row,
-    log_p: Option<Vec<f32>>,
-    p: Option<Vec<f32>>,
+pub(crate) struct Entry {
+    pub(crate) row: Row,
+    pub(crate) log_p: Option<Vec<f32>>,
+    pub(crate) p: Option<Vec<f32>>,
 }
 
 struct Cursor {
@@ -388,6 +406,11 @@ pub fn compute(request: &Request) -> Result<Disagreement> {
     let mut signatures: HashMap<(usize, Vec<usize>), (u64, Vec<String>)> = HashMap::new();
     let mut classes: HashMap<(usize, i32), (u64, u64)> = HashMap::new();
     let mut near_ties: Vec<NearTie> = Vec::new();
+    let mut unstable: Vec<UnstableImage> = Vec::new();
+    let mut detail = match &request.detail {
+        Some(path) => Some(crate::detail::DetailWriter::create(path)?),
+        None => None,
+    };
     let mut images = 0u64;
 
     let mut entries: Vec<Option<Entry>> = (0..request.cells).map(|_| None).collect();
@@ -438,17 +461,35 @@ pub fn compute(request: &Request) -> Result<Disagreement> {
             if present.is_empty() {
                 continue;
             }
-            let majority =
-                majority_top1(&present, cells.first().and_then(|&c| entries[c].as_ref()));
+            let reference = cells.first().and_then(|&c| entries[c].as_ref());
+            let majority = majority_top1(&present, reference);
             let deviating: Vec<usize> = present
                 .iter()
                 .filter(|(_, e)| e.row.top5.first() != Some(&majority))
                 .map(|(c, _)| *c)
                 .collect();
-            let label = present
-                .iter()
-                .find_map(|(_, e)| e.row.label)
-                .unwrap_or(majority);
+            let truth = present.iter().find_map(|(_, e)| e.row.label);
+            let label = truth.unwrap_or(majority);
+            if !deviating.is_empty() {
+                let mut tops: Vec<i32> = present
+                    .iter()
+                    .filter_map(|(_, e)| e.row.top5.first().copied())
+                    .collect();
+                tops.sort_unstable();
+                tops.dedup();
+                unstable.push(UnstableImage {
+                    group: g,
+                    image_id: id.clone(),
+                    label: truth,
+                    distinct: u32::try_from(tops.len()).unwrap_or(u32::MAX),
+                    majority_share: (present.len() - deviating.len()) as f64 / present.len() as f64,
+                    majority,
+                    cells: u32::try_from(present.len()).unwrap_or(u32::MAX),
+                });
+            }
+            if let Some(writer) = detail.as_mut() {
+                writer.push(&id, truth, &present, reference)?;
+            }
             let class = classes.entry((g, label)).or_default();
             class.0 += 1;
             if !deviating.is_empty() {
@@ -481,9 +522,19 @@ pub fn compute(request: &Request) -> Result<Disagreement> {
         }
     }
 
+    if let Some(writer) = detail {
+        writer.finish()?;
+    }
     for pair in &mut pairs {
         finish_pair(pair);
     }
+    unstable.sort_by(|a, b| {
+        b.distinct
+            .cmp(&a.distinct)
+            .then(a.majority_share.total_cmp(&b.majority_share))
+            .then(a.group.cmp(&b.group))
+            .then(a.image_id.cmp(&b.image_id))
+    });
     for f in &mut floors {
         f.flip_rate = if f.compared > 0 {
             f.flips as f64 / f.compared as f64
@@ -533,6 +584,7 @@ pub fn compute(request: &Request) -> Result<Disagreement> {
         signatures,
         classes,
         near_ties,
+        unstable,
         latencies,
     })
 }
@@ -601,7 +653,13 @@ fn softmax_pair(logits: &[f32]) -> (Vec<f32>, Vec<f32>) {
 
 /// max |a - b|, sum |a - b| and sum p (lp_a - lp_b), in eight independent lanes so the compiler
 /// can vectorise (a single running sum would serialise on float addition).
-fn fused(la: &[f32], lb: &[f32], pa: &[f32], lpa: &[f32], lpb: &[f32]) -> (f32, f32, f32) {
+pub(crate) fn fused(
+    la: &[f32],
+    lb: &[f32],
+    pa: &[f32],
+    lpa: &[f32],
+    lpb: &[f32],
+) -> (f32, f32, f32) {
     const L: usize = 8;
     let (mut max, mut sum, mut kl) = ([0.0f32; L], [0.0f32; L], [0.0f32; L]);
     let n = la.len() / L * L;

@@ -15,6 +15,7 @@ pub mod analysis;
 pub mod cells;
 pub mod check;
 pub mod context;
+pub mod detail;
 pub mod diff;
 pub mod disagreement;
 pub mod error;

@@ -110,6 +110,48 @@ fn pair_metrics_match_hand_computation() {
 }
 
 #[test]
+fn detail_lookup_gives_every_cell_against_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hand_store(&dir.path().join("h"));
+    let path = dir.path().join("detail.parquet");
+    let a = analysis::analyze_with_detail(&store, &Options::default(), Some(&path)).unwrap();
+    let detail = deltann_analyzer::detail::Detail::open(&path).unwrap();
+    let rows = detail.lookup("img-b").unwrap();
+    assert_eq!(rows.len(), 2);
+    let reference = rows
+        .iter()
+        .find(|r| a.cells[r.cell].cell_id == "aaaaaaaaaaaaaaaa")
+        .unwrap();
+    let other = rows
+        .iter()
+        .find(|r| a.cells[r.cell].cell_id == "bbbbbbbbbbbbbbbb")
+        .unwrap();
+    assert_eq!((reference.top5[0], other.top5[0]), (0, 1));
+    assert_eq!(reference.max_abs_ref, None);
+    assert_eq!(other.max_abs_ref, Some(1.0));
+    assert_eq!(other.mean_abs_ref, Some(2.0 / 6.0));
+    assert_eq!(other.identical_ref, Some(false));
+    let img_a = detail.lookup("img-a").unwrap();
+    assert_eq!(
+        img_a
+            .iter()
+            .filter(|r| r.identical_ref == Some(true))
+            .count(),
+        2,
+        "{img_a:?}"
+    );
+    assert!(detail.lookup("img-zzz").unwrap().is_empty());
+    // The unstable-image list has img-b only.
+    let unstable: Vec<&str> = a
+        .disagreement
+        .unstable
+        .iter()
+        .map(|u| u.image_id.as_str())
+        .collect();
+    assert_eq!(unstable, vec!["img-b"]);
+}
+
+#[test]
 fn flip_rate_is_symmetric_and_self_pairs_are_zero() {
     let dir = tempfile::tempdir().unwrap();
     let store = hand_store(&dir.path().join("h"));
@@ -124,6 +166,7 @@ fn flip_rate_is_symmetric_and_self_pairs_are_zero() {
         pairs: vec![(0, 1), (1, 0), (0, 0), (1, 1)],
         groups: vec![vec![0, 1]],
         near_tie_margin: 0.05,
+        detail: None,
     };
     let d = disagreement::compute(&request).unwrap();
     assert_eq!(d.pairs[0].flips, d.pairs[1].flips);
