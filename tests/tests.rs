@@ -11,4 +11,5 @@ mod isolation;
 mod ort_versions;
 mod reference;
 mod resume;
+mod tui_tmux;
 mod util;

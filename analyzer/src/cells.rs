@@ -112,6 +112,24 @@ impl CellInfo {
         }
     }
 
+    /// A compact environment label such as `fp32 ort:all t1 b1` (the resize filter is added when
+    /// it is not bilinear).
+    pub fn env(&self) -> String {
+        let filter = if self.resize_filter == "bilinear" {
+            String::new()
+        } else {
+            format!(" {}", self.resize_filter)
+        };
+        format!(
+            "{} {}:{} t{} b{}{filter}",
+            self.precision,
+            self.engine,
+            self.optimization(),
+            self.threads,
+            self.batch_size
+        )
+    }
+
     /// A short label such as `mobilenetv2 ort opt=all t=1 b=1 bilinear`.
     pub fn short(&self) -> String {
         let opt = match (&self.ort_optimization, &self.tract_plan) {

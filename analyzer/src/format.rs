@@ -77,6 +77,18 @@ pub fn render(
     Ok(out)
 }
 
+/// Column names and the rows as display strings (long values shortened), at most `max_rows`.
+///
+/// # Errors
+/// Fails when a value cannot be formatted.
+pub fn table_cells(
+    batches: &[RecordBatch],
+    max_rows: usize,
+) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let batches = take(batches, max_rows);
+    Ok((header(&batches), values(&batches, true)?))
+}
+
 fn take(batches: &[RecordBatch], mut rows: usize) -> Vec<RecordBatch> {
     let mut out = Vec::new();
     for b in batches {

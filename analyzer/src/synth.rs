@@ -41,6 +41,8 @@ pub struct Spec {
     pub ort_version: &'static str,
     /// Add a failed cell and an undecodable image, as real sweeps have.
     pub failures: bool,
+    /// Where the images table says the pictures are (default `/synthetic`).
+    pub image_dir: Option<std::path::PathBuf>,
 }
 
 impl Spec {
@@ -64,6 +66,7 @@ impl Spec {
             seed: 42,
             ort_version: "1.32.0",
             failures: false,
+            image_dir: None,
         }
     }
 
@@ -87,6 +90,7 @@ impl Spec {
             seed: 7,
             ort_version: "1.32.0",
             failures: true,
+            image_dir: None,
         }
     }
 
@@ -327,12 +331,20 @@ pub fn generate(root: &Path, spec: &Spec) -> Result<()> {
 
     let n = spec.images;
     let ids: Vec<String> = (0..n).map(image_id).collect();
+    let dir = spec
+        .image_dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("/synthetic"));
     let columns: HashMap<&str, ArrayRef> = HashMap::from([
         (col::IMAGE_ID, text(ids.clone())),
-        (col::DATASET, same("/synthetic", n)),
+        (col::DATASET, same(&dir.display().to_string(), n)),
         (
             col::PATH,
-            text(ids.iter().map(|i| format!("/synthetic/{i}")).collect()),
+            text(
+                ids.iter()
+                    .map(|i| dir.join(i).display().to_string())
+                    .collect(),
+            ),
         ),
         (
             col::SHA256,

@@ -45,6 +45,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Compare the same cells in two stores (e.g. before and after an engine upgrade).
     Diff(DiffArgs),
+    /// Browse a store in the terminal: heatmap, disagreements, images, performance, SQL.
+    Tui(TuiArgs),
     /// Run one cell for `collect` (speaks the worker protocol of docs/ENGINES.md on stdin/stdout).
     #[command(hide = true)]
     Worker,
@@ -261,6 +263,20 @@ pub struct DiffArgs {
     pub noise_multiple: f64,
 }
 
+/// Arguments of `deltann tui`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Keys: Tab/Shift-Tab screens, arrows or hjkl move, Enter opens, Esc goes back, \
+/ searches, ? shows every key, q quits. Pointed at a store that a running `collect` is writing, \
+it re-analyses as parts are committed. Pictures use the terminal's graphics protocol when it \
+answers, half blocks otherwise (DELTANN_TUI_IMAGES=halfblocks forces them)."
+)]
+pub struct TuiArgs {
+    /// The result store.
+    #[arg(value_parser = existing_store)]
+    pub store: PathBuf,
+}
+
 /// Arguments of the hidden `deltann synth`.
 #[derive(Debug, clap::Args)]
 pub struct SynthArgs {
@@ -363,6 +379,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Report(a) => report::report(&a),
         Command::Check(a) => report::check(&a),
         Command::Diff(a) => report::diff(&a),
+        Command::Tui(a) => {
+            if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                anyhow::bail!("deltann tui needs a terminal (stdout is not one)");
+            }
+            deltann_tui::run(&a.store)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Synth(a) => {
             let mut spec = if a.small {
                 deltann_analyzer::synth::Spec::small()

@@ -1,0 +1,135 @@
+//! The real `deltann tui` in a real terminal: tmux runs it, keys are sent, the screen is
+//! captured. Checks that the heatmap, an image's top-5 table and an SQL result appear, and that
+//! quitting restores the terminal. Skips, saying so, where tmux is not installed (.ci/run
+//! installs it).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::{self, text};
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn capture(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "t"]).stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "t"];
+        args.extend_from_slice(keys);
+        self.cmd(&args);
+    }
+
+    /// Waits until the screen shows `needle`, returning the screen.
+    fn wait_for(&self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let screen = self.capture();
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "`{needle}` never appeared; screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+#[test]
+fn tui_in_a_real_terminal() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let out = util::run(&["synth", "--small", store.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let tmux = Tmux {
+        socket: format!("deltann-test-{}", std::process::id()),
+    };
+    let command = format!(
+        "DELTANN_TUI_IMAGES=halfblocks {} tui {}; echo TUI-EXIT-$?; sleep 60",
+        env!("CARGO_BIN_EXE_deltann"),
+        store.display()
+    );
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &command,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The overview: heatmap and the attribution table.
+    let screen = tmux.wait_for("Flip rate: family0");
+    assert!(
+        screen.contains("What explains the flips") && screen.contains("precision"),
+        "{screen}"
+    );
+
+    // Disagreements -> unstable images -> an image's top-5 in every cell.
+    tmux.keys(&["Tab"]);
+    tmux.wait_for("Deviation signatures");
+    tmux.keys(&["Space", "Enter"]);
+    let screen = tmux.wait_for("vs reference");
+    assert!(
+        screen.contains("in every cell") && screen.contains("class"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("reference") && screen.contains("truth"),
+        "{screen}"
+    );
+
+    // Back, then the SQL screen: type a query, see its result.
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("Deviation signatures");
+    tmux.keys(&["BTab", "BTab"]);
+    tmux.wait_for("SQL (e or Enter to edit)");
+    tmux.keys(&["e"]);
+    let clear: Vec<&str> = std::iter::repeat_n("BSpace", 120).collect();
+    tmux.keys(&clear);
+    tmux.keys(&["-l", "SELECT count(*) AS n FROM cells_latest"]);
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("1 rows in");
+    assert!(screen.contains("│n") && screen.contains("│37"), "{screen}");
+
+    // An SQL error is shown in place.
+    tmux.keys(&["e"]);
+    tmux.keys(&clear);
+    tmux.keys(&["-l", "SELEC 1"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("syntax error");
+
+    // q quits and the shell's screen is back (the alternate screen is gone).
+    tmux.keys(&["q"]);
+    let screen = tmux.wait_for("TUI-EXIT-0");
+    assert!(!screen.contains("Flip rate"), "{screen}");
+}

@@ -1,0 +1,214 @@
+//! The TUI's slow work, off the UI thread: the analysis (from its cache when fresh), one image's
+//! detail and picture, and SQL. [`Loader::handle`] turns a [`Request`] into the [`Action`] that
+//! carries its result; [`spawn`] runs it on a background thread that reports through a channel,
+//! so the UI never waits on a query. Tests and the benchmark call `handle` directly.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Instant;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float32Type, Int32Type};
+use deltann_analyzer::analysis::{self, Options};
+use deltann_analyzer::context::Session;
+use deltann_analyzer::detail::{Detail, DetailRow};
+use deltann_store::schema::col;
+use deltann_store::{Store, Table};
+
+use crate::app::{Action, Request, SqlResult};
+
+/// Does the work behind requests, keeping what is worth keeping (the detail index, the SQL
+/// session) between them.
+pub struct Loader {
+    store: PathBuf,
+    detail: Option<Detail>,
+    session: Option<Session>,
+    /// Cell id -> index in the current analysis, for the detail fallback.
+    cells: HashMap<String, usize>,
+}
+
+impl Loader {
+    pub fn new(store: &Path) -> Self {
+        Self {
+            store: store.to_path_buf(),
+            detail: None,
+            session: None,
+            cells: HashMap::new(),
+        }
+    }
+
+    /// Performs one request. `Analyze` also yields the image paths.
+    pub fn handle(&mut self, request: Request) -> Vec<Action> {
+        match request {
+            Request::Analyze => {
+                let result = Store::open(&self.store)
+                    .map_err(|e| e.to_string())
+                    .and_then(|store| {
+                        let a = analysis::cached(&store, &Options::default(), true)
+                            .map_err(|e| e.to_string())?;
+                        self.detail = Detail::open(&analysis::detail_path(&store)).ok();
+                        self.cells = a
+                            .cells
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| (c.cell_id.clone(), i))
+                            .collect();
+                        Ok((a, image_paths(&store)))
+                    });
+                match result {
+                    Ok((a, paths)) => {
+                        vec![Action::ImagePaths(paths), Action::Analyzed(Ok(Arc::new(a)))]
+                    }
+                    Err(e) => vec![Action::Analyzed(Err(e))],
+                }
+            }
+            Request::Image(id, path) => {
+                let rows = match &self.detail {
+                    Some(d) => d.lookup(&id).map_err(|e| e.to_string()),
+                    None => self.detail_by_sql(&id),
+                };
+                let picture = path.as_deref().and_then(picture);
+                vec![Action::ImageLoaded(id, rows, picture)]
+            }
+            Request::Sql(sql) => vec![Action::SqlDone(self.sql(&sql))],
+        }
+    }
+
+    fn session(&mut self) -> Result<&Session, String> {
+        if self.session.is_none() {
+            self.session = Some(Session::open(&self.store, false).map_err(|e| e.to_string())?);
+        }
+        self.session
+            .as_ref()
+            .ok_or_else(|| "no session".to_string())
+    }
+
+    fn sql(&mut self, sql: &str) -> Result<SqlResult, String> {
+        let started = Instant::now();
+        let session = self.session()?;
+        let outputs = session.run_blocking(sql).map_err(|e| {
+            let message = e.to_string();
+            match deltann_analyzer::context::point_at(sql, &message) {
+                Some(shown) => format!("{message}\n{shown}"),
+                None => message,
+            }
+        })?;
+        let last = outputs.into_iter().last().ok_or("no statement")?;
+        let (header, rows) = deltann_analyzer::format::table_cells(&last.batches, 10_000)
+            .map_err(|e| e.to_string())?;
+        Ok(SqlResult {
+            header,
+            rows,
+            elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Without the detail cache (a read-only store), read the image's rows from `outputs`.
+    fn detail_by_sql(&mut self, id: &str) -> Result<Vec<DetailRow>, String> {
+        let escaped = id.replace('\'', "''");
+        let sql = format!(
+            "SELECT cell_id, label, top5, top5_prob FROM outputs WHERE image_id = '{escaped}' AND repetition = 0"
+        );
+        let cells = self.cells.clone();
+        let outputs = self
+            .session()?
+            .run_blocking(&sql)
+            .map_err(|e| e.to_string())?;
+        let mut rows = Vec::new();
+        for batch in outputs.iter().flat_map(|o| o.batches.iter()) {
+            let ids = batch.column(0).as_string::<i32>();
+            let labels = batch.column(1).as_primitive::<Int32Type>();
+            let top5 = batch.column(2).as_list::<i32>();
+            let probs = batch.column(3).as_list::<i32>();
+            for i in 0..batch.num_rows() {
+                let Some(&cell) = cells.get(ids.value(i)) else {
+                    continue;
+                };
+                rows.push(DetailRow {
+                    cell,
+                    label: labels.is_valid(i).then(|| labels.value(i)),
+                    top5: top5.value(i).as_primitive::<Int32Type>().values().to_vec(),
+                    top5_prob: probs
+                        .value(i)
+                        .as_primitive::<Float32Type>()
+                        .values()
+                        .to_vec(),
+                    max_abs_ref: None,
+                    mean_abs_ref: None,
+                    kl_ref: None,
+                    identical_ref: None,
+                });
+            }
+        }
+        rows.sort_by_key(|r| r.cell);
+        Ok(rows)
+    }
+}
+
+/// Image id -> file, from the store's `images` table.
+fn image_paths(store: &Store) -> HashMap<String, PathBuf> {
+    let mut out = HashMap::new();
+    for batch in store
+        .scan_table(Table::Images, &[col::IMAGE_ID, col::PATH])
+        .flatten()
+    {
+        if let (Some(ids), Some(paths)) = (
+            batch
+                .column_by_name(col::IMAGE_ID)
+                .and_then(|c| c.as_string_opt::<i32>()),
+            batch
+                .column_by_name(col::PATH)
+                .and_then(|c| c.as_string_opt::<i32>()),
+        ) {
+            for (id, path) in ids.iter().zip(paths.iter()) {
+                if let (Some(id), Some(path)) = (id, path) {
+                    out.insert(id.to_string(), PathBuf::from(path));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Decodes a picture for display, upright (EXIF orientation applied).
+fn picture(path: &Path) -> Option<image::DynamicImage> {
+    use image::ImageDecoder;
+    let mut decoder = image::ImageReader::open(path)
+        .ok()?
+        .with_guessed_format()
+        .ok()?
+        .into_decoder()
+        .ok()?;
+    let orientation = decoder.orientation().ok();
+    let mut img = image::DynamicImage::from_decoder(decoder).ok()?;
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    Some(img)
+}
+
+/// What the UI thread receives.
+pub enum Event {
+    /// A terminal event.
+    Input(ratatui::crossterm::event::Event),
+    /// A background result.
+    Action(Action),
+}
+
+/// Starts the background thread; requests go in through the returned sender.
+pub fn spawn(store: &Path, events: Sender<Event>) -> Sender<Request> {
+    let (tx, rx): (Sender<Request>, Receiver<Request>) = std::sync::mpsc::channel();
+    let mut loader = Loader::new(store);
+    std::thread::spawn(move || {
+        for request in rx {
+            for action in loader.handle(request) {
+                if events.send(Event::Action(action)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    tx
+}

@@ -1,0 +1,278 @@
+//! The TUI driven by actions on a fixture store (the analyzer's small synthetic store, with real
+//! picture files), and every screen rendered to ratatui's TestBackend at 80x24 and 160x48 and
+//! compared with insta snapshots.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use deltann_analyzer::synth::{self, Spec};
+use deltann_tui::app::{Action, App, Focus, Request, Screen};
+use deltann_tui::data::Loader;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let pictures = dir.path().join("pictures");
+    std::fs::create_dir_all(&pictures).unwrap();
+    let spec = Spec {
+        image_dir: Some(pictures.clone()),
+        ..Spec::small()
+    };
+    for i in 0..spec.images {
+        // A small deterministic picture per image (PNG bytes; the decoder sniffs the format).
+        let img = image::RgbImage::from_fn(120, 90, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 2) as u8, (i * 4) as u8])
+        });
+        img.save_with_format(
+            pictures.join(format!("img-{i:05}.jpg")),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    }
+    let store = dir.path().join("store");
+    synth::generate(&store, &spec).unwrap();
+    Fixture { _dir: dir, store }
+}
+
+/// An app loaded as the event loop would load it, with its background work done inline.
+fn loaded(store: &Path) -> (App, Loader) {
+    let mut loader = Loader::new(store);
+    // Snapshots must not show the temporary path.
+    let mut app = App::new(PathBuf::from("fixture-store"));
+    for action in loader.handle(Request::Analyze) {
+        assert!(app.update(action).is_none());
+    }
+    (app, loader)
+}
+
+/// Applies an action and performs the background work it asks for.
+fn act(app: &mut App, loader: &mut Loader, action: Action) {
+    if let Some(request) = app.update(action) {
+        for result in loader.handle(request) {
+            app.update(result);
+        }
+    }
+}
+
+fn key(app: &mut App, loader: &mut Loader, code: KeyCode) {
+    let action = app.action_for(KeyEvent::new(code, KeyModifiers::NONE));
+    if let Some(action) = action {
+        act(app, loader, action);
+    }
+}
+
+fn render(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|f| deltann_tui::ui::draw(f, app)).unwrap();
+    format!("{}", terminal.backend())
+}
+
+#[test]
+fn tabs_cycle_and_escape_goes_back() {
+    let fx = fixture();
+    let (mut app, mut loader) = loaded(&fx.store);
+    assert!(app.analysis.is_some() && app.busy.is_none());
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(app.screen);
+        key(&mut app, &mut loader, KeyCode::Tab);
+    }
+    assert_eq!(seen, Screen::TABS.to_vec());
+    assert_eq!(app.screen, Screen::Overview);
+    key(&mut app, &mut loader, KeyCode::BackTab);
+    assert_eq!(app.screen, Screen::Sql);
+    key(&mut app, &mut loader, KeyCode::Char('?'));
+    assert!(app.help);
+    key(&mut app, &mut loader, KeyCode::Char('x'));
+    assert!(!app.help, "any key closes help");
+    key(&mut app, &mut loader, KeyCode::Char('q'));
+    assert!(app.quit);
+}
+
+#[test]
+fn heatmap_pair_to_flipped_image_and_back() {
+    let fx = fixture();
+    let (mut app, mut loader) = loaded(&fx.store);
+    let cells = app.family_cells().to_vec();
+    // Find a pair with flips: fp32 reference against an int8 cell.
+    let a = app.analysis.clone().unwrap();
+    let column = cells
+        .iter()
+        .position(|&c| a.cells[c].precision == "int8")
+        .unwrap();
+    while app.heat.1 < column {
+        key(&mut app, &mut loader, KeyCode::Char('l'));
+    }
+    assert_eq!(app.heat, (0, column));
+    key(&mut app, &mut loader, KeyCode::Enter);
+    assert_eq!(app.focus, Focus::PairImages);
+    assert!(!app.pair_images().is_empty());
+    let first = app.pair_images()[0].clone();
+    key(&mut app, &mut loader, KeyCode::Enter);
+    assert_eq!(app.screen, Screen::Image);
+    let view = app.image.as_ref().unwrap();
+    assert_eq!(view.image_id, first);
+    let rows = view.rows.as_ref().unwrap();
+    // One row per cell of this family that ran the image, and the picture decoded.
+    assert_eq!(
+        rows.len(),
+        cells.iter().filter(|&&c| a.cells[c].status == "ok").count()
+    );
+    assert!(rows.iter().all(|r| cells.contains(&r.cell)));
+    assert!(view.path.is_some(), "no path recorded");
+    assert!(view.picture.is_some(), "{:?} not decoded", view.path);
+    key(&mut app, &mut loader, KeyCode::Esc);
+    assert_eq!(
+        (app.screen, app.focus),
+        (Screen::Overview, Focus::PairImages)
+    );
+    key(&mut app, &mut loader, KeyCode::Esc);
+    assert_eq!(app.focus, Focus::Heatmap);
+}
+
+#[test]
+fn disagreement_filters_and_search() {
+    let fx = fixture();
+    let (mut app, mut loader) = loaded(&fx.store);
+    key(&mut app, &mut loader, KeyCode::Tab);
+    assert_eq!(app.screen, Screen::Disagreements);
+    let all = app.visible_unstable().len();
+    assert!(all > 2);
+    key(&mut app, &mut loader, KeyCode::Char('f'));
+    assert_eq!(app.filter.family, Some(0));
+    let a = app.analysis.clone().unwrap();
+    assert!(
+        app.visible_unstable()
+            .iter()
+            .all(|&i| a.disagreement.unstable[i].group == 0)
+    );
+    assert!(
+        app.visible_signatures()
+            .iter()
+            .all(|&i| a.signatures[i].signature.group == 0)
+    );
+    key(&mut app, &mut loader, KeyCode::Char('0'));
+    assert_eq!(app.visible_unstable().len(), all);
+    // Search: typed characters go to the search line, even 'q'.
+    key(&mut app, &mut loader, KeyCode::Char('/'));
+    for c in "img-00012".chars() {
+        key(&mut app, &mut loader, KeyCode::Char(c));
+    }
+    assert!(!app.quit);
+    assert!(
+        app.visible_unstable()
+            .iter()
+            .all(|&i| a.disagreement.unstable[i].image_id == "img-00012.jpg")
+    );
+    assert!(!app.visible_unstable().is_empty());
+    key(&mut app, &mut loader, KeyCode::Enter);
+    assert!(!app.searching && app.filter.search == "img-00012");
+    // Dimension filter keeps signatures labelled with it.
+    key(&mut app, &mut loader, KeyCode::Char('d'));
+    assert!(
+        app.visible_signatures()
+            .iter()
+            .all(|&i| a.signatures[i].label.contains("precision="))
+    );
+    // Space switches lists, Enter on an unstable image opens it.
+    key(&mut app, &mut loader, KeyCode::Char(' '));
+    assert_eq!(app.focus, Focus::Unstable);
+    key(&mut app, &mut loader, KeyCode::Enter);
+    assert_eq!(app.screen, Screen::Image);
+    assert_eq!(app.image.as_ref().unwrap().image_id, "img-00012.jpg");
+}
+
+#[test]
+fn sql_runs_off_the_ui_state_and_errors_show_in_place() {
+    let fx = fixture();
+    let (mut app, mut loader) = loaded(&fx.store);
+    key(&mut app, &mut loader, KeyCode::BackTab);
+    assert_eq!(app.screen, Screen::Sql);
+    key(&mut app, &mut loader, KeyCode::Char('e'));
+    assert!(app.sql_editing);
+    app.sql_input.clear();
+    for c in "SELECT count(*) AS n FROM cells_latest".chars() {
+        key(&mut app, &mut loader, KeyCode::Char(c));
+    }
+    // Enter asks the background for the query; the result lands in state.
+    let request = app.update(Action::Submit);
+    assert_eq!(
+        request,
+        Some(Request::Sql(
+            "SELECT count(*) AS n FROM cells_latest".into()
+        ))
+    );
+    for result in loader.handle(request.unwrap()) {
+        app.update(result);
+    }
+    let result = app.sql_result.clone().unwrap().unwrap();
+    assert_eq!(
+        (result.header, result.rows),
+        (vec!["n".to_string()], vec![vec!["37".to_string()]])
+    );
+    act(&mut app, &mut loader, Action::EditSql);
+    app.sql_input = "SELEC 1".into();
+    act(&mut app, &mut loader, Action::Submit);
+    assert!(matches!(&app.sql_result, Some(Err(e)) if e.contains("syntax error")));
+}
+
+#[test]
+fn a_growing_store_is_reanalysed() {
+    let fx = fixture();
+    let (mut app, _) = loaded(&fx.store);
+    let parts = app.parts;
+    assert_eq!(app.update(Action::PartsChanged(parts)), None);
+    assert_eq!(
+        app.update(Action::PartsChanged(parts + 1)),
+        Some(Request::Analyze)
+    );
+    assert!(app.busy.is_some());
+}
+
+#[test]
+fn screens_snapshot() {
+    let fx = fixture();
+    for (w, h) in [(80u16, 24u16), (160, 48)] {
+        let (mut app, mut loader) = loaded(&fx.store);
+        let name = |screen: &str| format!("{screen}@{w}x{h}");
+        insta::assert_snapshot!(name("overview"), render(&app, w, h));
+        key(&mut app, &mut loader, KeyCode::Char('l'));
+        let a = app.analysis.clone().unwrap();
+        let column = app
+            .family_cells()
+            .iter()
+            .position(|&c| a.cells[c].precision == "int8")
+            .unwrap();
+        while app.heat.1 < column {
+            key(&mut app, &mut loader, KeyCode::Char('l'));
+        }
+        key(&mut app, &mut loader, KeyCode::Enter);
+        insta::assert_snapshot!(name("overview-pair"), render(&app, w, h));
+        key(&mut app, &mut loader, KeyCode::Enter);
+        insta::assert_snapshot!(name("image"), render(&app, w, h));
+        key(&mut app, &mut loader, KeyCode::Esc);
+        key(&mut app, &mut loader, KeyCode::Esc);
+        key(&mut app, &mut loader, KeyCode::Tab);
+        insta::assert_snapshot!(name("disagreements"), render(&app, w, h));
+        key(&mut app, &mut loader, KeyCode::Tab);
+        insta::assert_snapshot!(name("performance"), render(&app, w, h));
+        key(&mut app, &mut loader, KeyCode::Tab);
+        key(&mut app, &mut loader, KeyCode::Enter);
+        act(&mut app, &mut loader, Action::Submit);
+        // Timing varies run to run: blank it for the snapshot.
+        if let Some(Ok(r)) = app.sql_result.as_mut() {
+            r.elapsed_ms = 0.0;
+        }
+        insta::assert_snapshot!(name("sql"), render(&app, w, h));
+        key(&mut app, &mut loader, KeyCode::Char('?'));
+        insta::assert_snapshot!(name("help"), render(&app, w, h));
+    }
+}
