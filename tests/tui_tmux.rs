@@ -133,3 +133,58 @@ fn tui_in_a_real_terminal() {
     let screen = tmux.wait_for("TUI-EXIT-0");
     assert!(!screen.contains("Flip rate"), "{screen}");
 }
+
+#[test]
+fn sql_shell_in_a_real_terminal_keeps_history() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let out = util::run(&["synth", "--small", store.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let state = dir.path().join("state");
+    let tmux = Tmux {
+        socket: format!("deltann-sql-{}", std::process::id()),
+    };
+    let command = format!(
+        "XDG_STATE_HOME={} {} sql {}; echo SQL-EXIT-$?; sleep 60",
+        state.display(),
+        env!("CARGO_BIN_EXE_deltann"),
+        store.display()
+    );
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &command,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    tmux.wait_for("deltann>");
+    // A statement over two lines: the prompt changes until the ';'.
+    tmux.keys(&["-l", "SELECT count(*) AS n"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("->");
+    tmux.keys(&["-l", "FROM cells WHERE status = 'failed'"]);
+    // tmux reads an argument ending in ';' as a command separator: send it escaped.
+    tmux.keys(&["\\;", "Enter"]);
+    let screen = tmux.wait_for("1 row in");
+    assert!(screen.contains("│ 1 │"), "{screen}");
+    tmux.keys(&["-l", "\\d errors"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("stage");
+    tmux.keys(&["-l", "\\q"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("SQL-EXIT-0");
+    let history = std::fs::read_to_string(state.join("deltann/sql_history")).unwrap();
+    assert!(
+        history.contains("FROM cells WHERE status = 'failed';"),
+        "{history}"
+    );
+}
