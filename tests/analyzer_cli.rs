@@ -32,6 +32,36 @@ fn query_runs_sql_and_saved_queries_in_every_format() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "n\n37");
 
+    // A store named by a relative path (the usual `deltann query results ...`).
+    let out = util::deltann()
+        .current_dir(dir.path())
+        .args([
+            "query",
+            "s",
+            "SELECT count(*) AS n FROM outputs",
+            "--format",
+            "csv",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("n\n"));
+
+    // SQL pasted from a file keeps its header comment.
+    let out = util::run(&[
+        "query",
+        s,
+        "-- how many cells\nSELECT count(*) AS n FROM cells_latest",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "n\n37",
+        "{}",
+        text(&out)
+    );
+
     let out = util::run(&["query", s, "--saved", "flip_matrix", "--format", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

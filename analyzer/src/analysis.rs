@@ -423,7 +423,7 @@ fn contrasts(
 }
 
 /// Cache file for the analysis, under the store's `_cache/` (not results: safe to delete).
-pub const CACHE_FILE: &str = "analysis-v1.json";
+pub const CACHE_FILE: &str = "analysis-v2.json";
 
 /// Where a store's per-image detail table is cached.
 pub fn detail_path(store: &Store) -> PathBuf {
@@ -435,10 +435,13 @@ pub fn detail_path(store: &Store) -> PathBuf {
 
 #[derive(Serialize, Deserialize)]
 struct Cached {
+    /// The analyzer that wrote it: a newer one recomputes.
+    version: String,
     parts: usize,
     last_seq: u64,
     noise_multiple: f64,
     near_tie_margin: f32,
+    bootstrap_draws: usize,
     analysis: Analysis,
 }
 
@@ -455,8 +458,10 @@ pub fn cached(store: &Store, options: &Options, use_cache: bool) -> Result<Analy
         .join(CACHE_FILE);
     let last_seq = store.entries().last().map_or(0, |e| e.seq);
     let fresh = |c: &Cached| {
-        c.parts == store.entries().len()
+        c.version == env!("CARGO_PKG_VERSION")
+            && c.parts == store.entries().len()
             && c.last_seq == last_seq
+            && c.bootstrap_draws == options.bootstrap_draws
             && c.noise_multiple == options.noise_multiple
             && c.near_tie_margin == options.near_tie_margin
     };
@@ -486,10 +491,12 @@ pub fn cached(store: &Store, options: &Options, use_cache: bool) -> Result<Analy
     };
     if writable {
         let cached = Cached {
+            version: env!("CARGO_PKG_VERSION").to_string(),
             parts: store.entries().len(),
             last_seq,
             noise_multiple: options.noise_multiple,
             near_tie_margin: options.near_tie_margin,
+            bootstrap_draws: options.bootstrap_draws,
             analysis,
         };
         if let Ok(text) = serde_json::to_vec(&cached) {

@@ -10,7 +10,7 @@ pub struct Bounds {
     /// Largest acceptable top-1 flip rate between two cells of a family.
     pub max_flip_rate: Option<f64>,
     /// Largest acceptable relative slowdown of a change meant to speed things up, counted when
-    /// its bootstrap interval excludes no change.
+    /// it also exceeds the contrast's noise floor and its bootstrap interval excludes no change.
     pub max_slowdown: Option<f64>,
     /// Pairs that differ in any of these dimensions are not held to the flip bound (an int8
     /// variant is expected to differ).
@@ -61,7 +61,9 @@ pub fn check(a: &Analysis, bounds: &Bounds) -> Vec<Violation> {
     }
     if let Some(max) = bounds.max_slowdown {
         for c in &a.contrasts {
-            if c.meant_faster && c.change.value > max && c.change.lo > 0.0 {
+            // Beyond the bound, beyond the cells' own noise floor, and with an interval that
+            // excludes no change: a slowdown the cells' dispersion cannot explain.
+            if c.meant_faster && c.change.value > max.max(c.noise) && c.change.lo > 0.0 {
                 out.push(Violation {
                     what: format!(
                         "slowdown {:+.1}% [{:+.1}%, {:+.1}%] > {:.1}% going {} -> {} ({}): {} -> {}",

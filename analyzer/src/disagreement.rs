@@ -153,6 +153,8 @@ pub struct UnstableImage {
     pub majority_share: f64,
     pub majority: i32,
     pub cells: u32,
+    /// The cells whose top-1 is not the majority's.
+    pub deviating: Vec<usize>,
 }
 
 /// Everything the pass finds.
@@ -485,6 +487,7 @@ pub fn compute(request: &Request) -> Result<Disagreement> {
                     majority_share: (present.len() - deviating.len()) as f64 / present.len() as f64,
                     majority,
                     cells: u32::try_from(present.len()).unwrap_or(u32::MAX),
+                    deviating: deviating.clone(),
                 });
             }
             if let Some(writer) = detail.as_mut() {

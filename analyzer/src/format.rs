@@ -99,6 +99,12 @@ fn take(batches: &[RecordBatch], mut rows: usize) -> Vec<RecordBatch> {
         out.push(b.slice(0, n));
         rows -= n;
     }
+    // No rows still has columns: keep the schema so CSV and tables print their header.
+    if out.is_empty()
+        && let Some(b) = batches.first()
+    {
+        out.push(b.slice(0, 0));
+    }
     out
 }
 

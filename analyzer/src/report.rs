@@ -135,6 +135,7 @@ pub fn render(a: &Analysis, format: ReportFormat, limits: Limits) -> Result<Stri
             "p50 ms [95% CI]",
             "floor flips",
             "nondet.",
+            "floor max |Δ|",
         ],
     );
     for (i, c) in a.cells.iter().enumerate() {
@@ -164,6 +165,43 @@ pub fn render(a: &Analysis, format: ReportFormat, limits: Limits) -> Result<Stri
             } else {
                 "-".into()
             },
+            if floor.compared > 0 {
+                sci(floor.max_abs_logit)
+            } else {
+                "-".into()
+            },
+        ]);
+    }
+    let _ = writeln!(out, "{t}");
+
+    heading(
+        &mut out,
+        format,
+        "Latency per cell",
+        "Per-image latency (every repetition; for batches, the batch latency's per-image share):          quantiles with 95% bootstrap intervals, throughput, and dispersion (1.4826 MAD / median).",
+    );
+    let mut t = new_table(
+        format,
+        vec![
+            "#",
+            "rows",
+            "p50 ms [95% CI]",
+            "p90 ms [95% CI]",
+            "p99 ms [95% CI]",
+            "img/s",
+            "dispersion",
+        ],
+    );
+    for p in &a.performance {
+        t.add_row(vec![
+            format!("#{}", p.cell + 1),
+            p.rows.to_string(),
+            est_ms(p.p50_ms),
+            est_ms(p.p90_ms),
+            est_ms(p.p99_ms),
+            p.throughput_ips
+                .map_or_else(|| "-".into(), |v| format!("{v:.1}")),
+            pct(p.dispersion),
         ]);
     }
     let _ = writeln!(out, "{t}");
@@ -226,6 +264,7 @@ pub fn render(a: &Analysis, format: ReportFormat, limits: Limits) -> Result<Stri
             "rbo",
             "tau",
             "max |Δ|",
+            "mean |Δ|",
             "KL",
             "acc a / b",
             "floor a / b",
@@ -267,6 +306,7 @@ pub fn render(a: &Analysis, format: ReportFormat, limits: Limits) -> Result<Stri
             format!("{:.3}", p.rbo_top5),
             opt(p.kendall_tau, 3),
             sci(p.max_abs_logit),
+            sci(p.mean_abs_logit),
             sci(p.kl),
             acc,
             format!("{} / {}", floor(fa), floor(fb)),

@@ -152,7 +152,9 @@ pub struct QueryArgs {
     /// The result store.
     #[arg(value_parser = existing_store, required_unless_present = "list")]
     pub store: Option<PathBuf>,
-    /// SQL to run (several statements separated by ';' run in order).
+    /// SQL to run (several statements separated by ';' run in order; may start with a `--`
+    /// comment).
+    #[arg(allow_hyphen_values = true)]
     pub sql: Option<String>,
     /// Run a saved query from queries/ by name instead.
     #[arg(long, value_name = "NAME")]
@@ -218,7 +220,7 @@ pub struct ReportArgs {
     /// Flag slowdowns larger than this many times the cells' combined latency dispersion.
     #[arg(long, default_value_t = 1.0, value_name = "K")]
     pub noise_multiple: f64,
-    /// Recompute instead of using STORE/_cache/analysis-v1.json (it is refreshed automatically
+    /// Recompute instead of using STORE/_cache/analysis-v2.json (it is refreshed automatically
     /// whenever parts were committed since).
     #[arg(long)]
     pub no_cache: bool,
@@ -234,7 +236,8 @@ pub struct CheckArgs {
     #[arg(long, value_name = "R", value_parser = fraction)]
     pub max_flip_rate: Option<f64>,
     /// Fail when a change meant to speed things up slows p50 latency by more than this
-    /// (0.1 or 10%) with an interval that excludes no change.
+    /// (0.1 or 10%), by more than its noise floor (see --noise-multiple), and with an interval
+    /// that excludes no change.
     #[arg(long, value_name = "S", value_parser = fraction)]
     pub max_slowdown: Option<f64>,
     /// Do not hold pairs that differ in this dimension to the flip bound (repeatable), e.g.
@@ -315,7 +318,7 @@ fn dimension(s: &str) -> Result<DimensionArg, String> {
         })
 }
 
-/// `0.05` or `5%`.
+/// `0.05` or `5%` (a bare number must be at most 1; percentages go up to 1000%).
 fn fraction(s: &str) -> Result<f64, String> {
     let (text, scale) = match s.strip_suffix('%') {
         Some(t) => (t, 100.0),
@@ -325,11 +328,17 @@ fn fraction(s: &str) -> Result<f64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("`{s}` is not a number or percentage"))?;
+    if scale == 1.0 && v > 1.0 {
+        // `5` almost certainly means 5%, not 500%: make the user say which.
+        return Err(format!(
+            "`{s}` is above 1: write a fraction (0.05) or a percentage (5%)"
+        ));
+    }
     let v = v / scale;
     if (0.0..=10.0).contains(&v) {
         Ok(v)
     } else {
-        Err(format!("`{s}` is out of range"))
+        Err(format!("`{s}` is out of range (0 to 1000%)"))
     }
 }
 

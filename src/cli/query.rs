@@ -45,8 +45,8 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<ExitCode> {
         }
     };
     for output in outputs {
-        if output.batches.is_empty() && output.rows == 0 {
-            continue;
+        if output.batches.is_empty() {
+            continue; // DDL: nothing to print
         }
         println!(
             "{}",

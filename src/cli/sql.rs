@@ -87,8 +87,18 @@ impl Shell {
                  WHERE table_schema = 'public' ORDER BY table_type, table_name;",
             ),
             ("\\d", Some(name)) => {
+                let exists = || {
+                    self.session
+                        .run_blocking(&format!(
+                            "SELECT 1 FROM information_schema.tables WHERE table_name = '{name}'"
+                        ))
+                        .is_ok_and(|o| o.iter().any(|o| o.rows > 0))
+                };
                 if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     eprintln!("error: `{name}` is not a table name");
+                    false
+                } else if !exists() {
+                    eprintln!("error: no table or view `{name}` (\\d lists them)");
                     false
                 } else {
                     self.execute(&format!(
@@ -157,14 +167,37 @@ fn history_path() -> Option<PathBuf> {
     Some(base.join("deltann").join("sql_history"))
 }
 
-/// Whether buffered input holds a complete statement (ends with `;` outside quotes).
+/// Whether buffered input holds a complete statement: its last token, ignoring comments
+/// (`-- ...` and `/* ... */`), is a `;` outside quotes.
 fn complete(buffer: &str) -> bool {
     let (mut single, mut double) = (false, false);
     let mut last = None;
-    for c in buffer.chars() {
+    let mut chars = buffer.chars().peekable();
+    while let Some(c) = chars.next() {
+        let quoted = single || double;
         match c {
             '\'' if !double => single = !single,
             '"' if !single => double = !double,
+            '-' if !quoted && chars.peek() == Some(&'-') => {
+                // A line comment: skip to the end of the line.
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+                continue;
+            }
+            '/' if !quoted && chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut star = false;
+                for c in chars.by_ref() {
+                    if star && c == '/' {
+                        break;
+                    }
+                    star = c == '*';
+                }
+                continue;
+            }
             _ => {}
         }
         if !c.is_whitespace() {
@@ -226,7 +259,17 @@ pub fn run(args: &SqlArgs) -> anyhow::Result<ExitCode> {
     let history = history_path();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
+        if let Some(dir) = h.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
     }
+    // History is saved after every entry, so a shell killed mid-query keeps what was typed.
+    let remember = |editor: &mut DefaultEditor, entry: &str| {
+        let _ = editor.add_history_entry(entry);
+        if let Some(h) = &history {
+            let _ = editor.save_history(h);
+        }
+    };
     println!(
         "deltann sql on {} ({}). End statements with ';'. \\? for help, \\q to quit.",
         args.store.display(),
@@ -246,7 +289,7 @@ pub fn run(args: &SqlArgs) -> anyhow::Result<ExitCode> {
         match editor.readline(prompt) {
             Ok(line) => {
                 if buffer.is_empty() && line.trim_start().starts_with('\\') {
-                    let _ = editor.add_history_entry(line.trim());
+                    remember(&mut editor, line.trim());
                     if shell.command(line.trim()).is_none() {
                         break;
                     }
@@ -258,7 +301,7 @@ pub fn run(args: &SqlArgs) -> anyhow::Result<ExitCode> {
                 buffer.push_str(&line);
                 buffer.push('\n');
                 if complete(&buffer) {
-                    let _ = editor.add_history_entry(buffer.trim());
+                    remember(&mut editor, buffer.trim());
                     shell.execute(&buffer);
                     buffer.clear();
                 }
@@ -270,12 +313,6 @@ pub fn run(args: &SqlArgs) -> anyhow::Result<ExitCode> {
             Err(ReadlineError::Eof) => break,
             Err(e) => return Err(e.into()),
         }
-    }
-    if let Some(h) = &history {
-        if let Some(dir) = h.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = editor.save_history(h);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -292,5 +329,15 @@ mod tests {
         assert!(complete("SELECT ';';"));
         assert!(!complete("SELECT 1"));
         assert!(!complete("SELECT \"a;\""));
+    }
+
+    #[test]
+    fn comments_do_not_hide_or_fake_the_end() {
+        assert!(complete("SELECT 1; -- done"));
+        assert!(complete("-- don't stop here\nSELECT 1;"));
+        assert!(!complete("SELECT 1 -- ;"));
+        assert!(complete("SELECT /* it's ; */ 1;"));
+        assert!(!complete("SELECT 1 /* ; */"));
+        assert!(complete("SELECT '--';"));
     }
 }
