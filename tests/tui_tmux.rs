@@ -93,20 +93,33 @@ fn tui_in_a_real_terminal() {
         screen.contains("What explains the flips") && screen.contains("precision"),
         "{screen}"
     );
+    let heat_rows = screen
+        .lines()
+        .filter(|l| l.matches("██").count() >= 4)
+        .count();
+    assert!(heat_rows >= 5, "no heatmap rows:\n{screen}");
+    // In colour: the pane holds foreground colour escapes.
+    let styled =
+        String::from_utf8_lossy(&tmux.cmd(&["capture-pane", "-e", "-p", "-t", "t"]).stdout)
+            .into_owned();
+    assert!(styled.contains("\u{1b}[3"), "no colours:\n{styled}");
 
     // Disagreements -> unstable images -> an image's top-5 in every cell.
     tmux.keys(&["Tab"]);
     tmux.wait_for("Deviation signatures");
     tmux.keys(&["Space", "Enter"]);
     let screen = tmux.wait_for("vs reference");
-    assert!(
-        screen.contains("in every cell") && screen.contains("class"),
-        "{screen}"
-    );
-    assert!(
-        screen.contains("reference") && screen.contains("truth"),
-        "{screen}"
-    );
+    assert!(screen.contains("Top-5 in every cell"), "{screen}");
+    for rank in ["top-1", "top-2", "top-3", "top-4", "top-5"] {
+        assert!(screen.contains(rank), "no {rank} column:\n{screen}");
+    }
+    assert!(screen.contains("truth"), "{screen}");
+    // The answers panel names the selected cell's five classes with their probabilities.
+    let named = screen
+        .lines()
+        .filter(|l| l.contains("│.") || l.contains("│1.00"))
+        .count();
+    assert!(named >= 5, "{screen}");
 
     // Back, then the SQL screen: type a query, see its result.
     tmux.keys(&["Escape"]);
@@ -114,8 +127,7 @@ fn tui_in_a_real_terminal() {
     tmux.keys(&["BTab", "BTab"]);
     tmux.wait_for("SQL (e or Enter to edit)");
     tmux.keys(&["e"]);
-    let clear: Vec<&str> = std::iter::repeat_n("BSpace", 120).collect();
-    tmux.keys(&clear);
+    tmux.keys(&["C-u"]);
     tmux.keys(&["-l", "SELECT count(*) AS n FROM cells_latest"]);
     tmux.keys(&["Enter"]);
     let screen = tmux.wait_for("1 rows in");
@@ -123,7 +135,7 @@ fn tui_in_a_real_terminal() {
 
     // An SQL error is shown in place.
     tmux.keys(&["e"]);
-    tmux.keys(&clear);
+    tmux.keys(&["C-u"]);
     tmux.keys(&["-l", "SELEC 1"]);
     tmux.keys(&["Enter"]);
     tmux.wait_for("syntax error");
@@ -131,7 +143,10 @@ fn tui_in_a_real_terminal() {
     // q quits and the shell's screen is back (the alternate screen is gone).
     tmux.keys(&["q"]);
     let screen = tmux.wait_for("TUI-EXIT-0");
-    assert!(!screen.contains("Flip rate"), "{screen}");
+    assert!(
+        !screen.contains("syntax error") && !screen.contains("Overview"),
+        "{screen}"
+    );
 }
 
 #[test]

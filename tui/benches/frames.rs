@@ -3,8 +3,9 @@
 //!
 //! Guards the interactive path against regressions: a key press must not wait on the store.
 //! Frames are drawn into ratatui's TestBackend (160x48), so the figures include state update,
-//! background work done inline (the detail lookup and picture decode of an image) and layout and
-//! rendering, but not the terminal's own drawing.
+//! background work done inline (the detail lookup, decoding the picture and encoding it as half
+//! blocks) and layout and rendering, but not the terminal's own drawing. A synthetic store has
+//! no picture files, so each image is pointed at one of `data/images`' photos.
 //!
 //! ```sh
 //! CARGO_TARGET_DIR=target-bench cargo bench -p deltann-tui --bench frames
@@ -90,6 +91,24 @@ fn main() {
     for action in loader.handle(Request::Analyze) {
         app.update(action);
     }
+    let photos: Vec<PathBuf> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/images"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jpg" || x == "jpeg"))
+            .collect();
+    assert!(!photos.is_empty());
+    let paths = app
+        .analysis
+        .as_ref()
+        .unwrap()
+        .disagreement
+        .unstable
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.image_id.clone(), photos[i % photos.len()].clone()))
+        .collect();
+    app.update(Action::ImagePaths(paths));
     app.update(Action::NextScreen);
     app.update(Action::SwitchFocus);
     assert_eq!(app.focus, Focus::Unstable);
@@ -104,8 +123,12 @@ fn main() {
     stats("key press to frame: move in the list", moves);
 
     let mut opens = Vec::new();
-    for i in 0..50 {
-        app.unstable_cursor = i * 3;
+    app.update(Action::Top);
+    let images = app.visible_unstable().len().min(150);
+    for _ in 0..images / 3 {
+        for _ in 0..3 {
+            app.update(Action::Down);
+        }
         let t0 = Instant::now();
         let request = app.update(Action::Enter).unwrap();
         for action in loader.handle(request) {

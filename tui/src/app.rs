@@ -73,9 +73,15 @@ pub struct Filter {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SqlResult {
     pub header: Vec<String>,
+    /// The first [`SQL_ROWS`] rows, as text.
     pub rows: Vec<Vec<String>>,
+    /// Rows the query returned (more than `rows.len()` when capped).
+    pub total: usize,
     pub elapsed_ms: f64,
 }
+
+/// Rows of a SQL result the screen keeps; `deltann query` has no cap.
+pub const SQL_ROWS: usize = 10_000;
 
 /// What the image screen shows.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +132,8 @@ pub enum Action {
     /// A character typed into the search or SQL line.
     Input(char),
     Backspace,
+    /// Clear the search or SQL line (Ctrl-U).
+    ClearInput,
     /// End typing (Enter in the search line).
     Submit,
     CycleFamily,
@@ -160,8 +168,12 @@ pub struct App {
     /// Screens to return to with Esc.
     pub back: Vec<Screen>,
     pub analysis: Option<Arc<Analysis>>,
+    /// Lookups derived from the analysis for the disagreement filters.
+    pub index: Index,
     /// What the background thread is doing, for the status line.
     pub busy: Option<String>,
+    /// An analysis has been requested and has not arrived yet.
+    pub analyzing: bool,
     pub error: Option<String>,
     pub help: bool,
     pub quit: bool,
@@ -207,7 +219,9 @@ impl App {
             screen: Screen::Overview,
             back: Vec::new(),
             analysis: None,
+            index: Index::default(),
             busy: Some("loading the analysis".into()),
+            analyzing: true,
             error: None,
             help: false,
             quit: false,
@@ -253,6 +267,9 @@ impl App {
             return Some(Action::Quit);
         }
         if self.searching || (self.screen == Screen::Sql && self.sql_editing) {
+            if ctrl && key.code == KeyCode::Char('u') {
+                return Some(Action::ClearInput);
+            }
             return match key.code {
                 KeyCode::Enter => Some(Action::Submit),
                 KeyCode::Esc => Some(Action::Back),
@@ -320,10 +337,12 @@ impl App {
             Action::Back => return self.back_out(),
             Action::Analyzed(result) => {
                 self.busy = None;
+                self.analyzing = false;
                 match result {
                     Ok(a) => {
                         self.parts = a.parts;
                         self.family = self.family.min(a.groups.len().saturating_sub(1));
+                        self.index = Index::new(&a);
                         self.analysis = Some(a);
                         self.error = None;
                         self.clamp();
@@ -360,8 +379,9 @@ impl App {
                 self.sql_result = Some(result);
             }
             Action::PartsChanged(parts) => {
-                if parts != self.parts && self.busy.is_none() {
+                if parts != self.parts && !self.analyzing {
                     self.parts = parts;
+                    self.analyzing = true;
                     self.busy = Some(format!("store changed ({parts} parts): re-analysing"));
                     return Some(Request::Analyze);
                 }
@@ -383,6 +403,14 @@ impl App {
                     self.reset_disagreement_cursors();
                 } else if self.sql_editing {
                     self.sql_input.pop();
+                }
+            }
+            Action::ClearInput => {
+                if self.searching {
+                    self.filter.search.clear();
+                    self.reset_disagreement_cursors();
+                } else if self.sql_editing {
+                    self.sql_input.clear();
                 }
             }
             Action::Submit => {
@@ -582,14 +610,19 @@ impl App {
         a.signatures
             .iter()
             .enumerate()
-            .filter(|(_, s)| {
+            .filter(|(i, s)| {
+                let i = *i;
                 let sig = &s.signature;
                 self.filter.family.is_none_or(|f| sig.group == f)
                     && self.filter.cell.is_none_or(|c| sig.cells.contains(&c))
                     && self
                         .filter
+                        .class
+                        .is_none_or(|c| self.index.signature_classes[i].contains(&c))
+                    && self
+                        .filter
                         .dimension
-                        .is_none_or(|d| s.label.contains(&format!("{}=", d.name())))
+                        .is_none_or(|d| Index::label_names(&s.label, d))
                     && (search.is_empty()
                         || sig
                             .examples
@@ -611,10 +644,15 @@ impl App {
             .unstable
             .iter()
             .enumerate()
-            .filter(|(_, u)| {
+            .filter(|(i, u)| {
                 let class = u.label.unwrap_or(u.majority);
                 self.filter.family.is_none_or(|f| u.group == f)
                     && self.filter.class.is_none_or(|c| class == c)
+                    && self.filter.cell.is_none_or(|c| u.deviating.contains(&c))
+                    && self.filter.dimension.is_none_or(|d| {
+                        self.index.unstable_signature[*i]
+                            .is_some_and(|s| Index::label_names(&a.signatures[s].label, d))
+                    })
                     && (search.is_empty()
                         || u.image_id.to_lowercase().contains(&search)
                         || self
@@ -647,10 +685,12 @@ impl App {
 
     fn cycle_class(&mut self) {
         let Some(a) = &self.analysis else { return };
+        let family = self.filter.family;
         let mut classes: Vec<i32> = a
             .disagreement
             .unstable
             .iter()
+            .filter(|u| family.is_none_or(|f| u.group == f))
             .map(|u| u.label.unwrap_or(u.majority))
             .collect();
         classes.sort_unstable();
@@ -773,5 +813,53 @@ impl App {
         self.signature_cursor = self.signature_cursor.min(signatures.saturating_sub(1));
         let unstable = self.visible_unstable().len();
         self.unstable_cursor = self.unstable_cursor.min(unstable.saturating_sub(1));
+    }
+}
+
+/// Lookups from the analysis that the disagreement filters need on every key press, built once
+/// when an analysis arrives.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Index {
+    /// For each unstable image, its deviation signature (index into `Analysis::signatures`).
+    pub unstable_signature: Vec<Option<usize>>,
+    /// For each signature, the classes (ground truth, else majority) of its images.
+    pub signature_classes: Vec<Vec<i32>>,
+}
+
+impl Index {
+    pub fn new(a: &Analysis) -> Self {
+        let by_cells: HashMap<(usize, &[usize]), usize> = a
+            .signatures
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((s.signature.group, s.signature.cells.as_slice()), i))
+            .collect();
+        let mut signature_classes = vec![Vec::new(); a.signatures.len()];
+        let unstable_signature = a
+            .disagreement
+            .unstable
+            .iter()
+            .map(|u| {
+                let s = by_cells.get(&(u.group, u.deviating.as_slice())).copied();
+                if let Some(s) = s {
+                    let classes: &mut Vec<i32> = &mut signature_classes[s];
+                    let class = u.label.unwrap_or(u.majority);
+                    if !classes.contains(&class) {
+                        classes.push(class);
+                    }
+                }
+                s
+            })
+            .collect();
+        Self {
+            unstable_signature,
+            signature_classes,
+        }
+    }
+
+    /// Whether a signature's label names dimension `d` (its deviating cells share a value of it).
+    pub fn label_names(label: &str, d: Dimension) -> bool {
+        let key = format!("{}=", d.name());
+        label.split(", ").any(|part| part.starts_with(&key))
     }
 }

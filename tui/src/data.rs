@@ -17,7 +17,7 @@ use deltann_analyzer::detail::{Detail, DetailRow};
 use deltann_store::schema::col;
 use deltann_store::{Store, Table};
 
-use crate::app::{Action, Request, SqlResult};
+use crate::app::{Action, Request, SQL_ROWS, SqlResult};
 
 /// Does the work behind requests, keeping what is worth keeping (the detail index, the SQL
 /// session) between them.
@@ -96,11 +96,12 @@ impl Loader {
             }
         })?;
         let last = outputs.into_iter().last().ok_or("no statement")?;
-        let (header, rows) = deltann_analyzer::format::table_cells(&last.batches, 10_000)
+        let (header, rows) = deltann_analyzer::format::table_cells(&last.batches, SQL_ROWS)
             .map_err(|e| e.to_string())?;
         Ok(SqlResult {
             header,
             rows,
+            total: last.batches.iter().map(|b| b.num_rows()).sum(),
             elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
         })
     }
@@ -117,24 +118,31 @@ impl Loader {
             .run_blocking(&sql)
             .map_err(|e| e.to_string())?;
         let mut rows = Vec::new();
+        let unexpected = || format!("outputs for {id}: unexpected column types");
         for batch in outputs.iter().flat_map(|o| o.batches.iter()) {
-            let ids = batch.column(0).as_string::<i32>();
-            let labels = batch.column(1).as_primitive::<Int32Type>();
-            let top5 = batch.column(2).as_list::<i32>();
-            let probs = batch.column(3).as_list::<i32>();
+            let (Some(ids), Some(labels), Some(top5), Some(probs)) = (
+                batch.column(0).as_string_opt::<i32>(),
+                batch.column(1).as_primitive_opt::<Int32Type>(),
+                batch.column(2).as_list_opt::<i32>(),
+                batch.column(3).as_list_opt::<i32>(),
+            ) else {
+                return Err(unexpected());
+            };
             for i in 0..batch.num_rows() {
                 let Some(&cell) = cells.get(ids.value(i)) else {
                     continue;
                 };
+                let (Some(top), Some(prob)) = (
+                    top5.value(i).as_primitive_opt::<Int32Type>().cloned(),
+                    probs.value(i).as_primitive_opt::<Float32Type>().cloned(),
+                ) else {
+                    return Err(unexpected());
+                };
                 rows.push(DetailRow {
                     cell,
                     label: labels.is_valid(i).then(|| labels.value(i)),
-                    top5: top5.value(i).as_primitive::<Int32Type>().values().to_vec(),
-                    top5_prob: probs
-                        .value(i)
-                        .as_primitive::<Float32Type>()
-                        .values()
-                        .to_vec(),
+                    top5: top.values().to_vec(),
+                    top5_prob: prob.values().to_vec(),
                     max_abs_ref: None,
                     mean_abs_ref: None,
                     kl_ref: None,
@@ -172,7 +180,12 @@ fn image_paths(store: &Store) -> HashMap<String, PathBuf> {
     out
 }
 
-/// Decodes a picture for display, upright (EXIF orientation applied).
+/// The largest picture side kept for display: more than any terminal shows, small enough that
+/// encoding it for the terminal on the UI thread is quick.
+const PICTURE_MAX: u32 = 512;
+
+/// Decodes a picture for display, upright (EXIF orientation applied), at most [`PICTURE_MAX`]
+/// pixels a side.
 fn picture(path: &Path) -> Option<image::DynamicImage> {
     use image::ImageDecoder;
     let mut decoder = image::ImageReader::open(path)
@@ -185,6 +198,9 @@ fn picture(path: &Path) -> Option<image::DynamicImage> {
     let mut img = image::DynamicImage::from_decoder(decoder).ok()?;
     if let Some(o) = orientation {
         img.apply_orientation(o);
+    }
+    if img.width() > PICTURE_MAX || img.height() > PICTURE_MAX {
+        img = img.thumbnail(PICTURE_MAX, PICTURE_MAX);
     }
     Some(img)
 }

@@ -16,7 +16,7 @@ pub mod ui;
 
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ratatui::crossterm::event::{self, Event as TermEvent, KeyEventKind};
 
@@ -49,15 +49,20 @@ pub fn run(store: &Path) -> std::io::Result<()> {
     let mut terminal = ratatui::init();
     let _restore = Restore;
     let mut app = App::new(store.to_path_buf());
+    let (tx, rx) = mpsc::channel::<Event>();
+    let requests = data::spawn(store, tx.clone());
+    let _ = requests.send(Request::Analyze);
+    terminal.draw(|frame| ui::draw(frame, &app))?;
+
     // A graphics protocol if the terminal answers the query, else half blocks; the environment
-    // can force half blocks (tmux sessions, tests).
+    // can force half blocks (tmux sessions, tests). Asked after the first frame, before the
+    // input thread starts reading stdin: a terminal that does not answer delays only pictures.
     if std::env::var("DELTANN_TUI_IMAGES").as_deref() != Ok("halfblocks")
         && let Ok(picker) = ratatui_image::picker::Picker::from_query_stdio()
     {
         app.picker = picker;
     }
 
-    let (tx, rx) = mpsc::channel::<Event>();
     let input = tx.clone();
     std::thread::spawn(move || {
         loop {
@@ -75,10 +80,24 @@ pub fn run(store: &Path) -> std::io::Result<()> {
             }
         }
     });
-    let requests = data::spawn(store, tx);
-    let _ = requests.send(Request::Analyze);
+    // A live store: a watcher reads the manifest now and then and reports new commits.
+    let watched = store.to_path_buf();
+    std::thread::spawn(move || {
+        let mut last = None;
+        loop {
+            std::thread::sleep(REFRESH);
+            let parts = committed_parts(&watched);
+            if parts.is_some() && parts != last {
+                last = parts;
+                if let Some(parts) = parts
+                    && tx.send(Event::Action(Action::PartsChanged(parts))).is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
 
-    let mut last_check = Instant::now();
     loop {
         terminal.draw(|frame| ui::draw(frame, &app))?;
         let action = match rx.recv_timeout(Duration::from_millis(250)) {
@@ -98,14 +117,6 @@ pub fn run(store: &Path) -> std::io::Result<()> {
         }
         if app.quit {
             break;
-        }
-        if last_check.elapsed() >= REFRESH {
-            last_check = Instant::now();
-            if let Some(parts) = committed_parts(store)
-                && let Some(request) = app.update(Action::PartsChanged(parts))
-            {
-                let _ = requests.send(request);
-            }
         }
     }
     Ok(())

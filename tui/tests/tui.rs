@@ -69,6 +69,19 @@ fn key(app: &mut App, loader: &mut Loader, code: KeyCode) {
     }
 }
 
+fn ctrl(app: &mut App, loader: &mut Loader, c: char) {
+    let action = app.action_for(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL));
+    if let Some(action) = action {
+        act(app, loader, action);
+    }
+}
+
+fn typed(app: &mut App, loader: &mut Loader, text: &str) {
+    for c in text.chars() {
+        key(app, loader, KeyCode::Char(c));
+    }
+}
+
 fn render(app: &App, width: u16, height: u16) -> String {
     let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
     terminal.draw(|f| deltann_tui::ui::draw(f, app)).unwrap();
@@ -161,6 +174,84 @@ fn disagreement_filters_and_search() {
     );
     key(&mut app, &mut loader, KeyCode::Char('0'));
     assert_eq!(app.visible_unstable().len(), all);
+    // Class filter, for every class in turn: unstable images of that class, and exactly the
+    // signatures holding such an image; some class must narrow the signatures to a strict subset.
+    let mut narrowed = false;
+    key(&mut app, &mut loader, KeyCode::Char('c'));
+    while let Some(class) = app.filter.class {
+        let unstable = app.visible_unstable();
+        assert!(!unstable.is_empty() && unstable.len() < all);
+        for &i in &unstable {
+            let u = &a.disagreement.unstable[i];
+            assert_eq!(u.label.unwrap_or(u.majority), class);
+        }
+        let signatures = app.visible_signatures();
+        assert!(!signatures.is_empty());
+        for s in 0..a.signatures.len() {
+            let holds = a.disagreement.unstable.iter().any(|u| {
+                u.label.unwrap_or(u.majority) == class
+                    && u.group == a.signatures[s].signature.group
+                    && u.deviating == a.signatures[s].signature.cells
+            });
+            assert_eq!(
+                signatures.contains(&s),
+                holds,
+                "signature {s}, class {class}"
+            );
+        }
+        narrowed |= signatures.len() < a.signatures.len();
+        key(&mut app, &mut loader, KeyCode::Char('c'));
+    }
+    assert!(narrowed, "no class narrowed the signature list");
+    key(&mut app, &mut loader, KeyCode::Char('0'));
+    // Cell filter: images and signatures where that cell deviates (the int8 cell of family 0).
+    let int8 = a
+        .cells
+        .iter()
+        .position(|c| c.precision == "int8" && c.family == "family0")
+        .unwrap();
+    while app.filter.cell != Some(int8) {
+        key(&mut app, &mut loader, KeyCode::Char('x'));
+    }
+    let unstable = app.visible_unstable();
+    assert!(!unstable.is_empty() && unstable.len() < all);
+    assert!(
+        unstable
+            .iter()
+            .all(|&i| a.disagreement.unstable[i].deviating.contains(&int8))
+    );
+    assert!(
+        app.visible_signatures()
+            .iter()
+            .all(|&i| a.signatures[i].signature.cells.contains(&int8))
+    );
+    key(&mut app, &mut loader, KeyCode::Char('0'));
+    // Dimension filter, for every dimension in turn: exactly the unstable images whose signature
+    // is labelled with that dimension (the fixture's are all "precision=int8": every image for
+    // precision, none for the others).
+    let mut sizes = Vec::new();
+    key(&mut app, &mut loader, KeyCode::Char('d'));
+    while let Some(d) = app.filter.dimension {
+        let expected: Vec<usize> = (0..all)
+            .filter(|&i| {
+                let u = &a.disagreement.unstable[i];
+                a.signatures.iter().any(|s| {
+                    s.signature.group == u.group
+                        && s.signature.cells == u.deviating
+                        && s.label.contains(&format!("{}=", d.name()))
+                })
+            })
+            .collect();
+        assert_eq!(app.visible_unstable(), expected, "{d:?}");
+        sizes.push(expected.len());
+        key(&mut app, &mut loader, KeyCode::Char('d'));
+    }
+    assert!(
+        sizes.contains(&all) && sizes.iter().any(|&n| n < all),
+        "{sizes:?}"
+    );
+    key(&mut app, &mut loader, KeyCode::Char('0'));
+    assert_eq!(app.visible_unstable().len(), all);
     // Search: typed characters go to the search line, even 'q'.
     key(&mut app, &mut loader, KeyCode::Char('/'));
     for c in "img-00012".chars() {
@@ -198,10 +289,13 @@ fn sql_runs_off_the_ui_state_and_errors_show_in_place() {
     assert_eq!(app.screen, Screen::Sql);
     key(&mut app, &mut loader, KeyCode::Char('e'));
     assert!(app.sql_editing);
-    app.sql_input.clear();
-    for c in "SELECT count(*) AS n FROM cells_latest".chars() {
-        key(&mut app, &mut loader, KeyCode::Char(c));
-    }
+    ctrl(&mut app, &mut loader, 'u');
+    assert!(app.sql_input.is_empty());
+    typed(
+        &mut app,
+        &mut loader,
+        "SELECT count(*) AS n FROM cells_latest",
+    );
     // Enter asks the background for the query; the result lands in state.
     let request = app.update(Action::Submit);
     assert_eq!(
@@ -218,9 +312,10 @@ fn sql_runs_off_the_ui_state_and_errors_show_in_place() {
         (result.header, result.rows),
         (vec!["n".to_string()], vec![vec!["37".to_string()]])
     );
-    act(&mut app, &mut loader, Action::EditSql);
-    app.sql_input = "SELEC 1".into();
-    act(&mut app, &mut loader, Action::Submit);
+    key(&mut app, &mut loader, KeyCode::Char('e'));
+    ctrl(&mut app, &mut loader, 'u');
+    typed(&mut app, &mut loader, "SELEC 1");
+    key(&mut app, &mut loader, KeyCode::Enter);
     assert!(matches!(&app.sql_result, Some(Err(e)) if e.contains("syntax error")));
 }
 
@@ -272,7 +367,48 @@ fn screens_snapshot() {
             r.elapsed_ms = 0.0;
         }
         insta::assert_snapshot!(name("sql"), render(&app, w, h));
+        key(&mut app, &mut loader, KeyCode::Char('e'));
+        ctrl(&mut app, &mut loader, 'u');
+        typed(&mut app, &mut loader, "SELECT nosuch FROM cells");
+        key(&mut app, &mut loader, KeyCode::Enter);
+        insta::assert_snapshot!(name("sql-error"), render(&app, w, h));
         key(&mut app, &mut loader, KeyCode::Char('?'));
         insta::assert_snapshot!(name("help"), render(&app, w, h));
+        key(&mut app, &mut loader, KeyCode::Char('?'));
+        // Disagreements while searching, with a class filter.
+        key(&mut app, &mut loader, KeyCode::Tab);
+        key(&mut app, &mut loader, KeyCode::Tab);
+        key(&mut app, &mut loader, KeyCode::Char('c'));
+        key(&mut app, &mut loader, KeyCode::Char('/'));
+        typed(&mut app, &mut loader, "img-000");
+        insta::assert_snapshot!(name("disagreements-search"), render(&app, w, h));
+        // Before the analysis arrives, and when it fails.
+        let mut waiting = App::new(PathBuf::from("fixture-store"));
+        insta::assert_snapshot!(name("loading"), render(&waiting, w, h));
+        waiting.update(Action::Analyzed(Err(
+            "fixture-store: no deltann-store.json".into(),
+        )));
+        insta::assert_snapshot!(name("failed"), render(&waiting, w, h));
+    }
+}
+
+#[test]
+fn narrow_and_tiny_terminals_do_not_panic() {
+    let fx = fixture();
+    let (mut app, mut loader) = loaded(&fx.store);
+    for _ in 0..4 {
+        for (w, h) in [(40u16, 12u16), (20, 6), (1, 1), (79, 23)] {
+            render(&app, w, h);
+        }
+        if app.screen == Screen::Disagreements {
+            key(&mut app, &mut loader, KeyCode::Char(' '));
+            key(&mut app, &mut loader, KeyCode::Enter);
+            assert_eq!(app.screen, Screen::Image);
+            for (w, h) in [(40u16, 12u16), (20, 6), (1, 1)] {
+                render(&app, w, h);
+            }
+            key(&mut app, &mut loader, KeyCode::Esc);
+        }
+        key(&mut app, &mut loader, KeyCode::Tab);
     }
 }

@@ -31,6 +31,7 @@ fn draw_filters(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
         .and_then(|g| a.groups.get(g))
         .map_or("all".to_string(), |g| g.family.clone());
     let class = f.class.map_or("all".to_string(), |c| {
+        // Class names come from a family's model; without a family filter, the first family's.
         let g = f.family.unwrap_or(0);
         a.groups
             .get(g)
@@ -48,12 +49,20 @@ fn draw_filters(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
     } else {
         Span::styled(format!("/{}", f.search), Style::default().fg(Color::Yellow))
     };
+    // The search first, so it stays in sight on narrow terminals; shorter hints there.
+    let filters = if area.width >= 120 {
+        format!(
+            "family={family} (f)  class={class} (c)  dimension={dim} (d)  cell={cell} (x)  0 clears"
+        )
+    } else {
+        format!("f:{family} c:{class} d:{dim} x:{cell} 0:clear")
+    };
+    let gap = if search.content.is_empty() { "" } else { " " };
     let line = Line::from(vec![
         Span::styled(" filters ", Style::default().add_modifier(Modifier::BOLD)),
-        Span::raw(format!(
-            "family={family} (f)  class={class} (c)  dimension={dim} (d)  cell={cell} (x)  0 clears  "
-        )),
         search,
+        Span::raw(gap),
+        Span::raw(filters),
     ]);
     frame.render_widget(Paragraph::new(line), area);
 }
@@ -131,6 +140,8 @@ fn draw_signature_images(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analy
 
 fn draw_unstable(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
     let visible = app.visible_unstable();
+    // Narrow: the family column goes (the family filter, `f`, still tells them apart).
+    let wide = area.width >= 48;
     let rows_fit = area.height.saturating_sub(3) as usize;
     let first = window(app.unstable_cursor, visible.len(), rows_fit);
     let rows: Vec<Row<'_>> = visible
@@ -141,33 +152,46 @@ fn draw_unstable(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
             let u = &a.disagreement.unstable[i];
             let g = &a.groups[u.group];
             let class = u.label.unwrap_or(u.majority);
-            Row::new(vec![
-                Cell::from(u.image_id.clone()),
-                Cell::from(g.family.clone()),
+            let mut cells = vec![Cell::from(u.image_id.clone())];
+            if wide {
+                cells.push(Cell::from(g.family.clone()));
+            }
+            cells.extend([
                 Cell::from(u.distinct.to_string()),
                 Cell::from(pct(u.majority_share)),
                 Cell::from(g.class_name(class)),
-            ])
+            ]);
+            Row::new(cells)
         })
         .collect();
     let mut state = TableState::default()
         .with_selected((!visible.is_empty()).then(|| app.unstable_cursor - first));
     let title = format!("Most unstable images ({})", visible.len());
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Min(13),
-            Constraint::Length(8),
-            Constraint::Length(4),
-            Constraint::Length(6),
-            Constraint::Min(6),
-        ],
-    )
-    .header(
-        Row::new(vec!["image", "family", "top1", "agree", "class"])
-            .style(Style::default().add_modifier(Modifier::BOLD)),
-    )
-    .row_highlight_style(selected())
-    .block(focused_block(&title, app.focus == Focus::Unstable));
+    let (widths, header) = if wide {
+        (
+            vec![
+                Constraint::Min(13),
+                Constraint::Length(8),
+                Constraint::Length(4),
+                Constraint::Length(6),
+                Constraint::Min(6),
+            ],
+            vec!["image", "family", "top1", "agree", "class"],
+        )
+    } else {
+        (
+            vec![
+                Constraint::Min(13),
+                Constraint::Length(4),
+                Constraint::Length(6),
+                Constraint::Min(6),
+            ],
+            vec!["image", "top1", "agree", "class"],
+        )
+    };
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
+        .row_highlight_style(selected())
+        .block(focused_block(&title, app.focus == Focus::Unstable));
     frame.render_stateful_widget(table, area, &mut state);
 }

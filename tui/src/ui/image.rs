@@ -13,19 +13,41 @@ use ratatui_image::StatefulImage;
 use super::{block, focused_block, selected, window};
 use crate::app::App;
 
+/// Width of the environment column.
+const ENV_WIDTH: usize = 22;
+
+/// A probability in three or four characters: `.93`, `1.00`.
+fn prob(p: f32) -> String {
+    let text = format!("{p:.2}");
+    text.strip_prefix('0').map_or(text.clone(), str::to_string)
+}
+
+/// `text` cut to `width` characters, with `…` when cut.
+fn clip(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}
+
 pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
     let Some(view) = &app.image else { return };
     let group = a.groups.get(view.group);
     let name = |class: i32| group.map_or_else(|| class.to_string(), |g| g.class_name(class));
-    let picture_width = if area.width >= 120 {
-        area.width / 3
+    let picture_width = if area.width >= 140 {
+        area.width / 4
     } else {
         area.width * 2 / 5
     };
     let [left, right] =
         Layout::horizontal([Constraint::Length(picture_width), Constraint::Min(30)]).areas(area);
+    // The answers panel lists the selected cell's top-5 by name when there is room.
+    let facts_height = if left.height >= 22 { 11 } else { 5 };
     let [picture_area, facts_area] =
-        Layout::vertical([Constraint::Min(4), Constraint::Length(5)]).areas(left);
+        Layout::vertical([Constraint::Min(4), Constraint::Length(facts_height)]).areas(left);
 
     // The picture, encoded for the terminal once per image and size.
     let picture_block = block(&view.image_id);
@@ -66,7 +88,7 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
     }
     counts.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
     let majority = counts.first().map(|(c, _)| *c);
-    let facts = vec![
+    let mut facts = vec![
         Line::from(vec![
             Span::styled("truth ", Style::default().add_modifier(Modifier::BOLD)),
             Span::raw(label.map_or_else(|| "unlabelled".into(), |l| format!("{l} {}", name(l)))),
@@ -81,22 +103,33 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
             rows.len()
         )),
     ];
+    if facts_height > 5
+        && let Some(r) = rows.get(view.cursor)
+    {
+        facts.push(Line::from(vec![
+            Span::styled(
+                format!("#{} ", r.cell + 1),
+                Style::default().add_modifier(Modifier::BOLD),
+            ),
+            Span::raw(a.cells[r.cell].env()),
+        ]));
+        for (class, p) in r.top5.iter().zip(&r.top5_prob) {
+            facts.push(Line::from(format!("{} {class} {}", prob(*p), name(*class))));
+        }
+    }
     frame.render_widget(Paragraph::new(facts).block(block("Answers")), facts_area);
 
-    // Every cell's top-5.
+    // Every cell's top-5, one column per rank. Narrow tables drop the environment and distance
+    // columns first, then class names (the answers panel names the selected cell's classes).
     let ref_cell = group.and_then(|g| g.cells.first()).copied();
     let rows_fit = right.height.saturating_sub(3) as usize;
     let first = window(view.cursor, rows.len(), rows_fit);
-    let width = right.width as usize;
-    let show = if width >= 110 {
-        5
-    } else if width >= 80 {
-        3
-    } else if width >= 60 {
-        2
-    } else {
-        1
-    };
+    let inner = usize::from(right.width.saturating_sub(2));
+    let show_env = inner >= 100;
+    let show_distance = inner >= 70;
+    let fixed = 5 + if show_env { ENV_WIDTH + 1 } else { 0 } + if show_distance { 16 } else { 0 };
+    let rank_width = (inner.saturating_sub(fixed) / 5).saturating_sub(1).max(7);
+    let names = rank_width >= 12;
     let table_rows: Vec<Row<'_>> = rows
         .iter()
         .skip(first)
@@ -104,13 +137,13 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
         .map(|r| {
             let c = &a.cells[r.cell];
             let deviates = r.top5.first().copied() != majority;
-            let top: Vec<String> = r
-                .top5
-                .iter()
-                .zip(&r.top5_prob)
-                .take(show)
-                .map(|(class, p)| format!("{} {:.2}", name(*class), p))
-                .collect();
+            let top = r.top5.iter().zip(&r.top5_prob).map(|(class, p)| {
+                Cell::from(if names {
+                    format!("{} {}", clip(&name(*class), rank_width - 4), prob(*p))
+                } else {
+                    format!("{class} {}", prob(*p))
+                })
+            });
             let distance = if Some(r.cell) == ref_cell {
                 "reference".to_string()
             } else if r.identical_ref == Some(true) {
@@ -121,12 +154,15 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
                     _ => "-".into(),
                 }
             };
-            let mut row = Row::new(vec![
-                Cell::from(format!("#{}", r.cell + 1)),
-                Cell::from(c.env()),
-                Cell::from(top.join(" | ")),
-                Cell::from(distance),
-            ]);
+            let mut cells = vec![Cell::from(format!("#{}", r.cell + 1))];
+            if show_env {
+                cells.push(Cell::from(c.env()));
+            }
+            cells.extend(top);
+            if show_distance {
+                cells.push(Cell::from(distance));
+            }
+            let mut row = Row::new(cells);
             if deviates {
                 row = row.style(Style::default().fg(Color::Red).add_modifier(Modifier::BOLD));
             } else if label.is_some() && r.top5.first().copied() == label {
@@ -139,31 +175,39 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
         (Some(e), _) => format!("error: {e}"),
         (None, None) => "loading…".into(),
         (None, Some(_)) => format!(
-            "Top-{show} in every cell (red: not the majority) · max|Δlogit| KL vs #{}",
-            ref_cell.map_or(0, |c| c + 1)
+            "Top-5 in every cell{} (red: not the majority){}",
+            if names {
+                ""
+            } else {
+                " (class index, probability)"
+            },
+            if show_distance {
+                format!(" · max|Δlogit| KL vs #{}", ref_cell.map_or(0, |c| c + 1))
+            } else {
+                String::new()
+            }
         ),
     };
     let mut state =
         TableState::default().with_selected((!rows.is_empty()).then(|| view.cursor - first));
-    let table = Table::new(
-        table_rows,
-        [
-            Constraint::Length(4),
-            Constraint::Length(22.min(right.width / 3)),
-            Constraint::Min(12),
-            Constraint::Length(15),
-        ],
-    )
-    .header(
-        Row::new(vec![
-            "#",
-            "environment",
-            "top classes (probability)",
-            "vs reference",
-        ])
-        .style(Style::default().add_modifier(Modifier::BOLD)),
-    )
-    .row_highlight_style(selected())
-    .block(focused_block(&title, true));
+    let rank = u16::try_from(rank_width).unwrap_or(u16::MAX);
+    let mut widths = vec![Constraint::Length(4)];
+    let mut header = vec!["#".to_string()];
+    if show_env {
+        widths.push(Constraint::Length(ENV_WIDTH as u16));
+        header.push("environment".into());
+    }
+    for i in 1..=5 {
+        widths.push(Constraint::Length(rank));
+        header.push(format!("top-{i}"));
+    }
+    if show_distance {
+        widths.push(Constraint::Length(15));
+        header.push("vs reference".into());
+    }
+    let table = Table::new(table_rows, widths)
+        .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
+        .row_highlight_style(selected())
+        .block(focused_block(&title, true));
     frame.render_stateful_widget(table, right, &mut state);
 }

@@ -128,15 +128,30 @@ fn draw_status(frame: &mut Frame<'_>, area: Rect, app: &App) {
         (None, Some(b)) => Span::styled(format!(" {b}… "), Style::default().fg(Color::Yellow)),
         (None, None) => Span::raw(format!(" {} · {} parts ", app.store.display(), app.parts)),
     };
-    let hints = if app.searching {
-        "type to search · Enter done · Esc clear"
-    } else if app.sql_editing {
-        "type SQL · Enter run · ↑ last query · Esc stop editing"
-    } else {
-        "Tab screens · ↑↓←→ hjkl move · Enter open · Esc back · ? help · q quit"
-    };
     let width = area.width as usize;
     let used = left.content.chars().count();
+    // The full hints where they fit, else the short ones (help and quit always show).
+    let (full, short) = if app.searching {
+        (
+            "type to search · Ctrl-U clear · Enter done · Esc cancel",
+            "Enter done · Esc cancel",
+        )
+    } else if app.sql_editing {
+        (
+            "type SQL · Enter run · Ctrl-U clear · ↑ last query · Esc stop editing",
+            "Enter run · Esc stop",
+        )
+    } else {
+        (
+            "Tab screens · ↑↓←→ hjkl move · Enter open · Esc back · ? help · q quit",
+            "Tab · Enter · Esc · ? help · q quit",
+        )
+    };
+    let hints = if used + full.chars().count() < width {
+        full
+    } else {
+        short
+    };
     let hints: String = hints.chars().take(width.saturating_sub(used + 1)).collect();
     let pad = width.saturating_sub(used + hints.chars().count());
     frame.render_widget(
@@ -158,8 +173,8 @@ Esc               back
 Space             switch list (Disagreements)
 f                 next model family (filter on Disagreements)
 c / d / x         filter by class / dimension / cell;  0 clears
-/                 search image ids and class names
-e                 edit the SQL line (SQL screen), Enter runs it
+/                 search image ids and class names (Ctrl-U clears)
+e                 edit the SQL line (SQL screen), Enter runs it, Ctrl-U clears
 ?                 this help;  q quit";
 
 fn draw_help(frame: &mut Frame<'_>, area: Rect) {

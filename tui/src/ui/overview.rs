@@ -14,7 +14,7 @@ use crate::app::{App, Focus};
 
 pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
     let cells = app.family_cells();
-    let heat_width = (cells.len() as u16 * 2 + 7).clamp(30, area.width / 2);
+    let heat_width = (cells.len() as u16 * 2 + 7).clamp(30, (area.width / 2).max(30));
     let [left, right] =
         Layout::horizontal([Constraint::Length(heat_width), Constraint::Min(20)]).areas(area);
     draw_heatmap(frame, left, app, a);
@@ -178,11 +178,13 @@ fn draw_cells(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
 }
 
 fn draw_attribution(frame: &mut Frame<'_>, area: Rect, a: &Analysis) {
+    // Narrow: the KL column goes, so names and intervals stay whole.
+    let wide = area.width >= 54;
     let rows: Vec<Row<'_>> = a
         .attribution
         .iter()
         .map(|r| {
-            Row::new(vec![
+            let mut cells = vec![
                 Cell::from(r.dimension.name()),
                 Cell::from(r.pairs.to_string()),
                 Cell::from(format!(
@@ -192,27 +194,31 @@ fn draw_attribution(frame: &mut Frame<'_>, area: Rect, a: &Analysis) {
                     pct(r.flip_ci.1)
                 ))
                 .style(Style::default().fg(flip_color(r.flip_rate))),
-                Cell::from(r.kl.map_or_else(|| "-".into(), |k| format!("{k:.1e}"))),
-            ])
+            ];
+            if wide {
+                cells.push(Cell::from(
+                    r.kl.map_or_else(|| "-".into(), |k| format!("{k:.1e}")),
+                ));
+            }
+            Row::new(cells)
         })
         .collect();
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(13),
-            Constraint::Length(5),
-            Constraint::Min(18),
-            Constraint::Length(7),
-        ],
-    )
-    .header(
-        Row::new(vec!["dimension", "pairs", "flip rate [95% CI]", "KL"])
-            .style(Style::default().add_modifier(Modifier::BOLD)),
-    )
-    .block(focused_block(
-        "What explains the flips (one-dimension pairs)",
-        false,
-    ));
+    let mut widths = vec![
+        Constraint::Length(14),
+        Constraint::Length(5),
+        Constraint::Min(18),
+    ];
+    let mut header = vec!["dimension", "pairs", "flip rate [95% CI]"];
+    if wide {
+        widths.push(Constraint::Length(7));
+        header.push("KL");
+    }
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
+        .block(focused_block(
+            "What explains the flips (one-dimension pairs)",
+            false,
+        ));
     frame.render_widget(table, area);
 }
 

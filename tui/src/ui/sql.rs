@@ -12,12 +12,21 @@ use crate::app::App;
 pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let [input, result] = Layout::vertical([Constraint::Length(3), Constraint::Min(3)]).areas(area);
     let cursor = if app.sql_editing { "▏" } else { "" };
+    // A long query scrolls sideways so its end, where typing happens, stays visible.
+    let room = usize::from(input.width.saturating_sub(3));
+    let chars = app.sql_input.chars().count();
+    let shown: String = if chars > room {
+        let tail: String = app.sql_input.chars().skip(chars - room + 1).collect();
+        format!("…{tail}")
+    } else {
+        app.sql_input.clone()
+    };
     let line = Line::from(vec![
-        Span::raw(app.sql_input.clone()),
+        Span::raw(shown),
         Span::styled(cursor, Style::default().fg(Color::Yellow)),
     ]);
     let title = if app.sql_editing {
-        "SQL (Enter runs, Esc stops editing)"
+        "SQL (Enter runs, Ctrl-U clears, ↑ last query, Esc stops editing)"
     } else {
         "SQL (e or Enter to edit)"
     };
@@ -66,9 +75,14 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App) {
                     Constraint::Length((longest.max(h.chars().count()) as u16).clamp(3, 40))
                 })
                 .collect();
+            let shown = if r.total > r.rows.len() {
+                format!(" (first {} shown)", r.rows.len())
+            } else {
+                String::new()
+            };
             let title = format!(
-                "{} rows in {:.0} ms · rows {}-{} · ↑↓ PgUp PgDn scroll",
-                r.rows.len(),
+                "{} rows{shown} in {:.0} ms · rows {}-{} · ↑↓ PgUp PgDn scroll",
+                r.total,
                 r.elapsed_ms,
                 (first + 1).min(r.rows.len()),
                 (first + rows_fit).min(r.rows.len())
