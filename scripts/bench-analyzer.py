@@ -27,9 +27,11 @@ store, sql = sys.argv[1], pathlib.Path(sys.argv[2]).read_text()
 con = duckdb.connect()
 con.execute(f"CREATE VIEW outputs AS SELECT * FROM read_parquet('{store}/outputs/**/*.parquet', hive_partitioning = true)")
 con.execute(f"CREATE VIEW cells AS SELECT * FROM read_parquet('{store}/cells/*.parquet')")
-con.execute(\"\"\"CREATE VIEW cells_latest AS SELECT * EXCLUDE (attempt_rank) FROM (
-  SELECT *, row_number() OVER (PARTITION BY cell_id ORDER BY attempt DESC) AS attempt_rank FROM cells)
-  WHERE attempt_rank = 1\"\"\")
+con.execute(f"CREATE VIEW images AS SELECT * FROM read_parquet('{store}/images/*.parquet')")
+con.execute(
+    "CREATE VIEW cells_latest AS SELECT * EXCLUDE (attempt_rank) FROM ("
+    " SELECT *, row_number() OVER (PARTITION BY cell_id ORDER BY attempt DESC) AS attempt_rank"
+    " FROM cells) WHERE attempt_rank = 1")
 rows = con.execute(sql).fetchall()
 print(len(rows))
 """

@@ -4,6 +4,8 @@
 #   scripts/bench.sh             everything
 #   scripts/bench.sh throughput  collector vs bare engine, bytes per row
 #   scripts/bench.sh memory      collector peak memory, 100 vs 1000 images
+#   scripts/bench.sh analyzer    report and flip-matrix SQL on 100k/1M-row stores, against DuckDB
+#   scripts/bench.sh tui         first frame and key-press-to-frame on the 1M-row store
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-bench}"
@@ -17,6 +19,19 @@ echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(n
 if [ "$what" = all ] || [ "$what" = throughput ]; then
   echo "== collector throughput vs bare engine (cargo bench -p deltann-collector --bench throughput)"
   cargo bench -p deltann-collector --bench throughput
+fi
+
+if [ "$what" = all ] || [ "$what" = analyzer ]; then
+  echo "== analyzer against DuckDB (scripts/bench-analyzer.py; needs pip install duckdb)"
+  python3 scripts/bench-analyzer.py --bin "$bin" --dir "$CARGO_TARGET_DIR/stores"
+fi
+
+if [ "$what" = all ] || [ "$what" = tui ]; then
+  echo "== TUI frames on the 1M-row store (cargo bench -p deltann-tui --bench frames)"
+  store="$CARGO_TARGET_DIR/stores/synth-5250"
+  case "$store" in /*) ;; *) store="$(pwd)/$store" ;; esac
+  [ -f "$store/deltann-store.json" ] || "$bin" synth "$store" --images 5250
+  DELTANN_BENCH_STORE="$store" cargo bench -p deltann-tui --bench frames
 fi
 
 if [ "$what" = all ] || [ "$what" = memory ]; then
