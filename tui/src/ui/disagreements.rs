@@ -140,8 +140,9 @@ fn draw_signature_images(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analy
 
 fn draw_unstable(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
     let visible = app.visible_unstable();
-    // Narrow: the family column goes (the family filter, `f`, still tells them apart).
-    let wide = area.width >= 48;
+    // Narrow: the family column goes; the title then says how many families the list mixes
+    // (an image appears once per family), and the family filter, `f`, tells them apart.
+    let wide = area.width >= 50;
     let rows_fit = area.height.saturating_sub(3) as usize;
     let first = window(app.unstable_cursor, visible.len(), rows_fit);
     let rows: Vec<Row<'_>> = visible
@@ -166,27 +167,35 @@ fn draw_unstable(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
         .collect();
     let mut state = TableState::default()
         .with_selected((!visible.is_empty()).then(|| app.unstable_cursor - first));
-    let title = format!("Most unstable images ({})", visible.len());
+    let families = a.groups.len();
+    let title = if wide {
+        format!("Most unstable images ({})", visible.len())
+    } else if app.filter.family.is_none() && families > 1 {
+        format!("Unstable images ({}, {families} families)", visible.len())
+    } else {
+        format!("Unstable images ({})", visible.len())
+    };
     let (widths, header) = if wide {
         (
             vec![
                 Constraint::Min(13),
                 Constraint::Length(8),
-                Constraint::Length(4),
+                Constraint::Length(6),
                 Constraint::Length(6),
                 Constraint::Min(6),
             ],
-            vec!["image", "family", "top1", "agree", "class"],
+            vec!["image", "family", "labels", "agree", "class"],
         )
     } else {
         (
             vec![
                 Constraint::Min(13),
-                Constraint::Length(4),
                 Constraint::Length(6),
+                // An unstable image's majority share is below 100%: "99.9%" at most.
+                Constraint::Length(5),
                 Constraint::Min(6),
             ],
-            vec!["image", "top1", "agree", "class"],
+            vec!["image", "labels", "agree", "class"],
         )
     };
     let table = Table::new(rows, widths)

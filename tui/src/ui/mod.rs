@@ -173,6 +173,7 @@ Esc               back
 Space             switch list (Disagreements)
 f                 next model family (filter on Disagreements)
 c / d / x         filter by class / dimension / cell;  0 clears
+unstable list     labels: distinct top-1s; agree: share with majority
 /                 search image ids and class names (Ctrl-U clears)
 e                 edit the SQL line (SQL screen), Enter runs it, Ctrl-U clears
 ?                 this help;  q quit";
