@@ -45,7 +45,15 @@ fn query_runs_sql_and_saved_queries_in_every_format() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("n\n"));
+    let absolute = util::run(&[
+        "query",
+        s,
+        "SELECT count(*) AS n FROM outputs",
+        "--format",
+        "csv",
+    ]);
+    assert!(String::from_utf8_lossy(&absolute.stdout).starts_with("n\n"));
+    assert_eq!(out.stdout, absolute.stdout, "{}", text(&out));
 
     // SQL pasted from a file keeps its header comment.
     let out = util::run(&[

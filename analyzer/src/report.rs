@@ -178,7 +178,9 @@ pub fn render(a: &Analysis, format: ReportFormat, limits: Limits) -> Result<Stri
         &mut out,
         format,
         "Latency per cell",
-        "Per-image latency (every repetition; for batches, the batch latency's per-image share):          quantiles with 95% bootstrap intervals, throughput, and dispersion (1.4826 MAD / median).",
+        "Per-image latency (every repetition; for batches, the batch latency's per-image \
+         share): quantiles with 95% bootstrap intervals, throughput, and dispersion \
+         (1.4826 MAD / median).",
     );
     let mut t = new_table(
         format,

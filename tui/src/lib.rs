@@ -80,20 +80,17 @@ pub fn run(store: &Path) -> std::io::Result<()> {
             }
         }
     });
-    // A live store: a watcher reads the manifest now and then and reports new commits.
+    // A live store: a watcher reads the manifest now and then and reports the committed part
+    // count every time; the app compares it with what it analysed, so a commit made while an
+    // analysis runs is picked up by the next report instead of lost.
     let watched = store.to_path_buf();
     std::thread::spawn(move || {
-        let mut last = None;
         loop {
             std::thread::sleep(REFRESH);
-            let parts = committed_parts(&watched);
-            if parts.is_some() && parts != last {
-                last = parts;
-                if let Some(parts) = parts
-                    && tx.send(Event::Action(Action::PartsChanged(parts))).is_err()
-                {
-                    return;
-                }
+            if let Some(parts) = committed_parts(&watched)
+                && tx.send(Event::Action(Action::PartsChanged(parts))).is_err()
+            {
+                return;
             }
         }
     });

@@ -322,7 +322,7 @@ fn sql_runs_off_the_ui_state_and_errors_show_in_place() {
 #[test]
 fn a_growing_store_is_reanalysed() {
     let fx = fixture();
-    let (mut app, _) = loaded(&fx.store);
+    let (mut app, mut loader) = loaded(&fx.store);
     let parts = app.parts;
     assert_eq!(app.update(Action::PartsChanged(parts)), None);
     assert_eq!(
@@ -330,6 +330,19 @@ fn a_growing_store_is_reanalysed() {
         Some(Request::Analyze)
     );
     assert!(app.busy.is_some());
+    // A commit while that analysis runs is not analysed twice at once...
+    assert_eq!(app.update(Action::PartsChanged(parts + 2)), None);
+    // ...and not lost: the analysis reports the parts it saw, and the watcher's next report of
+    // the (unchanged) count starts another.
+    for action in loader.handle(Request::Analyze) {
+        assert!(app.update(action).is_none());
+    }
+    assert_eq!(app.parts, parts);
+    assert!(app.busy.is_none());
+    assert_eq!(
+        app.update(Action::PartsChanged(parts + 2)),
+        Some(Request::Analyze)
+    );
 }
 
 #[test]

@@ -19,7 +19,10 @@ const ENV_WIDTH: usize = 22;
 /// A probability in three or four characters: `.93`, `1.00`.
 fn prob(p: f32) -> String {
     let text = format!("{p:.2}");
-    text.strip_prefix('0').map_or(text.clone(), str::to_string)
+    match text.strip_prefix('0') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    }
 }
 
 /// `text` cut to `width` characters, with `…` when cut.
