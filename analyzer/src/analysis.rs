@@ -1,19 +1,21 @@
-//! The analysis of a store, computed once and shared by `report`, `check` and the TUI.
+//! The analysis of a store, shared by `report`, `check` and the TUI.
 //!
-//! It runs the disagreement pass over every pair of cells that share a model family (a model
-//! and its declared variants), then derives: the attribution of disagreement to environment
+//! It first advances the store's derived tables (see [`crate::derived`]: every pair of cells
+//! that share a model family, a model and its declared variants, compared image by image as
+//! parts are committed), then summarises them: pair statistics, each cell's floor, the
+//! per-image findings (see [`crate::disagreement`]), and from those the attribution of disagreement to environment
 //! dimensions (pairs that differ in one dimension only), labelled deviation signatures, classes
 //! that flip most, near ties, and per-cell latency with bootstrap intervals and the one-dimension
 //! performance contrasts, flagged when a change meant to speed things up slows them down by more
 //! than the cells' own noise.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 
-use deltann_store::{Store, Table};
+use deltann_store::Store;
 use serde::{Deserialize, Serialize};
 
 use crate::cells::{self, CellInfo, Dimension, ModelFacts};
+use crate::derived;
 use crate::disagreement::{self, Disagreement};
 use crate::error::Result;
 use crate::metrics;
@@ -168,57 +170,137 @@ pub fn groups(cells: &[CellInfo], models: &HashMap<String, ModelFacts>) -> Vec<G
         .collect()
 }
 
-/// Analyses a store.
+/// Analyses a store: advances its derived tables, then summarises them.
 ///
 /// # Errors
-/// Fails when committed parts cannot be read.
+/// Fails when committed parts cannot be read or `STORE/derived/` cannot be written.
 pub fn analyze(store: &Store, options: &Options) -> Result<Analysis> {
-    analyze_with_detail(store, options, None)
+    derived::advance(store, false, &mut |_| {})?;
+    let state = derived::State::load(store.root())?.unwrap_or_default();
+    from_derived(store, &state, options)
 }
 
-/// Analyses a store and writes the per-image detail table to `detail` (see [`crate::detail`]).
+/// A cell that has committed outputs but no `cells` row yet: it is still running (or its
+/// collector died). What the manifest and the `models` table tell is filled in.
+fn running_cell(f: &derived::Folded, models: &HashMap<String, ModelFacts>) -> CellInfo {
+    CellInfo {
+        cell_id: f.cell_id.clone(),
+        attempt: 0,
+        tag: f.cell_id.chars().take(16).collect(),
+        model: f.model.clone(),
+        family: f.family.clone(),
+        precision: models
+            .get(&f.model)
+            .map_or_else(String::new, |m| m.precision.clone()),
+        engine: f.engine.clone(),
+        engine_version: String::new(),
+        ort_optimization: None,
+        tract_plan: None,
+        threads: 0,
+        batch_size: 0,
+        repetitions: 0,
+        resize_filter: String::new(),
+        status: RUNNING.to_string(),
+        error: None,
+        images_ok: 0,
+        latency_p50_ms: None,
+        started_at_us: i64::MAX,
+    }
+}
+
+/// The status shown for a cell with committed outputs and no `cells` row yet.
+pub const RUNNING: &str = "running";
+
+/// Summarises a store's derived state (as [`derived::advance`] left it).
 ///
 /// # Errors
-/// Fails when committed parts cannot be read or the detail file cannot be written.
-pub fn analyze_with_detail(
-    store: &Store,
-    options: &Options,
-    detail: Option<&Path>,
-) -> Result<Analysis> {
-    let cells = cells::load_cells(store)?;
+/// Fails when the store's tables or the derived parts cannot be read.
+pub fn from_derived(store: &Store, state: &derived::State, options: &Options) -> Result<Analysis> {
+    let mut cells = cells::load_cells(store)?;
     let models = cells::load_models(store)?;
-    let groups = groups(&cells, &models);
-    let index: HashMap<&str, usize> = cells
+    let mut index: HashMap<String, usize> = cells
         .iter()
         .enumerate()
-        .map(|(i, c)| (c.cell_id.as_str(), i))
+        .map(|(i, c)| (c.cell_id.clone(), i))
         .collect();
-    let parts: Vec<(usize, std::path::PathBuf)> = store
-        .parts(Table::Outputs)
-        .filter_map(|p| {
-            let cell = index.get(p.cell_id.as_deref()?)?;
-            Some((*cell, store.part_path(p)))
-        })
-        .collect();
-    let mut pairs = Vec::new();
-    for g in &groups {
-        for (i, &a) in g.cells.iter().enumerate() {
-            for &b in &g.cells[i + 1..] {
-                pairs.push((a, b));
-            }
+    for f in &state.folded {
+        if !index.contains_key(&f.cell_id) {
+            index.insert(f.cell_id.clone(), cells.len());
+            cells.push(running_cell(f, &models));
         }
     }
-    let request = disagreement::Request {
-        cells: cells.len(),
-        parts,
+    for acc in &state.cells {
+        if let Some(&i) = index.get(&acc.cell_id)
+            && cells[i].status == RUNNING
+        {
+            cells[i].images_ok = i64::try_from(acc.images).unwrap_or(i64::MAX);
+        }
+    }
+    let groups = groups(&cells, &models);
+    let mut position = vec![(usize::MAX, usize::MAX); cells.len()];
+    for (g, group) in groups.iter().enumerate() {
+        for (p, &c) in group.cells.iter().enumerate() {
+            position[c] = (g, p);
+        }
+    }
+
+    let mut pairs: Vec<disagreement::PairStats> = state
+        .pairs
+        .iter()
+        .filter(|acc| acc.images > 0)
+        .filter_map(|acc| {
+            let (x, y) = (*index.get(&acc.cell_a)?, *index.get(&acc.cell_b)?);
+            Some(if position[x] <= position[y] {
+                disagreement::PairStats::from_acc(acc, x, y, false)
+            } else {
+                disagreement::PairStats::from_acc(acc, y, x, true)
+            })
+        })
+        .collect();
+    pairs.sort_by_key(|p| (position[p.a], position[p.b]));
+    let mut floors: Vec<disagreement::CellFloor> = (0..cells.len())
+        .map(|cell| disagreement::CellFloor {
+            cell,
+            ..Default::default()
+        })
+        .collect();
+    for acc in &state.cells {
+        if let Some(&i) = index.get(&acc.cell_id) {
+            floors[i] = disagreement::CellFloor {
+                cell: i,
+                images: acc.images,
+                compared: acc.compared,
+                flips: acc.flips,
+                flip_rate: if acc.compared > 0 {
+                    acc.flips as f64 / acc.compared as f64
+                } else {
+                    0.0
+                },
+                nondeterministic: acc.nondeterministic,
+                max_abs_logit: acc.max_abs_logit,
+                labelled: acc.labelled,
+                correct: acc.correct,
+            };
+        }
+    }
+
+    let per_image = crate::derived::read::answers(store.root(), state, &index, cells.len())?;
+    let group_cells: Vec<Vec<usize>> = groups.iter().map(|g| g.cells.clone()).collect();
+    let findings = disagreement::summarise(
+        &group_cells,
+        per_image.images.iter().map(|(id, a)| (id.as_str(), a.as_slice())),
+        options.near_tie_margin,
+    );
+    let disagreement = Disagreement {
+        images: findings.images,
         pairs,
-        groups: groups.iter().map(|g| g.cells.clone()).collect(),
-        near_tie_margin: options.near_tie_margin,
-        detail: detail.map(Path::to_path_buf),
+        floors,
+        signatures: findings.signatures,
+        classes: findings.classes,
+        near_ties: findings.near_ties,
+        unstable: findings.unstable,
+        latencies: per_image.latencies,
     };
-    let mut disagreement = disagreement::compute(&request)?;
-    // Pairs where neither cell produced anything say nothing.
-    disagreement.pairs.retain(|p| p.images > 0);
 
     let attribution = attribute(&cells, &disagreement);
     let signatures = disagreement
@@ -251,6 +333,7 @@ fn attribute(cells: &[CellInfo], d: &Disagreement) -> Vec<Attribution> {
         let pairs: Vec<_> = d
             .pairs
             .iter()
+            .filter(|p| cells[p.a].status != RUNNING && cells[p.b].status != RUNNING)
             .filter(|p| cells::differences(&cells[p.a], &cells[p.b]) == [dim])
             .collect();
         if pairs.is_empty() {
@@ -376,6 +459,9 @@ fn contrasts(
     for g in groups {
         for (i, &x) in g.cells.iter().enumerate() {
             for &y in &g.cells[i + 1..] {
+                if cells[x].status == RUNNING || cells[y].status == RUNNING {
+                    continue;
+                }
                 let diff = cells::differences(&cells[x], &cells[y]);
                 let [dim] = diff.as_slice() else { continue };
                 if sorted[x].is_empty() || sorted[y].is_empty() {
@@ -423,77 +509,63 @@ fn contrasts(
 }
 
 /// Cache file for the analysis, under the store's `_cache/` (not results: safe to delete).
-pub const CACHE_FILE: &str = "analysis-v2.json";
-
-/// Where a store's per-image detail table is cached.
-pub fn detail_path(store: &Store) -> PathBuf {
-    store
-        .root()
-        .join(deltann_store::layout::CACHE_DIR)
-        .join(crate::detail::FILE)
-}
+pub const CACHE_FILE: &str = "analysis-v3.json";
 
 #[derive(Serialize, Deserialize)]
 struct Cached {
-    /// The analyzer that wrote it: a newer one recomputes.
-    version: String,
+    /// The analysis that wrote it: another one recomputes.
+    analysis_version: u32,
     parts: usize,
     last_seq: u64,
+    folded: usize,
+    next_part: u64,
     noise_multiple: f64,
     near_tie_margin: f32,
     bootstrap_draws: usize,
     analysis: Analysis,
 }
 
-/// The analysis of `store`, from the cache when nothing was committed since it was computed
-/// with the same options; otherwise computed (and cached when `use_cache`). The cache lets a TUI
-/// or a second report on a million rows start in well under a second.
+/// The analysis of `store` after advancing its derived tables; from the cache when nothing was
+/// committed or folded in since it was computed with the same options (a TUI or a second
+/// report on a million rows then starts at once). `rebuild` recomputes the derived tables.
 ///
 /// # Errors
 /// As [`analyze`]. A cache that cannot be read or written is ignored.
 pub fn cached(store: &Store, options: &Options, use_cache: bool) -> Result<Analysis> {
+    derived::advance(store, false, &mut |_| {})?;
+    let state = derived::State::load(store.root())?.unwrap_or_default();
     let path = store
         .root()
         .join(deltann_store::layout::CACHE_DIR)
         .join(CACHE_FILE);
     let last_seq = store.entries().last().map_or(0, |e| e.seq);
-    let fresh = |c: &Cached| {
-        c.version == env!("CARGO_PKG_VERSION")
+    let key = |c: &Cached| {
+        c.analysis_version == derived::ANALYSIS_VERSION
             && c.parts == store.entries().len()
             && c.last_seq == last_seq
+            && c.folded == state.folded.len()
+            && c.next_part == state.next_part
             && c.bootstrap_draws == options.bootstrap_draws
             && c.noise_multiple == options.noise_multiple
             && c.near_tie_margin == options.near_tie_margin
     };
     if use_cache
-        && detail_path(store).is_file()
         && let Ok(text) = std::fs::read(&path)
         && let Ok(c) = serde_json::from_slice::<Cached>(&text)
-        && fresh(&c)
+        && key(&c)
     {
         let mut analysis = c.analysis;
         analysis.store = store.root().display().to_string();
         return Ok(analysis);
     }
-    let detail = detail_path(store);
-    // A store on read-only media still gets its analysis, just without caches.
-    let writable =
-        use_cache && std::fs::create_dir_all(detail.parent().unwrap_or(store.root())).is_ok() && {
-            let probe = detail.with_extension("probe");
-            let ok = std::fs::write(&probe, b"").is_ok();
-            let _ = std::fs::remove_file(&probe);
-            ok
-        };
-    let analysis = if writable {
-        analyze_with_detail(store, options, Some(&detail))?
-    } else {
-        analyze(store, options)?
-    };
-    if writable {
+    let analysis = from_derived(store, &state, options)?;
+    if use_cache {
         let cached = Cached {
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            analysis_version: derived::ANALYSIS_VERSION,
             parts: store.entries().len(),
             last_seq,
+            folded: state.folded.len(),
+            next_part: state.next_part,
             noise_multiple: options.noise_multiple,
             near_tie_margin: options.near_tie_margin,
             bootstrap_draws: options.bootstrap_draws,

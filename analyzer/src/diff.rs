@@ -107,15 +107,9 @@ pub fn diff(a: &Store, b: &Store, noise_multiple: f64) -> Result<Diff> {
         };
     let mut parts = parts_of(a, &cells_a, 0);
     parts.extend(parts_of(b, &cells_b, offset));
-    let request = disagreement::Request {
-        cells: offset + cells_b.len(),
-        parts,
-        pairs: pairs.iter().map(|&(i, j, _)| (i, j + offset)).collect(),
-        groups: Vec::new(),
-        near_tie_margin: 0.0,
-        detail: None,
-    };
-    let d = disagreement::compute(&request)?;
+    let matched_pairs: Vec<(usize, usize)> =
+        pairs.iter().map(|&(i, j, _)| (i, j + offset)).collect();
+    let d = disagreement::compare_stores(offset + cells_b.len(), &parts, &matched_pairs)?;
     let sorted = d.sorted_latencies_ms();
     let matched = pairs
         .iter()

@@ -21,9 +21,41 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("{0}")]
     Io(String),
+    /// A file operation failed (the path and the operating system's reason).
+    #[error("{}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Parquet file could not be read or written.
+    #[error("parquet {}: {source}", path.display())]
+    Parquet {
+        path: std::path::PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
     /// The store holds something analysis cannot use, or a request makes no sense.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl Error {
+    /// A failed file operation on `path`.
+    pub fn file(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::File {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// A Parquet failure on `path`.
+    pub fn parquet(path: &std::path::Path, source: parquet::errors::ParquetError) -> Self {
+        Self::Parquet {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// DataFusion's parser errors arrive as `SQL error: ParserError("...")`: say "syntax error".

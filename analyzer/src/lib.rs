@@ -3,10 +3,13 @@ deltann's analyzer: what a reviewer asks of a store after an overnight sweep.
 
 - [`context`] opens a store for SQL (DataFusion) through [`provider`], which serves exactly the
   committed parts; [`queries`] holds the saved queries of `queries/`; [`format`] prints results.
-- [`analysis`] is the computed-once view of a store: [`disagreement`] streams `outputs` once to
-  compare every pair of cells of a model family ([`metrics`]) and measure each cell's run-to-run
-  floor; [`cells`] names the environment dimensions; [`stats`] gives bootstrap intervals for
-  latency quantiles and contrasts.
+- [`derived`] is the analysis kept as state beside the data: each committed `outputs` part is
+  folded in once ([`merge`] reads parts by image), comparing every pair of cells of a model
+  family on each image ([`metrics`]) into the `comparisons` table and each cell's answers and
+  run-to-run floor into `cell_images`, with running sums per pair and cell.
+- [`analysis`] summarises the derived tables: [`disagreement`] for pairs, floors and per-image
+  findings, [`cells`] for the environment dimensions, [`stats`] for bootstrap intervals of
+  latency quantiles and contrasts; [`detail`] looks one image up.
 - [`report`] renders an analysis, [`check`] turns it into a CI gate, [`diff`] compares two stores.
 - [`synth`] writes realistic synthetic stores for tests and benchmarks.
 */
@@ -15,11 +18,13 @@ pub mod analysis;
 pub mod cells;
 pub mod check;
 pub mod context;
+pub mod derived;
 pub mod detail;
 pub mod diff;
 pub mod disagreement;
 pub mod error;
 pub mod format;
+pub mod merge;
 pub mod metrics;
 pub mod provider;
 pub mod queries;

@@ -8,7 +8,8 @@ use std::path::Path;
 use deltann_analyzer::analysis::{self, Options};
 use deltann_analyzer::cells::Dimension;
 use deltann_analyzer::context::Session;
-use deltann_analyzer::disagreement::{self, Request};
+use deltann_analyzer::derived::{self, DerivedTable, State};
+use deltann_analyzer::disagreement;
 use deltann_analyzer::format::{self, PrintFormat};
 use deltann_analyzer::synth::{self, HandCell, Spec};
 use deltann_analyzer::{check, queries};
@@ -113,9 +114,8 @@ fn pair_metrics_match_hand_computation() {
 fn detail_lookup_gives_every_cell_against_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     let store = hand_store(&dir.path().join("h"));
-    let path = dir.path().join("detail.parquet");
-    let a = analysis::analyze_with_detail(&store, &Options::default(), Some(&path)).unwrap();
-    let detail = deltann_analyzer::detail::Detail::open(&path).unwrap();
+    let a = analysis::analyze(&store, &Options::default()).unwrap();
+    let detail = deltann_analyzer::detail::Detail::open(store.root(), &a).unwrap();
     let rows = detail.lookup("img-b").unwrap();
     assert_eq!(rows.len(), 2);
     let reference = rows
@@ -160,15 +160,8 @@ fn flip_rate_is_symmetric_and_self_pairs_are_zero() {
         .enumerate()
         .map(|(i, p)| (i, store.part_path(p)))
         .collect();
-    let request = Request {
-        cells: 2,
-        parts,
-        pairs: vec![(0, 1), (1, 0), (0, 0), (1, 1)],
-        groups: vec![vec![0, 1]],
-        near_tie_margin: 0.05,
-        detail: None,
-    };
-    let d = disagreement::compute(&request).unwrap();
+    let pairs = [(0, 1), (1, 0), (0, 0), (1, 1)];
+    let d = disagreement::compare_stores(2, &parts, &pairs).unwrap();
     assert_eq!(d.pairs[0].flips, d.pairs[1].flips);
     assert_eq!(d.pairs[0].jaccard_top5, d.pairs[1].jaccard_top5);
     assert_eq!(d.pairs[0].rbo_top5, d.pairs[1].rbo_top5);
@@ -397,4 +390,219 @@ fn cached_analysis_is_reused_and_refreshed() {
     };
     let flagged = analysis::cached(&store, &other, true).unwrap();
     assert!(flagged.contrasts.iter().all(|c| !c.flagged));
+}
+
+/// Every row of a derived table, as text, sorted: an order-free fingerprint of its contents.
+fn table_rows(root: &Path, state: &State, table: DerivedTable) -> Vec<String> {
+    let mut out = Vec::new();
+    for path in derived::part_paths(root, state, table) {
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let formatters: Vec<_> = batch
+                .columns()
+                .iter()
+                .map(|c| {
+                    arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default())
+                        .unwrap()
+                })
+                .collect();
+            for i in 0..batch.num_rows() {
+                let row: Vec<String> = formatters.iter().map(|f| f.value(i).to_string()).collect();
+                out.push(row.join("|"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Equal JSON, floats to 1e-9 (relative for large values).
+fn assert_close(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                "{at}: {x} != {y}"
+            );
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: lengths differ");
+            for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                assert_close(x, y, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(
+                x.keys().collect::<Vec<_>>(),
+                y.keys().collect::<Vec<_>>(),
+                "{at}: keys differ"
+            );
+            for (k, v) in x {
+                assert_close(v, &y[k], &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+/// Copies a store's files (not its derived state or caches) to `to`.
+fn copy_store(from: &Path, to: &Path) {
+    for entry in walk(from) {
+        let rel = entry.strip_prefix(from).unwrap();
+        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        if first == derived::DIR || first == "_cache" {
+            continue;
+        }
+        let dest = to.join(rel);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &dest).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn incremental_folds_equal_a_rebuild_whatever_the_commit_order_and_grouping() {
+    let dir = small_store();
+    let root = dir.path().join("s");
+    let full = Store::open(&root).unwrap();
+    let options = Options::default();
+    derived::advance(&full, true, &mut |_| {}).unwrap();
+    let state = State::load(&root).unwrap().unwrap();
+    let expected = serde_json::to_value(analysis::from_derived(&full, &state, &options).unwrap())
+        .unwrap();
+    let expected_rows: Vec<Vec<String>> = DerivedTable::ALL
+        .iter()
+        .map(|&t| table_rows(&root, &state, t))
+        .collect();
+    assert!(expected_rows[0].len() > 1000, "the store must have comparisons");
+
+    let (outputs, others): (Vec<_>, Vec<_>) = full
+        .entries()
+        .iter()
+        .cloned()
+        .partition(|e| e.table == Table::Outputs);
+    for seed in 0..6u64 {
+        let replay = dir.path().join(format!("replay-{seed}"));
+        copy_store(&root, &replay);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut order = outputs.clone();
+        rng.shuffle(&mut order);
+        let mut committed = others.clone();
+        let mut folds = 0;
+        while !order.is_empty() {
+            let n = rng.usize(1..=order.len().min(9));
+            committed.extend(order.drain(..n));
+            let view = Store::from_entries(replay.clone(), committed.clone());
+            derived::advance(&view, false, &mut |_| {}).unwrap();
+            folds += 1;
+        }
+        assert!(folds > 3);
+        let view = Store::from_entries(replay.clone(), committed.clone());
+        let state = State::load(&replay).unwrap().unwrap();
+        assert_eq!(state.folded.len(), outputs.len());
+        let mut got =
+            serde_json::to_value(analysis::from_derived(&view, &state, &options).unwrap()).unwrap();
+        got["store"] = expected["store"].clone();
+        assert_close(&expected, &got, &format!("seed {seed}"));
+        for (i, &t) in DerivedTable::ALL.iter().enumerate() {
+            assert_eq!(
+                table_rows(&replay, &state, t),
+                expected_rows[i],
+                "seed {seed}: {} differs",
+                t.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn running_cells_count_with_their_committed_parts() {
+    let dir = small_store();
+    let root = dir.path().join("s");
+    let full = Store::open(&root).unwrap();
+    // Hold back one ok cell's `cells` row and its second half of outputs: it is still running.
+    let cells = deltann_analyzer::cells::load_cells(&full).unwrap();
+    let running = cells.iter().find(|c| c.status == "ok").unwrap().cell_id.clone();
+    let entries: Vec<_> = full
+        .entries()
+        .iter()
+        .filter(|e| !(e.table == Table::Cells && e.cell_id.as_deref() == Some(running.as_str())))
+        .cloned()
+        .collect();
+    let view = Store::from_entries(root.clone(), entries);
+    let a = analysis::analyze(&view, &Options::default()).unwrap();
+    let i = a.cells.iter().position(|c| c.cell_id == running).unwrap();
+    assert_eq!(a.cells[i].status, analysis::RUNNING);
+    assert!(a.cells[i].images_ok > 0);
+    // Its outputs are compared with the rest of its family already.
+    let compared = a
+        .disagreement
+        .pairs
+        .iter()
+        .filter(|p| p.a == i || p.b == i)
+        .count();
+    assert_eq!(compared, a.group_of(i).unwrap().cells.len() - 2, "all but itself and the failed cell");
+    // And a running cell is never part of an attribution or a contrast.
+    assert!(a.contrasts.iter().all(|c| c.from != i && c.to != i));
+    let text = deltann_analyzer::report::render(
+        &a,
+        deltann_analyzer::report::ReportFormat::Table,
+        deltann_analyzer::report::Limits::default(),
+    )
+    .unwrap();
+    assert!(text.contains("running"), "{text}");
+}
+
+#[test]
+fn a_crash_mid_advance_leaves_the_last_state_and_stray_parts_are_removed() {
+    let dir = small_store();
+    let root = dir.path().join("s");
+    let full = Store::open(&root).unwrap();
+    let outputs: Vec<_> = full.parts(Table::Outputs).cloned().collect();
+    let others: Vec<_> = full
+        .entries()
+        .iter()
+        .filter(|e| e.table != Table::Outputs)
+        .cloned()
+        .collect();
+    let half = [others.clone(), outputs[..outputs.len() / 2].to_vec()].concat();
+    derived::advance(&Store::from_entries(root.clone(), half), false, &mut |_| {}).unwrap();
+    let before = State::load(&root).unwrap().unwrap();
+    // What a crash between writing a derived part and saving the state leaves behind.
+    let stray = root.join("derived/comparisons/part-999999.parquet");
+    std::fs::write(&stray, b"half a part").unwrap();
+    std::fs::write(root.join("derived/_tmp/cell_images-000002.parquet"), b"x").unwrap();
+    assert_eq!(State::load(&root).unwrap().unwrap(), before);
+    derived::advance(&full, false, &mut |_| {}).unwrap();
+    assert!(!stray.exists());
+    let after = State::load(&root).unwrap().unwrap();
+    assert_eq!(after.folded.len(), outputs.len());
+    // A state of another analysis version is not used: it is rebuilt.
+    let mut old: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("derived/state.json")).unwrap()).unwrap();
+    old["analysis_version"] = serde_json::json!(0);
+    std::fs::write(root.join("derived/state.json"), old.to_string()).unwrap();
+    assert!(State::load(&root).unwrap().is_none());
+    let again = derived::advance(&full, false, &mut |_| {}).unwrap();
+    assert!(again.rebuilt);
+    assert_eq!(again.parts, outputs.len());
 }

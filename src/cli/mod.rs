@@ -1,6 +1,7 @@
 //! Command-line arguments and dispatch. Each subcommand's flags are a struct here; what it does
 //! is in the module of the same name.
 
+mod analyze;
 mod collect;
 mod plan;
 mod progress;
@@ -39,6 +40,8 @@ pub enum Command {
     Query(QueryArgs),
     /// Interactive SQL shell over a store (batch mode with -f FILE or piped input).
     Sql(SqlArgs),
+    /// Advance (or rebuild) a store's derived tables; with --follow, keep them up to date.
+    Analyze(AnalyzeArgs),
     /// Disagreement, its root causes, and performance regressions of a store.
     Report(ReportArgs),
     /// Gate: exit 0 when flip rates and slowdowns are within bounds, 1 when not, 2 on error.
@@ -205,6 +208,45 @@ pub struct SqlArgs {
     pub allow_write: bool,
 }
 
+/// Arguments of `deltann analyze`.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = ANALYZE_HELP)]
+pub struct AnalyzeArgs {
+    /// The result store.
+    #[arg(value_parser = existing_store)]
+    pub store: PathBuf,
+    /// Discard the derived tables and recompute them from every committed part.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Keep running, folding in each part as `collect` commits it (Ctrl-C to stop). Runs at the
+    /// lowest CPU priority on one thread, so latencies measured next to it are disturbed least.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: how often to look for new parts, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000, requires = "follow")]
+    pub poll_ms: u64,
+    /// With --follow: stop once nothing was committed for this many seconds (for scripts that
+    /// follow one sweep to its end).
+    #[arg(long, value_name = "S", requires = "follow")]
+    pub idle_exit: Option<f64>,
+    /// Threads for folding (default: every core; 1 with --follow).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+const ANALYZE_HELP: &str = "\
+The analysis is state kept beside the data, in STORE/derived/: the `comparisons` table (one row
+per pair of cells of a model family and image) and `cell_images` (one row per cell and image),
+plus running sums per pair and cell. Each committed `outputs` part is folded in once, in time
+proportional to the part; `report`, `check` and the TUI advance the state before reading, so
+running `analyze` is never required, only useful: `--follow` next to a long `collect` keeps the
+analysis current, and `--rebuild` recomputes everything (after deleting parts by hand, say).
+
+Examples:
+  deltann analyze results/demo
+  deltann analyze results/night --follow --idle-exit 600 &
+  deltann query results/demo \"SELECT cell_a, cell_b, avg(CAST(flip AS INT)) FROM comparisons GROUP BY 1, 2\"";
+
 /// Arguments of `deltann report`.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
@@ -220,8 +262,8 @@ pub struct ReportArgs {
     /// Flag slowdowns larger than this many times the cells' combined latency dispersion.
     #[arg(long, default_value_t = 1.0, value_name = "K")]
     pub noise_multiple: f64,
-    /// Recompute instead of using STORE/_cache/analysis-v2.json (it is refreshed automatically
-    /// whenever parts were committed since).
+    /// Recompute the summary instead of using STORE/_cache/analysis-v3.json (it is refreshed
+    /// automatically whenever parts were committed since).
     #[arg(long)]
     pub no_cache: bool,
 }
@@ -385,6 +427,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Collect(a) => collect::run(&a),
         Command::Query(a) => query::run(&a),
         Command::Sql(a) => sql::run(&a),
+        Command::Analyze(a) => analyze::run(&a),
         Command::Report(a) => report::report(&a),
         Command::Check(a) => report::check(&a),
         Command::Diff(a) => report::diff(&a),

@@ -39,7 +39,9 @@ impl Store {
         Ok(Self::from_entries(root.to_path_buf(), read.entries))
     }
 
-    pub(crate) fn from_entries(root: PathBuf, entries: Vec<PartEntry>) -> Self {
+    /// A view of the store at `root` that holds only `entries`, in their order: what a reader
+    /// would have seen had exactly those parts been committed (tests replay commits with it).
+    pub fn from_entries(root: PathBuf, entries: Vec<PartEntry>) -> Self {
         Self { root, entries }
     }
 

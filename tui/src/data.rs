@@ -48,7 +48,7 @@ impl Loader {
                     .and_then(|store| {
                         let a = analysis::cached(&store, &Options::default(), true)
                             .map_err(|e| e.to_string())?;
-                        self.detail = Detail::open(&analysis::detail_path(&store)).ok();
+                        self.detail = Detail::open(store.root(), &a).ok();
                         self.cells = a
                             .cells
                             .iter()

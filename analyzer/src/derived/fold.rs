@@ -1,0 +1,470 @@
+//! Folding `outputs` parts into the derived tables.
+//!
+//! A fold merges the parts being folded in ("new") with the already folded parts of the same
+//! families whose image ranges overlap them ("old"), image by image (see [`crate::merge`]). For
+//! each image it writes a `cell_images` row for every new (cell, image), and a `comparisons` row
+//! for every pair of cells of one family where at least one side is new: a pair is compared
+//! exactly once, when the second of its two outputs arrives, whatever the order and grouping of
+//! the commits. Pair and cell accumulators (sums, counts, maxima) advance with the rows, so a
+//! report reads them instead of the tables.
+
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::tables::{CellImage, CellImagesBuilder, Comparison, ComparisonsBuilder};
+use crate::error::Result;
+use crate::merge::{self, Entry, Merge, RepFloor, Row};
+use crate::metrics;
+
+/// Persistence of the rank-biased overlap (weights depth d by p^(d-1)).
+pub const RBO_P: f64 = 0.9;
+/// Flipped image ids kept per pair (the smallest ids, so the set does not depend on the order
+/// in which parts were folded in).
+pub const FLIPPED_EXAMPLES: usize = 50;
+
+/// A cell as the fold knows it: from the manifest and the `models` table, so cells still
+/// running (without their `cells` row) are folded in like finished ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CellName {
+    pub(crate) id: String,
+    pub(crate) family: String,
+    pub(crate) model: String,
+}
+
+/// One part given to a fold.
+#[derive(Clone, Debug)]
+pub(crate) struct Input {
+    pub(crate) path: PathBuf,
+    /// Index into the fold's cells.
+    pub(crate) cell: usize,
+    /// Being folded in now (else already folded, read only as the other side of comparisons).
+    pub(crate) new: bool,
+    /// Commit position: of two parts holding the same (cell, image), the earlier wins.
+    pub(crate) order: usize,
+}
+
+/// Running sums over a pair's comparisons (cell ids ordered: `cell_a < cell_b`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PairAcc {
+    pub family: String,
+    pub cell_a: String,
+    pub cell_b: String,
+    pub images: u64,
+    pub flips: u64,
+    pub identical: u64,
+    pub jaccard: f64,
+    pub rbo: f64,
+    pub tau: f64,
+    pub tau_n: u64,
+    pub max_abs: f64,
+    pub sum_mean_abs: f64,
+    pub kl_ab: f64,
+    pub kl_ba: f64,
+    pub logit_n: u64,
+    pub labelled: u64,
+    pub correct_a: u64,
+    pub correct_b: u64,
+    /// The smallest [`FLIPPED_EXAMPLES`] image ids whose top-1 differs.
+    pub flipped: Vec<String>,
+}
+
+impl PairAcc {
+    /// Adds one image's comparison.
+    pub fn add_comparison(&mut self, image: &str, label: Option<i32>, c: &Comparison) {
+        self.images += 1;
+        if c.flip() {
+            self.flips += 1;
+            let full = self.flipped.len() >= FLIPPED_EXAMPLES;
+            if !full || self.flipped.last().is_some_and(|l| image < l.as_str()) {
+                let at = self.flipped.partition_point(|f| f.as_str() < image);
+                self.flipped.insert(at, image.to_string());
+                self.flipped.truncate(FLIPPED_EXAMPLES);
+            }
+        }
+        self.identical += u64::from(c.identical);
+        self.jaccard += c.jaccard;
+        self.rbo += c.rbo;
+        if let Some(t) = c.kendall_tau {
+            self.tau += t;
+            self.tau_n += 1;
+        }
+        if let Some(label) = label {
+            self.labelled += 1;
+            self.correct_a += u64::from(c.top1_a == label);
+            self.correct_b += u64::from(c.top1_b == label);
+        }
+        if let Some((max, mean, kl_ab, kl_ba)) = c.logits {
+            self.max_abs = self.max_abs.max(max);
+            self.sum_mean_abs += mean;
+            self.kl_ab += kl_ab;
+            self.kl_ba += kl_ba;
+            self.logit_n += 1;
+        }
+    }
+}
+
+/// Running sums over a cell's images: its accuracy and run-to-run floor.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CellAcc {
+    pub cell_id: String,
+    pub family: String,
+    pub model: String,
+    pub images: u64,
+    /// Output rows (every repetition).
+    pub rows: u64,
+    pub compared: u64,
+    pub flips: u64,
+    pub nondeterministic: u64,
+    pub max_abs_logit: Option<f64>,
+    pub labelled: u64,
+    pub correct: u64,
+}
+
+impl CellAcc {
+    fn add(&mut self, label: Option<i32>, top1: i32, floor: &RepFloor, rows: usize) {
+        self.images += 1;
+        self.rows += rows as u64;
+        self.compared += u64::from(floor.compared);
+        self.flips += u64::from(floor.flips);
+        self.nondeterministic += u64::from(floor.nondeterministic);
+        if let Some(m) = floor.max_abs_logit {
+            self.max_abs_logit = Some(self.max_abs_logit.map_or(m, |x| x.max(m)));
+        }
+        if let Some(label) = label {
+            self.labelled += 1;
+            self.correct += u64::from(top1 == label);
+        }
+    }
+}
+
+/// Where a fold's rows go: builders the caller drains into part files.
+#[derive(Default)]
+pub(crate) struct Rows {
+    pub(crate) comparisons: ComparisonsBuilder,
+    pub(crate) cell_images: CellImagesBuilder,
+}
+
+/// What a fold did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FoldStats {
+    pub(crate) images: u64,
+    pub(crate) comparisons: u64,
+    /// New rows for a (cell, image) that another part already holds: ignored.
+    pub(crate) duplicates: u64,
+}
+
+/// The accumulators a fold advances, indexed by the fold's cells.
+pub(crate) struct Accumulators<'a> {
+    pub(crate) pairs: &'a mut Vec<PairAcc>,
+    pub(crate) cells: &'a mut Vec<CellAcc>,
+    pair_index: std::collections::HashMap<(usize, usize), usize>,
+    cell_index: Vec<Option<usize>>,
+}
+
+impl<'a> Accumulators<'a> {
+    pub(crate) fn new(
+        pairs: &'a mut Vec<PairAcc>,
+        cells_acc: &'a mut Vec<CellAcc>,
+        cells: &[CellName],
+    ) -> Self {
+        let by_id: std::collections::HashMap<&str, usize> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.as_str(), i))
+            .collect();
+        let mut pair_index = std::collections::HashMap::new();
+        for (k, p) in pairs.iter().enumerate() {
+            if let (Some(&a), Some(&b)) = (by_id.get(p.cell_a.as_str()), by_id.get(p.cell_b.as_str()))
+            {
+                pair_index.insert((a, b), k);
+            }
+        }
+        let mut cell_index = vec![None; cells.len()];
+        for (k, c) in cells_acc.iter().enumerate() {
+            if let Some(&i) = by_id.get(c.cell_id.as_str()) {
+                cell_index[i] = Some(k);
+            }
+        }
+        Self {
+            pairs,
+            cells: cells_acc,
+            pair_index,
+            cell_index,
+        }
+    }
+
+    fn pair(&mut self, a: usize, b: usize, cells: &[CellName]) -> &mut PairAcc {
+        let k = *self.pair_index.entry((a, b)).or_insert_with(|| {
+            self.pairs.push(PairAcc {
+                family: cells[a].family.clone(),
+                cell_a: cells[a].id.clone(),
+                cell_b: cells[b].id.clone(),
+                ..Default::default()
+            });
+            self.pairs.len() - 1
+        });
+        &mut self.pairs[k]
+    }
+
+    fn cell(&mut self, c: usize, cells: &[CellName]) -> &mut CellAcc {
+        let k = match self.cell_index[c] {
+            Some(k) => k,
+            None => {
+                self.cells.push(CellAcc {
+                    cell_id: cells[c].id.clone(),
+                    family: cells[c].family.clone(),
+                    model: cells[c].model.clone(),
+                    ..Default::default()
+                });
+                self.cell_index[c] = Some(self.cells.len() - 1);
+                self.cells.len() - 1
+            }
+        };
+        &mut self.cells[k]
+    }
+}
+
+struct Present {
+    cell: usize,
+    new: bool,
+    entry: Entry,
+    floor: RepFloor,
+    latencies: Vec<i64>,
+}
+
+/// Folds `inputs` (new and old parts) image by image; `flush` is called after each image that
+/// had new rows, with the rows so far (to move full row groups to files) and the image id.
+pub(crate) fn fold(
+    inputs: &[Input],
+    cells: &[CellName],
+    acc: &mut Accumulators<'_>,
+    rows: &mut Rows,
+    mut flush: impl FnMut(&mut Rows, &str) -> Result<()>,
+) -> Result<FoldStats> {
+    let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path.clone()).collect();
+    let mut merge = Merge::open(&paths)?;
+    let mut stats = FoldStats::default();
+    while let Some((id, slots)) = merge.next_image()? {
+        // One set of rows per cell: old before new, then the earlier commit.
+        let mut chosen: Vec<(usize, usize, Vec<Row>)> = Vec::new();
+        for (slot, rows_of) in slots {
+            let input = &inputs[slot];
+            match chosen.iter_mut().find(|c| inputs[c.1].cell == input.cell) {
+                None => chosen.push((slot, slot, rows_of)),
+                Some(c) => {
+                    let current = &inputs[c.1];
+                    let better = (current.new && !input.new)
+                        || (current.new == input.new && input.order < current.order);
+                    let dropped_new = if better { current.new } else { input.new };
+                    stats.duplicates += u64::from(dropped_new);
+                    if better {
+                        c.1 = slot;
+                        c.2 = rows_of;
+                    }
+                }
+            }
+        }
+        let new_families: Vec<&str> = chosen
+            .iter()
+            .filter(|c| inputs[c.1].new)
+            .map(|c| cells[inputs[c.1].cell].family.as_str())
+            .collect();
+        if new_families.is_empty() {
+            continue;
+        }
+        stats.images += 1;
+        let wanted: Vec<(usize, bool, Vec<Row>)> = chosen
+            .into_iter()
+            .filter(|c| {
+                inputs[c.1].new || new_families.contains(&cells[inputs[c.1].cell].family.as_str())
+            })
+            .map(|(_, slot, r)| (inputs[slot].cell, inputs[slot].new, r))
+            .collect();
+        let mut present: Vec<Present> = wanted
+            .into_par_iter()
+            .filter_map(|(cell, new, r)| {
+                let (first, floor, latencies) = merge::first_and_floor(r)?;
+                Some(Present {
+                    cell,
+                    new,
+                    entry: Entry::new(first),
+                    floor,
+                    latencies,
+                })
+            })
+            .collect();
+        present.sort_by(|a, b| cells[a.cell].id.cmp(&cells[b.cell].id));
+
+        for p in present.iter().filter(|p| p.new) {
+            let name = &cells[p.cell];
+            let row = &p.entry.row;
+            rows.cell_images.push(&CellImage {
+                cell_id: &name.id,
+                image_id: &id,
+                family: &name.family,
+                model: &name.model,
+                label: row.label,
+                top5: &row.top5,
+                top5_prob: &row.top5_prob,
+                hash: row.hash,
+                floor: p.floor,
+                latencies: &p.latencies,
+            });
+            acc.cell(p.cell, cells)
+                .add(row.label, p.entry.top1(), &p.floor, p.latencies.len());
+        }
+
+        let mut todo: Vec<(usize, usize)> = Vec::new();
+        for (i, a) in present.iter().enumerate() {
+            for (j, b) in present.iter().enumerate().skip(i + 1) {
+                if (a.new || b.new) && cells[a.cell].family == cells[b.cell].family {
+                    todo.push((i, j));
+                }
+            }
+        }
+        let done: Vec<Comparison> = todo
+            .par_iter()
+            .map(|&(i, j)| compare(&present[i].entry, &present[j].entry))
+            .collect();
+        for (&(i, j), c) in todo.iter().zip(&done) {
+            let (a, b) = (&present[i], &present[j]);
+            let label = a.entry.row.label.or(b.entry.row.label);
+            let (na, nb) = (&cells[a.cell], &cells[b.cell]);
+            rows.comparisons
+                .push(&na.family, &na.id, &nb.id, &id, label, c);
+            acc.pair(a.cell, b.cell, cells)
+                .add_comparison(&id, label, c);
+        }
+        stats.comparisons += done.len() as u64;
+        flush(rows, &id)?;
+    }
+    Ok(stats)
+}
+
+/// Compares two cells' first repetitions of one image.
+pub(crate) fn compare(a: &Entry, b: &Entry) -> Comparison {
+    let (ta, tb) = (&a.row.top5, &b.row.top5);
+    let logits = match (
+        &a.row.logits,
+        &b.row.logits,
+        &a.log_p,
+        &b.log_p,
+        &a.p,
+        &b.p,
+    ) {
+        (Some(la), Some(lb), Some(lpa), Some(lpb), Some(pa), Some(pb))
+            if la.len() == lb.len() && !la.is_empty() =>
+        {
+            let (max, sum, kl_ab, kl_ba) = fused(la, lb, pa, pb, lpa, lpb);
+            Some((
+                f64::from(max),
+                f64::from(sum) / la.len() as f64,
+                f64::from(kl_ab.max(0.0)),
+                f64::from(kl_ba.max(0.0)),
+            ))
+        }
+        _ => None,
+    };
+    Comparison {
+        top1_a: a.top1(),
+        top1_b: b.top1(),
+        identical: a.row.hash == b.row.hash,
+        jaccard: metrics::jaccard(ta, tb),
+        rbo: metrics::rbo(ta, tb, RBO_P),
+        kendall_tau: metrics::kendall_tau(ta, tb),
+        logits,
+    }
+}
+
+/// max |a - b|, sum |a - b|, KL(a || b) and KL(b || a) over two logit rows and their softmaxes,
+/// in eight independent lanes so the compiler can vectorise (a single running sum would
+/// serialise on float addition).
+pub(crate) fn fused(
+    la: &[f32],
+    lb: &[f32],
+    pa: &[f32],
+    pb: &[f32],
+    lpa: &[f32],
+    lpb: &[f32],
+) -> (f32, f32, f32, f32) {
+    const L: usize = 8;
+    let (mut max, mut sum, mut kab, mut kba) = ([0.0f32; L], [0.0f32; L], [0.0f32; L], [0.0f32; L]);
+    let n = la.len() / L * L;
+    for i in (0..n).step_by(L) {
+        for j in 0..L {
+            let d = (la[i + j] - lb[i + j]).abs();
+            max[j] = max[j].max(d);
+            sum[j] += d;
+            let lp = lpa[i + j] - lpb[i + j];
+            kab[j] += pa[i + j] * lp;
+            kba[j] -= pb[i + j] * lp;
+        }
+    }
+    let (mut m, mut s, mut x, mut y) = (
+        max.iter().copied().fold(0.0, f32::max),
+        sum.iter().sum::<f32>(),
+        kab.iter().sum::<f32>(),
+        kba.iter().sum::<f32>(),
+    );
+    for i in n..la.len() {
+        let d = (la[i] - lb[i]).abs();
+        m = m.max(d);
+        s += d;
+        let lp = lpa[i] - lpb[i];
+        x += pa[i] * lp;
+        y -= pb[i] * lp;
+    }
+    (m, s, x, y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_matches_the_plain_definitions() {
+        let la: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let lb: Vec<f32> = (0..37).map(|i| (i as f32 * 0.41).cos() * 2.0).collect();
+        let (lpa, pa) = merge::softmax_pair(&la);
+        let (lpb, pb) = merge::softmax_pair(&lb);
+        let (max, sum, kab, kba) = fused(&la, &lb, &pa, &pb, &lpa, &lpb);
+        let (pmax, psum) = metrics::abs_diff(&la, &lb).unwrap();
+        assert!((f64::from(max) - pmax).abs() < 1e-5);
+        assert!((f64::from(sum) / 37.0 - psum).abs() < 1e-5);
+        let kl = |p: &[f32], lp: &[f32], lq: &[f32]| -> f64 {
+            p.iter()
+                .zip(lp.iter().zip(lq))
+                .map(|(p, (a, b))| f64::from(*p) * f64::from(a - b))
+                .sum()
+        };
+        assert!((f64::from(kab) - kl(&pa, &lpa, &lpb)).abs() < 1e-5);
+        assert!((f64::from(kba) - kl(&pb, &lpb, &lpa)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn flipped_examples_are_the_smallest_ids_whatever_the_order() {
+        let c = Comparison {
+            top1_a: 1,
+            top1_b: 2,
+            identical: false,
+            jaccard: 0.0,
+            rbo: 0.0,
+            kendall_tau: None,
+            logits: None,
+        };
+        let ids: Vec<String> = (0..120).map(|i| format!("img{i:04}")).collect();
+        let mut forward = PairAcc::default();
+        for id in &ids {
+            forward.add_comparison(id, None, &c);
+        }
+        let mut backward = PairAcc::default();
+        for id in ids.iter().rev() {
+            backward.add_comparison(id, None, &c);
+        }
+        assert_eq!(forward.flipped, backward.flipped);
+        assert_eq!(forward.flipped.len(), FLIPPED_EXAMPLES);
+        assert_eq!(forward.flipped[0], "img0000");
+    }
+}

@@ -1,0 +1,349 @@
+//! The derived tables' schemas and their writers.
+//!
+//! - `comparisons`: one row per (pair of cells of one model family, image), computed once, when
+//!   the second of the two outputs is folded in. The pair is ordered by cell id (`cell_a <
+//!   cell_b`), so the KL divergence is kept in both directions and a report orients it.
+//! - `cell_images`: one row per (cell, image): the first repetition's answer, the run-to-run floor
+//!   of the later repetitions against it, and every repetition's latency.
+//!
+//! Both are plain Parquet under `STORE/derived/`, sorted by image within a part, queryable with
+//! any Parquet reader and through `deltann query` beside the raw tables.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder, Int64Builder,
+    ListBuilder, RecordBatch, StringBuilder, UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A derived table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DerivedTable {
+    Comparisons,
+    CellImages,
+}
+
+impl DerivedTable {
+    /// Both tables.
+    pub const ALL: [DerivedTable; 2] = [DerivedTable::Comparisons, DerivedTable::CellImages];
+
+    /// The table's directory and SQL name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DerivedTable::Comparisons => "comparisons",
+            DerivedTable::CellImages => "cell_images",
+        }
+    }
+
+    /// The table's Arrow schema.
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            DerivedTable::Comparisons => comparisons_schema(),
+            DerivedTable::CellImages => cell_images_schema(),
+        }
+    }
+
+    /// Rows per row group: `cell_images` is read one image at a time by the TUI.
+    fn row_group_rows(self) -> usize {
+        match self {
+            DerivedTable::Comparisons => 65_536,
+            DerivedTable::CellImages => 4096,
+        }
+    }
+}
+
+fn comparisons_schema() -> SchemaRef {
+    let f = |n: &str, t: DataType, null: bool| Field::new(n, t, null);
+    Arc::new(Schema::new(vec![
+        f("family", DataType::Utf8, false),
+        f("cell_a", DataType::Utf8, false),
+        f("cell_b", DataType::Utf8, false),
+        f("image_id", DataType::Utf8, false),
+        f("label", DataType::Int32, true),
+        f("top1_a", DataType::Int32, false),
+        f("top1_b", DataType::Int32, false),
+        f("flip", DataType::Boolean, false),
+        f("identical", DataType::Boolean, false),
+        f("jaccard_top5", DataType::Float64, false),
+        f("rbo_top5", DataType::Float64, false),
+        f("kendall_tau", DataType::Float64, true),
+        f("max_abs_logit", DataType::Float64, true),
+        f("mean_abs_logit", DataType::Float64, true),
+        f("kl_ab", DataType::Float64, true),
+        f("kl_ba", DataType::Float64, true),
+    ]))
+}
+
+fn cell_images_schema() -> SchemaRef {
+    let f = |n: &str, t: DataType, null: bool| Field::new(n, t, null);
+    Arc::new(Schema::new(vec![
+        f("cell_id", DataType::Utf8, false),
+        f("image_id", DataType::Utf8, false),
+        f("family", DataType::Utf8, false),
+        f("model", DataType::Utf8, false),
+        f("label", DataType::Int32, true),
+        f("top1", DataType::Int32, false),
+        f("top5", DataType::new_list(DataType::Int32, true), false),
+        f("top5_prob", DataType::new_list(DataType::Float32, true), false),
+        f("logits_hash", DataType::UInt64, false),
+        f("repetitions", DataType::Int32, false),
+        f("rep_flips", DataType::Int32, false),
+        f("rep_nondeterministic", DataType::Int32, false),
+        f("rep_max_abs_logit", DataType::Float64, true),
+        f("latency_ns", DataType::new_list(DataType::Int64, true), false),
+    ]))
+}
+
+/// One row of `comparisons`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    pub top1_a: i32,
+    pub top1_b: i32,
+    pub identical: bool,
+    pub jaccard: f64,
+    pub rbo: f64,
+    pub kendall_tau: Option<f64>,
+    /// max |a - b|, mean |a - b|, KL(a || b), KL(b || a), when both sides kept logits.
+    pub logits: Option<(f64, f64, f64, f64)>,
+}
+
+impl Comparison {
+    /// Whether the top-1 answers differ.
+    pub fn flip(&self) -> bool {
+        self.top1_a != self.top1_b
+    }
+}
+
+/// Builds `comparisons` rows.
+#[derive(Default)]
+pub(crate) struct ComparisonsBuilder {
+    family: StringBuilder,
+    cell_a: StringBuilder,
+    cell_b: StringBuilder,
+    image_id: StringBuilder,
+    label: Int32Builder,
+    top1_a: Int32Builder,
+    top1_b: Int32Builder,
+    flip: BooleanBuilder,
+    identical: BooleanBuilder,
+    jaccard: Float64Builder,
+    rbo: Float64Builder,
+    tau: Float64Builder,
+    max_abs: Float64Builder,
+    mean_abs: Float64Builder,
+    kl_ab: Float64Builder,
+    kl_ba: Float64Builder,
+    pub(crate) rows: usize,
+}
+
+impl ComparisonsBuilder {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn push(
+        &mut self,
+        family: &str,
+        cell_a: &str,
+        cell_b: &str,
+        image_id: &str,
+        label: Option<i32>,
+        c: &Comparison,
+    ) {
+        self.family.append_value(family);
+        self.cell_a.append_value(cell_a);
+        self.cell_b.append_value(cell_b);
+        self.image_id.append_value(image_id);
+        self.label.append_option(label);
+        self.top1_a.append_value(c.top1_a);
+        self.top1_b.append_value(c.top1_b);
+        self.flip.append_value(c.flip());
+        self.identical.append_value(c.identical);
+        self.jaccard.append_value(c.jaccard);
+        self.rbo.append_value(c.rbo);
+        self.tau.append_option(c.kendall_tau);
+        self.max_abs.append_option(c.logits.map(|l| l.0));
+        self.mean_abs.append_option(c.logits.map(|l| l.1));
+        self.kl_ab.append_option(c.logits.map(|l| l.2));
+        self.kl_ba.append_option(c.logits.map(|l| l.3));
+        self.rows += 1;
+    }
+
+    pub(crate) fn finish(&mut self) -> Result<RecordBatch> {
+        self.rows = 0;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.family.finish()),
+            Arc::new(self.cell_a.finish()),
+            Arc::new(self.cell_b.finish()),
+            Arc::new(self.image_id.finish()),
+            Arc::new(self.label.finish()),
+            Arc::new(self.top1_a.finish()),
+            Arc::new(self.top1_b.finish()),
+            Arc::new(self.flip.finish()),
+            Arc::new(self.identical.finish()),
+            Arc::new(self.jaccard.finish()),
+            Arc::new(self.rbo.finish()),
+            Arc::new(self.tau.finish()),
+            Arc::new(self.max_abs.finish()),
+            Arc::new(self.mean_abs.finish()),
+            Arc::new(self.kl_ab.finish()),
+            Arc::new(self.kl_ba.finish()),
+        ];
+        Ok(RecordBatch::try_new(comparisons_schema(), columns)?)
+    }
+}
+
+/// One row of `cell_images`.
+pub(crate) struct CellImage<'a> {
+    pub(crate) cell_id: &'a str,
+    pub(crate) image_id: &'a str,
+    pub(crate) family: &'a str,
+    pub(crate) model: &'a str,
+    pub(crate) label: Option<i32>,
+    pub(crate) top5: &'a [i32],
+    pub(crate) top5_prob: &'a [f32],
+    pub(crate) hash: u64,
+    pub(crate) floor: crate::merge::RepFloor,
+    pub(crate) latencies: &'a [i64],
+}
+
+/// Builds `cell_images` rows.
+pub(crate) struct CellImagesBuilder {
+    cell_id: StringBuilder,
+    image_id: StringBuilder,
+    family: StringBuilder,
+    model: StringBuilder,
+    label: Int32Builder,
+    top1: Int32Builder,
+    top5: ListBuilder<Int32Builder>,
+    top5_prob: ListBuilder<Float32Builder>,
+    hash: UInt64Builder,
+    reps: Int32Builder,
+    rep_flips: Int32Builder,
+    rep_nondet: Int32Builder,
+    rep_max_abs: Float64Builder,
+    latency: ListBuilder<Int64Builder>,
+    pub(crate) rows: usize,
+}
+
+impl Default for CellImagesBuilder {
+    fn default() -> Self {
+        Self {
+            cell_id: StringBuilder::new(),
+            image_id: StringBuilder::new(),
+            family: StringBuilder::new(),
+            model: StringBuilder::new(),
+            label: Int32Builder::new(),
+            top1: Int32Builder::new(),
+            top5: ListBuilder::new(Int32Builder::new()),
+            top5_prob: ListBuilder::new(Float32Builder::new()),
+            hash: UInt64Builder::new(),
+            reps: Int32Builder::new(),
+            rep_flips: Int32Builder::new(),
+            rep_nondet: Int32Builder::new(),
+            rep_max_abs: Float64Builder::new(),
+            latency: ListBuilder::new(Int64Builder::new()),
+            rows: 0,
+        }
+    }
+}
+
+impl CellImagesBuilder {
+    pub(crate) fn push(&mut self, r: &CellImage<'_>) {
+        let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+        self.cell_id.append_value(r.cell_id);
+        self.image_id.append_value(r.image_id);
+        self.family.append_value(r.family);
+        self.model.append_value(r.model);
+        self.label.append_option(r.label);
+        self.top1.append_value(r.top5.first().copied().unwrap_or(-1));
+        self.top5.values().append_slice(r.top5);
+        self.top5.append(true);
+        self.top5_prob.values().append_slice(r.top5_prob);
+        self.top5_prob.append(true);
+        self.hash.append_value(r.hash);
+        self.reps.append_value(to_i32(r.floor.compared + 1));
+        self.rep_flips.append_value(to_i32(r.floor.flips));
+        self.rep_nondet.append_value(to_i32(r.floor.nondeterministic));
+        self.rep_max_abs.append_option(r.floor.max_abs_logit);
+        self.latency.values().append_slice(r.latencies);
+        self.latency.append(true);
+        self.rows += 1;
+    }
+
+    pub(crate) fn finish(&mut self) -> Result<RecordBatch> {
+        self.rows = 0;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.cell_id.finish()),
+            Arc::new(self.image_id.finish()),
+            Arc::new(self.family.finish()),
+            Arc::new(self.model.finish()),
+            Arc::new(self.label.finish()),
+            Arc::new(self.top1.finish()),
+            Arc::new(self.top5.finish()),
+            Arc::new(self.top5_prob.finish()),
+            Arc::new(self.hash.finish()),
+            Arc::new(self.reps.finish()),
+            Arc::new(self.rep_flips.finish()),
+            Arc::new(self.rep_nondet.finish()),
+            Arc::new(self.rep_max_abs.finish()),
+            Arc::new(self.latency.finish()),
+        ];
+        Ok(RecordBatch::try_new(cell_images_schema(), columns)?)
+    }
+}
+
+/// A derived part being written to a temporary file.
+pub(crate) struct PartFile {
+    pub(crate) tmp: std::path::PathBuf,
+    writer: ArrowWriter<File>,
+    pub(crate) rows: u64,
+}
+
+impl PartFile {
+    pub(crate) fn create(tmp: &Path, table: DerivedTable) -> Result<Self> {
+        let file = File::create(tmp).map_err(|e| Error::file(tmp, e))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(table.row_group_rows()))
+            .build();
+        let writer = ArrowWriter::try_new(file, table.schema(), Some(props))
+            .map_err(|e| Error::parquet(tmp, e))?;
+        Ok(Self {
+            tmp: tmp.to_path_buf(),
+            writer,
+            rows: 0,
+        })
+    }
+
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::parquet(&self.tmp, e))
+    }
+
+    /// Closes and fsyncs the file; it is then complete but not yet part of the state.
+    pub(crate) fn finish(self) -> Result<(std::path::PathBuf, u64, u64)> {
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(|e| Error::parquet(&self.tmp, e))?;
+        file.sync_all().map_err(|e| Error::file(&self.tmp, e))?;
+        let bytes = file
+            .metadata()
+            .map_err(|e| Error::file(&self.tmp, e))?
+            .len();
+        Ok((self.tmp, self.rows, bytes))
+    }
+}

@@ -1,0 +1,363 @@
+//! A k-way merge of `outputs` parts by image: the one way the analyzer reads model outputs.
+//!
+//! The collector writes every part sorted by image (images in dataset order, each image's
+//! repetitions together), so merging the parts' cursors yields, image after image, every cell's
+//! rows for that image. Memory holds one image's rows from each open part, never the table. Both
+//! the derived tables (which merge the parts being folded in with the already folded parts they
+//! overlap) and `diff` (which merges two stores) read through here.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{
+    Array, AsArray, GenericListArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
+use arrow::datatypes::{Float32Type, Int32Type, Int64Type, UInt64Type};
+use deltann_store::schema::col;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::file::statistics::Statistics;
+
+use crate::error::{Error, Result};
+use crate::metrics;
+
+/// One output row, as much of it as analysis uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub rep: i32,
+    pub label: Option<i32>,
+    pub top5: Vec<i32>,
+    pub top5_prob: Vec<f32>,
+    pub logits: Option<Vec<f32>>,
+    pub hash: u64,
+    pub latency: i64,
+}
+
+/// A cell's first repetition of an image, with its softmax computed once for every comparison.
+pub struct Entry {
+    pub row: Row,
+    pub log_p: Option<Vec<f32>>,
+    pub p: Option<Vec<f32>>,
+}
+
+impl Entry {
+    /// Computes the softmax of the row's logits (one exponential per class).
+    pub fn new(row: Row) -> Self {
+        let (log_p, p) = match &row.logits {
+            Some(l) => {
+                let (lp, p) = softmax_pair(l);
+                (Some(lp), Some(p))
+            }
+            None => (None, None),
+        };
+        Self { row, log_p, p }
+    }
+
+    /// The top-1 class, -1 when the row has none.
+    pub fn top1(&self) -> i32 {
+        self.row.top5.first().copied().unwrap_or(-1)
+    }
+}
+
+/// What one cell's repetitions of one image say about its own stability (against its first).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RepFloor {
+    /// Later repetitions compared with the first.
+    pub compared: u32,
+    pub flips: u32,
+    /// Repetitions whose logits are not bit-identical to the first's.
+    pub nondeterministic: u32,
+    pub max_abs_logit: Option<f64>,
+}
+
+/// Splits one cell's rows of one image into its first repetition and its run-to-run floor.
+/// `rows` must not be empty.
+pub fn first_and_floor(mut rows: Vec<Row>) -> Option<(Row, RepFloor, Vec<i64>)> {
+    rows.sort_by_key(|r| r.rep);
+    let latencies = rows.iter().map(|r| r.latency).collect();
+    let mut rows = rows.into_iter();
+    let first = rows.next()?;
+    let mut floor = RepFloor::default();
+    for r in rows {
+        floor.compared += 1;
+        floor.flips += u32::from(r.top5.first() != first.top5.first());
+        floor.nondeterministic += u32::from(r.hash != first.hash);
+        if let (Some(a), Some(b)) = (&first.logits, &r.logits)
+            && let Some((max, _)) = metrics::abs_diff(a, b)
+        {
+            floor.max_abs_logit = Some(floor.max_abs_logit.map_or(max, |m: f64| m.max(max)));
+        }
+    }
+    Some((first, floor, latencies))
+}
+
+/// Log-probabilities and probabilities of a logit row with one exponential per class.
+pub fn softmax_pair(logits: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut p: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
+    let sum: f64 = p.iter().map(|&e| f64::from(e)).sum();
+    let log_sum = sum.ln() as f32;
+    let inv = (1.0 / sum) as f32;
+    for e in &mut p {
+        *e *= inv;
+    }
+    let lp = logits.iter().map(|&v| v - max - log_sum).collect();
+    (lp, p)
+}
+
+struct Columns {
+    image_id: StringArray,
+    repetition: Int32Array,
+    label: Int32Array,
+    top5: GenericListArray<i32>,
+    top5_prob: GenericListArray<i32>,
+    logits: GenericListArray<i32>,
+    hash: UInt64Array,
+    latency: Int64Array,
+}
+
+impl Columns {
+    fn new(batch: &RecordBatch, path: &Path) -> Result<Self> {
+        let missing =
+            |c: &str| Error::Invalid(format!("{}: no usable column `{c}`", path.display()));
+        let get = |c: &str| batch.column_by_name(c).ok_or_else(|| missing(c));
+        let list = |c: &str| -> Result<GenericListArray<i32>> {
+            Ok(get(c)?.as_list_opt::<i32>().ok_or_else(|| missing(c))?.clone())
+        };
+        Ok(Self {
+            image_id: get(col::IMAGE_ID)?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| missing(col::IMAGE_ID))?
+                .clone(),
+            repetition: get(col::REPETITION)?
+                .as_primitive_opt::<Int32Type>()
+                .ok_or_else(|| missing(col::REPETITION))?
+                .clone(),
+            label: get(col::LABEL)?
+                .as_primitive_opt::<Int32Type>()
+                .ok_or_else(|| missing(col::LABEL))?
+                .clone(),
+            top5: list(col::TOP5)?,
+            top5_prob: list(col::TOP5_PROB)?,
+            logits: list(col::LOGITS)?,
+            hash: get(col::LOGITS_HASH)?
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(|| missing(col::LOGITS_HASH))?
+                .clone(),
+            latency: get(col::LATENCY_NS)?
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| missing(col::LATENCY_NS))?
+                .clone(),
+        })
+    }
+
+    fn row(&self, i: usize) -> Row {
+        let ints = |l: &GenericListArray<i32>| -> Vec<i32> {
+            let v = l.value(i);
+            v.as_primitive::<Int32Type>().values().to_vec()
+        };
+        let floats = |l: &GenericListArray<i32>| -> Vec<f32> {
+            let v = l.value(i);
+            v.as_primitive::<Float32Type>().values().to_vec()
+        };
+        Row {
+            rep: self.repetition.value(i),
+            label: self.label.is_valid(i).then(|| self.label.value(i)),
+            top5: ints(&self.top5),
+            top5_prob: floats(&self.top5_prob),
+            logits: self.logits.is_valid(i).then(|| floats(&self.logits)),
+            hash: self.hash.value(i),
+            latency: self.latency.value(i),
+        }
+    }
+}
+
+const COLUMNS: [&str; 8] = [
+    col::IMAGE_ID,
+    col::REPETITION,
+    col::LABEL,
+    col::TOP5,
+    col::TOP5_PROB,
+    col::LOGITS,
+    col::LOGITS_HASH,
+    col::LATENCY_NS,
+];
+
+fn invalid(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{}: {e}", path.display()))
+}
+
+/// The smallest and largest `image_id` of an `outputs` part, from its footer statistics
+/// (`None` for an empty part).
+///
+/// # Errors
+/// Fails when the file cannot be opened or is not Parquet.
+pub fn image_range(path: &Path) -> Result<Option<(String, String)>> {
+    let file = File::open(path).map_err(|e| Error::file(path, e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| invalid(path, e))?;
+    let index = builder
+        .schema()
+        .index_of(col::IMAGE_ID)
+        .map_err(|e| invalid(path, e))?;
+    let mut range: Option<(String, String)> = None;
+    for rg in builder.metadata().row_groups() {
+        if rg.num_rows() == 0 {
+            continue;
+        }
+        let Some(Statistics::ByteArray(s)) = rg.column(index).statistics() else {
+            return Err(invalid(path, "no image_id statistics"));
+        };
+        let (Some(lo), Some(hi)) = (s.min_opt(), s.max_opt()) else {
+            return Err(invalid(path, "no image_id statistics"));
+        };
+        let (lo, hi) = (
+            String::from_utf8_lossy(lo.data()).into_owned(),
+            String::from_utf8_lossy(hi.data()).into_owned(),
+        );
+        range = Some(match range {
+            None => (lo, hi),
+            Some((a, b)) => (a.min(lo), b.max(hi)),
+        });
+    }
+    Ok(range)
+}
+
+struct Cursor {
+    slot: usize,
+    path: PathBuf,
+    reader: ParquetRecordBatchReader,
+    batch: Option<Columns>,
+    row: usize,
+}
+
+impl Cursor {
+    fn open(slot: usize, path: PathBuf) -> Result<Self> {
+        let file = File::open(&path).map_err(|e| Error::file(&path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| invalid(&path, e))?;
+        let indices = COLUMNS
+            .iter()
+            .map(|c| builder.schema().index_of(c))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&path, e))?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(64)
+            .build()
+            .map_err(|e| invalid(&path, e))?;
+        let mut cursor = Self {
+            slot,
+            path,
+            reader,
+            batch: None,
+            row: 0,
+        };
+        cursor.fill()?;
+        Ok(cursor)
+    }
+
+    /// Makes sure a row is available; `false` at the end.
+    fn fill(&mut self) -> Result<bool> {
+        loop {
+            if let Some(b) = &self.batch
+                && self.row < b.image_id.len()
+            {
+                return Ok(true);
+            }
+            match self.reader.next() {
+                Some(Ok(batch)) => {
+                    self.batch = Some(Columns::new(&batch, &self.path)?);
+                    self.row = 0;
+                }
+                Some(Err(e)) => return Err(invalid(&self.path, e)),
+                None => {
+                    self.batch = None;
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    fn current_id(&self) -> Option<&str> {
+        self.batch.as_ref().map(|b| b.image_id.value(self.row))
+    }
+
+    /// Takes every row of the current image.
+    fn take_image(&mut self, id: &str, out: &mut Vec<Row>) -> Result<()> {
+        while self.current_id() == Some(id) {
+            if let Some(b) = &self.batch {
+                out.push(b.row(self.row));
+            }
+            self.row += 1;
+            self.fill()?;
+        }
+        if let Some(next) = self.current_id()
+            && next < id
+        {
+            return Err(Error::Invalid(format!(
+                "{}: rows are not sorted by image_id (`{next}` after `{id}`); deltann's \
+                 analysis streams parts in image order, as `deltann collect` writes them",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Merges parts by image. Each part is a *slot* (its index in the list given to [`Merge::open`]).
+pub struct Merge {
+    cursors: Vec<Cursor>,
+    heap: BinaryHeap<Reverse<(String, usize)>>,
+}
+
+impl Merge {
+    /// Opens every part (one file handle each, held until the merge is dropped).
+    ///
+    /// # Errors
+    /// Fails when a part cannot be opened or lacks a column analysis needs.
+    pub fn open(parts: &[PathBuf]) -> Result<Self> {
+        let mut cursors = Vec::with_capacity(parts.len());
+        for (slot, path) in parts.iter().enumerate() {
+            cursors.push(Cursor::open(slot, path.clone())?);
+        }
+        let heap = cursors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.current_id().map(|id| Reverse((id.to_string(), i))))
+            .collect();
+        Ok(Self { cursors, heap })
+    }
+
+    /// The next image and every slot's rows for it (slots without the image are absent), in
+    /// image-id order.
+    ///
+    /// # Errors
+    /// Fails when a part cannot be decoded or is not sorted by image.
+    pub fn next_image(&mut self) -> Result<Option<(String, Vec<(usize, Vec<Row>)>)>> {
+        let Some(Reverse((id, _))) = self.heap.peek().cloned() else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        while let Some(Reverse((next, idx))) = self.heap.peek() {
+            if *next != id {
+                break;
+            }
+            let idx = *idx;
+            self.heap.pop();
+            let cursor = &mut self.cursors[idx];
+            let mut rows = Vec::new();
+            cursor.take_image(&id, &mut rows)?;
+            if let Some(next) = cursor.current_id() {
+                self.heap.push(Reverse((next.to_string(), idx)));
+            }
+            if !rows.is_empty() {
+                out.push((cursor.slot, rows));
+            }
+        }
+        Ok(Some((id, out)))
+    }
+}
