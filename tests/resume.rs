@@ -110,3 +110,114 @@ repetitions = [3]
     assert_eq!(ok.len(), cells);
     assert!(ints(&cells_table, "attempt").iter().all(|a| *a == Some(1)));
 }
+
+/// Every file under `dir` whose name starts with `chunk-` and ends with `.arrow`, with its size
+/// and modification time.
+fn chunks(dir: &std::path::Path) -> std::collections::BTreeMap<String, (u64, std::time::SystemTime)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(geometries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for g in geometries {
+        let g = g.unwrap().path();
+        if !g.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&g).unwrap() {
+            let f = f.unwrap();
+            let name = f.file_name().to_string_lossy().to_string();
+            if name.starts_with("chunk-") && name.ends_with(".arrow") {
+                let meta = f.metadata().unwrap();
+                out.insert(name, (meta.len(), meta.modified().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sigkill_while_preparing_loses_at_most_one_chunk() {
+    util::ort_library("1.32.0");
+    let dir = tempfile::tempdir().unwrap();
+    // The 8 photos under 100 names each: 800 images, 4 cache chunks of 256.
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let photos: Vec<_> = std::fs::read_dir(util::data().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    for copy in 0..100 {
+        for p in &photos {
+            let name = format!("{copy:03}-{}", p.file_name().unwrap().to_string_lossy());
+            std::fs::copy(p, images.join(name)).unwrap();
+        }
+    }
+    let sweep = util::write_sweep(
+        dir.path(),
+        &format!(
+            r#"
+store = "store"
+warmup = 1
+logits = "top5"
+
+[dataset]
+images = "{}"
+
+[[model]]
+name = "efficientnet-lite0"
+path = "{{data}}/efficientnet-lite0.onnx"
+preset = "tf127"
+
+[environments]
+engine = ["ort"]
+ort_library = ["1.32.0"]
+"#,
+            images.display()
+        ),
+    );
+    let store = dir.path().join("store");
+    let cache = store.join("_cache/tensors");
+
+    let mut child = util::deltann()
+        .args(["collect", "--quiet", "--keep-tensors", sweep.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut before = None;
+    while started.elapsed() < Duration::from_secs(120) {
+        let done = chunks(&cache);
+        if !done.is_empty() {
+            let _ = child.kill(); // SIGKILL, while chunk 2 is being decoded
+            before = Some(done);
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("collect finished ({status}) before a chunk was written");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let before = before.expect("no cache chunk appeared");
+    assert!(before.len() < 4, "the kill came after preparation: {before:?}");
+    // Let a rename in flight at the kill settle, then take what survived.
+    let before = chunks(&cache);
+
+    let out = util::run(&["collect", "--quiet", "--keep-tensors", sweep.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let after = chunks(&cache);
+    assert_eq!(after.len(), 4, "{after:?}");
+    // Every chunk completed before the kill was kept as it was, not decoded again.
+    for (name, meta) in &before {
+        assert_eq!(after.get(name), Some(meta), "{name} was rewritten");
+    }
+    // One byte per input element (224 x 224 x 3), plus Arrow framing under 1%.
+    let bytes: u64 = after.values().map(|(len, _)| len).sum();
+    let elements = 800 * 224 * 224 * 3;
+    assert!(bytes >= elements && bytes < elements + elements / 100, "{bytes} bytes");
+    // Every image recorded once, every output row once.
+    assert_eq!(read_table(&store, "images").rows(), 800);
+    assert_eq!(read_table(&store, "outputs").rows(), 800);
+}

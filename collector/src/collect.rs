@@ -375,7 +375,7 @@ pub fn collect(
         outcomes = run_cells(&ctx, &todo)?;
         if !options.keep_tensors {
             for cache in prepared.caches.values() {
-                let _ = std::fs::remove_file(&cache.path);
+                let _ = std::fs::remove_dir_all(&cache.dir);
             }
         }
     }

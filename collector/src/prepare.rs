@@ -1,10 +1,14 @@
-//! Decoding each image once and preprocessing it once per recipe, for every cell to share.
+//! Decoding each image once and resizing it once per geometry, for every cell to share.
 //!
-//! Tensors go to a cache on disk, one Arrow IPC file per preprocessing recipe and dataset
-//! (`STORE/_cache/tensors/<recipe>-<dataset>.arrow`), in the very schema workers read
-//! ([`crate::protocol::input_schema`]). Cells stream from it, so memory stays flat however many
-//! images there are, and all cells with one recipe see bit-identical inputs. A cache file appears
-//! under its final name only when complete, and is reused by a resumed run.
+//! The cache on disk holds the resized and cropped RGB pixels, one byte per input element (the
+//! uint8 pixels are exact: normalisation comes after the resize, as in torchvision), per
+//! geometry (size, crop, filter) and dataset: `STORE/_cache/tensors/<geometry>-<dataset>/`, in
+//! chunks of [`CHUNK_IMAGES`] images, each an Arrow IPC file that appears under its final name
+//! only when complete. A crash while preparing loses at most the chunk in progress; a resumed
+//! run keeps every complete chunk. Cells stream from the chunks one at a time, normalised on the
+//! way into the very schema workers read ([`crate::protocol::input_schema`]), so memory and open
+//! files stay flat however many images there are, and all cells with one recipe see
+//! bit-identical inputs.
 //!
 //! This is also where images enter the store: one `images` row each (size, colour type, EXIF
 //! orientation, sha256, label, decode status) and one `errors` row per image that cannot be
@@ -17,10 +21,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, AsArray, BooleanArray, FixedSizeListBuilder, Float32Builder, RecordBatch,
-    StringBuilder,
+    ArrayBuilder, AsArray, BooleanArray, FixedSizeBinaryBuilder, FixedSizeListArray, Float32Array,
+    RecordBatch, StringBuilder,
 };
 use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use deltann_store::schema::{col, stage, status};
@@ -33,9 +38,11 @@ use crate::preprocess::{self, ImageInfo, Preprocess};
 use crate::protocol;
 use crate::records::{ErrorRow, ImageRow};
 
-/// Images decoded per parallel chunk: bounds memory to chunk x recipes x tensor size.
-const CHUNK: usize = 16;
-/// Footer key listing the image ids a cache file holds, in order.
+/// Images decoded at once, in parallel: bounds memory to this many decoded images.
+const DECODE_BATCH: usize = 16;
+/// Images per cache chunk: a crash while preparing loses at most this many images' work.
+pub const CHUNK_IMAGES: usize = 256;
+/// Footer key listing the image ids a cache chunk holds, in order.
 const IDS_KEY: &str = "deltann.image_ids";
 
 /// An image after hashing, with what the store knows of it.
@@ -59,12 +66,17 @@ pub struct Prepared {
     pub decoded_now: usize,
 }
 
-/// One recipe's tensors.
+/// One recipe's tensors: its geometry's cached pixels, normalised as they are read.
 #[derive(Clone, Debug)]
 pub struct TensorCache {
-    pub path: PathBuf,
+    /// The geometry's cache directory (shared by recipes of one geometry).
+    pub dir: PathBuf,
+    /// Its chunk files, in dataset order.
+    pub chunks: Vec<PathBuf>,
+    /// Images it holds (decodable, and large enough to crop).
     pub ids: HashSet<String>,
     pub tensor_len: usize,
+    pub recipe: Preprocess,
 }
 
 /// Progress callbacks of [`prepare`].
@@ -139,58 +151,80 @@ pub fn prepare(
         .join("tensors");
     std::fs::create_dir_all(&cache_dir).io("create", &cache_dir)?;
 
-    let mut caches = HashMap::new();
-    let mut missing: Vec<&Preprocess> = Vec::new();
+    // One pixel cache per geometry; chunk i holds images [i * CHUNK_IMAGES, ...) of the dataset.
+    let mut geometries: Vec<Preprocess> = Vec::new();
     for recipe in recipes {
-        let key = recipe.key();
-        if caches.contains_key(&key) || missing.iter().any(|m| m.key() == key) {
-            continue;
-        }
-        let path = cache_dir.join(format!("{key}-{fingerprint}.arrow"));
-        match read_cache_ids(&path) {
-            Some(ids) => {
-                caches.insert(
-                    key,
-                    TensorCache {
-                        path,
-                        ids,
-                        tensor_len: recipe.tensor_len(),
-                    },
-                );
-            }
-            None => missing.push(recipe),
+        if !geometries
+            .iter()
+            .any(|g| g.pixel_key() == recipe.pixel_key())
+        {
+            geometries.push(recipe.clone());
         }
     }
-    let new_images: Vec<usize> = (0..hashed.len())
-        .filter(|&i| !known.contains_key(&hashed[i].0.id))
-        .collect();
-    let decoding = !missing.is_empty() || !new_images.is_empty();
+    let geometry_dir = |g: &Preprocess| cache_dir.join(format!("{}-{fingerprint}", g.pixel_key()));
+    for g in &geometries {
+        let dir = geometry_dir(g);
+        std::fs::create_dir_all(&dir).io("create", &dir)?;
+    }
+    let chunk_path = |g: &Preprocess, i: usize| geometry_dir(g).join(format!("chunk-{i:06}.arrow"));
+    let chunks = hashed.len().div_ceil(CHUNK_IMAGES);
+    let mut ids: Vec<HashSet<String>> = vec![HashSet::new(); geometries.len()];
+    let decoding = (0..chunks).any(|i| {
+        geometries.iter().any(|g| !chunk_path(g, i).is_file())
+            || hashed[i * CHUNK_IMAGES..]
+                .iter()
+                .take(CHUNK_IMAGES)
+                .any(|(img, _)| !known.contains_key(&img.id))
+    });
     progress.started(hashed.len(), decoding);
 
     let mut undecodable = 0;
     let mut decoded_now = 0;
-    if decoding {
+    for (chunk_index, chunk) in hashed.chunks(CHUNK_IMAGES).enumerate() {
+        let missing: Vec<usize> = (0..geometries.len())
+            .filter(
+                |&g| match read_cache_ids(&chunk_path(&geometries[g], chunk_index)) {
+                    Some(held) => {
+                        ids[g].extend(held);
+                        false
+                    }
+                    None => true,
+                },
+            )
+            .collect();
+        let new: Vec<bool> = chunk
+            .iter()
+            .map(|(img, _)| !known.contains_key(&img.id))
+            .collect();
+        if missing.is_empty() && !new.contains(&true) {
+            undecodable += chunk
+                .iter()
+                .filter(|(img, _)| known.get(&img.id).is_some_and(|(_, s)| s != status::OK))
+                .count();
+            progress.advanced(chunk.len());
+            continue;
+        }
+        let wanted: Vec<&Preprocess> = missing.iter().map(|&g| &geometries[g]).collect();
         let mut writers = missing
             .iter()
-            .map(|recipe| CacheWriter::create(&cache_dir, recipe, fingerprint))
+            .map(|&g| ChunkWriter::create(&chunk_path(&geometries[g], chunk_index), &geometries[g]))
             .collect::<Result<Vec<_>>>()?;
         let mut image_rows = Vec::new();
         let mut error_rows = Vec::new();
-        let new: HashSet<usize> = new_images.into_iter().collect();
-        for (chunk_index, chunk) in hashed.chunks(CHUNK).enumerate() {
-            let results: Vec<Decoded> = chunk
+        for (batch_index, batch) in chunk.chunks(DECODE_BATCH).enumerate() {
+            let results: Vec<Decoded> = batch
                 .par_iter()
                 .map(|(img, read_error)| {
                     let path = dataset.root.join(&img.id);
-                    decode_one(&path, read_error.as_deref(), &missing)
+                    decode_one(&path, read_error.as_deref(), &wanted)
                 })
                 .collect();
-            for (offset, ((img, _), result)) in chunk.iter().zip(results).enumerate() {
-                let index = chunk_index * CHUNK + offset;
+            for (offset, ((img, _), result)) in batch.iter().zip(results).enumerate() {
+                let is_new = new[batch_index * DECODE_BATCH + offset];
                 decoded_now += 1;
                 let error = result.info.as_ref().err().cloned();
                 undecodable += usize::from(error.is_some());
-                if new.contains(&index) {
+                if is_new {
                     let path = dataset.root.join(&img.id);
                     image_rows.push(ImageRow::new(
                         &img.id,
@@ -205,14 +239,14 @@ pub fn prepare(
                         error_rows.push(ErrorRow::new(None, &img.id, stage::DECODE, e));
                     }
                 }
-                for (writer, tensor) in writers.iter_mut().zip(result.tensors) {
-                    match tensor {
-                        Some(Ok(t)) => writer.push(&img.id, &t)?,
-                        Some(Err(e)) if new.contains(&index) => error_rows.push(ErrorRow::new(
+                for (writer, pixels) in writers.iter_mut().zip(result.pixels) {
+                    match pixels {
+                        Some(Ok(p)) => writer.push(&img.id, &p)?,
+                        Some(Err(e)) if is_new => error_rows.push(ErrorRow::new(
                             None,
                             &img.id,
                             stage::PREPROCESS,
-                            &format!("recipe {}: {e}", writer.key),
+                            &format!("geometry {}: {e}", writer.key),
                         )),
                         _ => {}
                     }
@@ -221,21 +255,40 @@ pub fn prepare(
             for writer in &mut writers {
                 writer.flush()?;
             }
-            progress.advanced(chunk.len());
+            progress.advanced(batch.len());
         }
-        // Rows first, caches second: a crash in between re-decodes but records nothing twice.
+        // Rows first, chunks second: a crash in between re-decodes the chunk but records
+        // nothing twice (its images are then known).
         crate::records::commit(store, None, run_id, &image_rows)?;
         crate::records::commit(store, None, run_id, &error_rows)?;
-        for writer in writers {
-            let (key, cache) = writer.finish()?;
-            caches.insert(key, cache);
+        for (writer, &g) in writers.into_iter().zip(&missing) {
+            ids[g].extend(writer.finish()?);
         }
-    } else {
-        progress.advanced(hashed.len());
-        undecodable = hashed
+    }
+    for g in &geometries {
+        let dir = geometry_dir(g);
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .io("fsync", &dir)?;
+    }
+    let mut caches = HashMap::new();
+    for recipe in recipes {
+        let Some(g) = geometries
             .iter()
-            .filter(|(img, _)| known.get(&img.id).is_some_and(|(_, s)| s != status::OK))
-            .count();
+            .position(|g| g.pixel_key() == recipe.pixel_key())
+        else {
+            continue;
+        };
+        caches.insert(
+            recipe.key(),
+            TensorCache {
+                dir: geometry_dir(&geometries[g]),
+                chunks: (0..chunks).map(|i| chunk_path(&geometries[g], i)).collect(),
+                ids: ids[g].clone(),
+                tensor_len: recipe.tensor_len(),
+                recipe: recipe.clone(),
+            },
+        );
     }
 
     Ok(Prepared {
@@ -249,14 +302,15 @@ pub fn prepare(
 struct Decoded {
     info: std::result::Result<ImageInfo, String>,
     bytes: u64,
-    tensors: Vec<Option<std::result::Result<Vec<f32>, String>>>,
+    /// Per geometry asked for: the cropped pixels, or why not.
+    pixels: Vec<Option<std::result::Result<Vec<u8>, String>>>,
 }
 
 fn decode_one(path: &Path, read_error: Option<&str>, recipes: &[&Preprocess]) -> Decoded {
     let fail = |e: String, bytes| Decoded {
         info: Err(e),
         bytes,
-        tensors: recipes.iter().map(|_| None).collect(),
+        pixels: recipes.iter().map(|_| None).collect(),
     };
     if let Some(e) = read_error {
         return fail(e.to_string(), 0);
@@ -270,11 +324,11 @@ fn decode_one(path: &Path, read_error: Option<&str>, recipes: &[&Preprocess]) ->
         Ok((rgb, info)) => Decoded {
             info: Ok(info),
             bytes: len,
-            tensors: recipes
+            pixels: recipes
                 .iter()
                 .map(|recipe| {
                     let mut out = Vec::new();
-                    Some(preprocess::preprocess(&rgb, recipe, &mut out).map(|()| out))
+                    Some(preprocess::crop(&rgb, recipe, &mut out).map(|()| out))
                 })
                 .collect(),
         },
@@ -315,58 +369,60 @@ fn read_cache_ids(path: &Path) -> Option<HashSet<String>> {
     Some(ids.into_iter().collect())
 }
 
-struct CacheWriter {
+fn pixels_schema(len: usize) -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new(protocol::IMAGE_ID, DataType::Utf8, false),
+        Field::new(
+            "pixels",
+            DataType::FixedSizeBinary(i32::try_from(len).unwrap_or(i32::MAX)),
+            false,
+        ),
+    ]))
+}
+
+/// Writes one chunk of one geometry's pixels.
+struct ChunkWriter {
     key: String,
     tmp: PathBuf,
     path: PathBuf,
     len: usize,
     writer: FileWriter<BufWriter<File>>,
     ids: StringBuilder,
-    tensors: FixedSizeListBuilder<Float32Builder>,
+    pixels: FixedSizeBinaryBuilder,
     all_ids: Vec<String>,
 }
 
-impl CacheWriter {
-    fn create(dir: &Path, recipe: &Preprocess, fingerprint: &str) -> Result<Self> {
-        let key = recipe.key();
-        let path = dir.join(format!("{key}-{fingerprint}.arrow"));
-        let tmp = dir.join(format!("{key}-{fingerprint}.arrow.tmp"));
+impl ChunkWriter {
+    fn create(path: &Path, geometry: &Preprocess) -> Result<Self> {
+        let tmp = path.with_extension("arrow.tmp");
         let file = File::create(&tmp).io("create", &tmp)?;
-        let len = recipe.tensor_len();
-        let schema = protocol::input_schema(len);
-        let writer = FileWriter::try_new_buffered(file, &schema)?;
-        let list_len = i32::try_from(len).unwrap_or(i32::MAX);
+        let len = geometry.pixels_len();
+        let writer = FileWriter::try_new_buffered(file, &pixels_schema(len))?;
         Ok(Self {
-            key,
+            key: geometry.pixel_key(),
             tmp,
-            path,
+            path: path.to_path_buf(),
             len,
             writer,
             ids: StringBuilder::new(),
-            tensors: FixedSizeListBuilder::new(
-                Float32Builder::with_capacity(len * CHUNK),
-                list_len,
-            )
-            .with_field(Arc::new(arrow::datatypes::Field::new(
-                "item",
-                arrow::datatypes::DataType::Float32,
-                false,
-            ))),
+            pixels: FixedSizeBinaryBuilder::with_capacity(
+                DECODE_BATCH,
+                i32::try_from(len).unwrap_or(i32::MAX),
+            ),
             all_ids: Vec::new(),
         })
     }
 
-    fn push(&mut self, id: &str, tensor: &[f32]) -> Result<()> {
-        if tensor.len() != self.len {
+    fn push(&mut self, id: &str, pixels: &[u8]) -> Result<()> {
+        if pixels.len() != self.len {
             return Err(Error::Engine(format!(
-                "tensor of {} values for a recipe of {}",
-                tensor.len(),
+                "{} pixel bytes for a geometry of {}",
+                pixels.len(),
                 self.len
             )));
         }
         self.ids.append_value(id);
-        self.tensors.values().append_slice(tensor);
-        self.tensors.append(true);
+        self.pixels.append_value(pixels)?;
         self.all_ids.push(id.to_string());
         Ok(())
     }
@@ -376,14 +432,15 @@ impl CacheWriter {
             return Ok(());
         }
         let batch = RecordBatch::try_new(
-            protocol::input_schema(self.len),
-            vec![Arc::new(self.ids.finish()), Arc::new(self.tensors.finish())],
+            pixels_schema(self.len),
+            vec![Arc::new(self.ids.finish()), Arc::new(self.pixels.finish())],
         )?;
         self.writer.write(&batch)?;
         Ok(())
     }
 
-    fn finish(mut self) -> Result<(String, TensorCache)> {
+    /// Completes the chunk (fsync, rename) and returns the ids it holds.
+    fn finish(mut self) -> Result<Vec<String>> {
         self.flush()?;
         let ids = serde_json::to_string(&self.all_ids)
             .map_err(|e| Error::Engine(format!("cannot encode cache ids: {e}")))?;
@@ -395,15 +452,30 @@ impl CacheWriter {
             .and_then(|f| f.sync_all())
             .io("write", &self.tmp)?;
         std::fs::rename(&self.tmp, &self.path).io("rename", &self.path)?;
-        Ok((
-            self.key,
-            TensorCache {
-                path: self.path,
-                ids: self.all_ids.into_iter().collect(),
-                tensor_len: self.len,
-            },
-        ))
+        Ok(self.all_ids)
     }
+}
+
+/// Normalises a batch of cached pixels into the worker protocol's input batch.
+fn tensors(batch: &RecordBatch, recipe: &Preprocess) -> Result<RecordBatch> {
+    let bad = || Error::Engine("tensor cache chunk has an unexpected schema".into());
+    let ids = batch.column(0).as_string_opt::<i32>().ok_or_else(bad)?;
+    let pixels = batch.column(1).as_fixed_size_binary_opt().ok_or_else(bad)?;
+    let len = recipe.tensor_len();
+    let mut values = vec![0.0f32; len * batch.num_rows()];
+    for (i, out) in values.chunks_mut(len).enumerate() {
+        preprocess::normalize(pixels.value(i), recipe, out);
+    }
+    let list = FixedSizeListArray::try_new(
+        Arc::new(Field::new("item", DataType::Float32, false)),
+        i32::try_from(len).unwrap_or(i32::MAX),
+        Arc::new(Float32Array::from(values)),
+        None,
+    )?;
+    Ok(RecordBatch::try_new(
+        protocol::input_schema(len),
+        vec![Arc::new(ids.clone()), Arc::new(list)],
+    )?)
 }
 
 /// Streams the tensors of `wanted` images from a cache, `batch` rows at a time (the last batch
@@ -416,19 +488,36 @@ pub fn stream(
     wanted: HashSet<String>,
     batch: usize,
 ) -> Result<crate::runner::Inputs> {
-    let file = File::open(&cache.path).io("open", &cache.path)?;
-    let reader = FileReader::try_new_buffered(file, None)?;
-    let schema = reader.schema();
+    let schema = protocol::input_schema(cache.tensor_len);
+    let recipe = cache.recipe.clone();
     let batch = batch.max(1);
     let mut pending: Vec<RecordBatch> = Vec::new();
     let mut pending_rows = 0usize;
-    let mut reader = reader.fuse();
+    let mut chunks = cache.chunks.clone().into_iter();
+    let mut reader: Option<FileReader<std::io::BufReader<File>>> = None;
     let iter = std::iter::from_fn(move || {
         loop {
             if pending_rows >= batch {
                 return Some(take_rows(&schema, &mut pending, &mut pending_rows, batch));
             }
-            match reader.next() {
+            // One chunk file open at a time.
+            let next = match reader.as_mut().and_then(Iterator::next) {
+                Some(b) => Some(b),
+                None => match chunks.next() {
+                    Some(path) => {
+                        let opened = File::open(&path)
+                            .io("open", &path)
+                            .and_then(|f| Ok(FileReader::try_new_buffered(f, None)?));
+                        match opened {
+                            Ok(r) => reader = Some(r),
+                            Err(e) => return Some(Err(e)),
+                        }
+                        continue;
+                    }
+                    None => None,
+                },
+            };
+            match next {
                 Some(Ok(b)) => {
                     let keep = match b.column(0).as_string_opt::<i32>() {
                         Some(ids) => BooleanArray::from(
@@ -438,19 +527,24 @@ pub fn stream(
                         ),
                         None => return Some(Err(Error::Engine("tensor cache has no ids".into()))),
                     };
-                    // Tensors are large: pass whole batches through uncopied when possible.
                     let kept = if keep.true_count() == b.num_rows() {
                         Ok(b)
                     } else {
                         filter_record_batch(&b, &keep)
                     };
-                    match kept {
-                        Ok(f) if f.num_rows() > 0 => {
-                            pending_rows += f.num_rows();
-                            pending.push(f);
+                    match kept.map_err(Error::from).and_then(|f| {
+                        if f.num_rows() == 0 {
+                            Ok(None)
+                        } else {
+                            tensors(&f, &recipe).map(Some)
                         }
-                        Ok(_) => {}
-                        Err(e) => return Some(Err(e.into())),
+                    }) {
+                        Ok(Some(t)) => {
+                            pending_rows += t.num_rows();
+                            pending.push(t);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Some(Err(e)),
                     }
                 }
                 Some(Err(e)) => return Some(Err(e.into())),

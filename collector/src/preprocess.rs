@@ -195,6 +195,22 @@ impl Preprocess {
         self.shape().iter().product()
     }
 
+    /// Bytes per image in the tensor cache: the cropped RGB pixels.
+    pub fn pixels_len(&self) -> usize {
+        self.size as usize * self.size as usize * 3
+    }
+
+    /// A short stable key of the geometry alone (size, crop, filter): recipes that differ only
+    /// in normalisation, channel order or layout share their cached pixels.
+    pub fn pixel_key(&self) -> String {
+        let canonical = serde_json::json!({
+            "size": self.size,
+            "crop": self.crop,
+            "filter": self.filter,
+        });
+        deltann_store::ids::sha256_hex(canonical.to_string().as_bytes())[..12].to_string()
+    }
+
     /// A short stable key: the first 12 hex digits of the sha256 of the recipe's JSON (preset
     /// name excluded: two presets that end up identical share tensors).
     pub fn key(&self) -> String {
@@ -286,11 +302,27 @@ fn decoder_has_exif(decoder: &mut impl ImageDecoder) -> bool {
     decoder.exif_metadata().ok().flatten().is_some()
 }
 
-/// Resizes, crops and normalises an RGB image into `out` (cleared first) following `p`.
+/// Resizes, crops and normalises an RGB image into `out` (cleared first) following `p`:
+/// [`crop`], then [`normalize`].
 ///
 /// # Errors
 /// Fails when the image is too small to crop or resampling fails.
 pub fn preprocess(img: &RgbImage, p: &Preprocess, out: &mut Vec<f32>) -> Result<(), String> {
+    let mut pixels = Vec::new();
+    crop(img, p, &mut pixels)?;
+    out.clear();
+    out.resize(p.tensor_len(), 0.0);
+    normalize(&pixels, p, out);
+    Ok(())
+}
+
+/// Resizes and crops an RGB image into `out` (cleared first): `size` x `size` RGB pixels, row
+/// by row. These bytes are exact (normalisation comes after the uint8 resize, as in
+/// torchvision), so they are what the tensor cache keeps: one byte per input element.
+///
+/// # Errors
+/// Fails when the image is too small to crop or resampling fails.
+pub fn crop(img: &RgbImage, p: &Preprocess, out: &mut Vec<u8>) -> Result<(), String> {
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
         return Err(format!("image has no pixels ({w}x{h})"));
@@ -324,15 +356,24 @@ pub fn preprocess(img: &RgbImage, p: &Preprocess, out: &mut Vec<f32>) -> Result<
     let top = (f64::from(nh - size) / 2.0).round_ties_even() as usize;
     let left = (f64::from(nw - size) / 2.0).round_ties_even() as usize;
     let (size, row) = (size as usize, nw as usize * 3);
-
     out.clear();
-    out.resize(p.tensor_len(), 0.0);
+    out.reserve(size * size * 3);
+    for y in 0..size {
+        out.extend_from_slice(&src[(top + y) * row + left * 3..][..size * 3]);
+    }
+    Ok(())
+}
+
+/// Normalises cropped RGB pixels (from [`crop`]) into the model's tensor: channel order, scale,
+/// mean, std and layout. `out` must hold [`Preprocess::tensor_len`] values.
+pub fn normalize(pixels: &[u8], p: &Preprocess, out: &mut [f32]) {
+    let size = p.size as usize;
     let order: [usize; 3] = match p.channels {
         Channels::Rgb => [0, 1, 2],
         Channels::Bgr => [2, 1, 0],
     };
     for y in 0..size {
-        let line = &src[(top + y) * row + left * 3..][..size * 3];
+        let line = &pixels[y * size * 3..][..size * 3];
         for x in 0..size {
             for (c, &from) in order.iter().enumerate() {
                 let v = (f32::from(line[x * 3 + from]) / p.pixel_scale - p.mean[c]) / p.std[c];
@@ -344,7 +385,6 @@ pub fn preprocess(img: &RgbImage, p: &Preprocess, out: &mut Vec<f32>) -> Result<
             }
         }
     }
-    Ok(())
 }
 
 fn resize(img: &RgbImage, nw: u32, nh: u32, filter: ResizeFilter) -> Result<Vec<u8>, String> {
