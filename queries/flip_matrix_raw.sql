@@ -1,6 +1,6 @@
--- Top-1 flip rate of every pair of cells that share a model family (a model and its variants).
--- Which environments disagree with which, and how often: first repetition, images both cells
--- ran, most flips first.
+-- The flip matrix (see flip_matrix) computed from the raw `outputs` alone, without the derived
+-- tables: a self-join of every cell's first repetition per image within each model family. It
+-- gives the same numbers; it is kept to check the derived tables and for other engines (DuckDB).
 
 -- Cells, families and images are numbered first so that the pair join (cells x cells x images,
 -- 24 million rows on a one-million-row store) joins and groups integers, not strings.

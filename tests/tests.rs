@@ -4,6 +4,7 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
+mod analysis_collected;
 mod analyzer_cli;
 mod bad_inputs;
 mod e2e;

@@ -288,7 +288,10 @@ pub fn from_derived(store: &Store, state: &derived::State, options: &Options) ->
     let group_cells: Vec<Vec<usize>> = groups.iter().map(|g| g.cells.clone()).collect();
     let findings = disagreement::summarise(
         &group_cells,
-        per_image.images.iter().map(|(id, a)| (id.as_str(), a.as_slice())),
+        per_image
+            .images
+            .iter()
+            .map(|(id, a)| (id.as_str(), a.as_slice())),
         options.near_tie_margin,
     );
     let disagreement = Disagreement {

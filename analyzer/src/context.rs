@@ -14,8 +14,9 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use deltann_store::Table;
 
+use crate::derived::DerivedTable;
 use crate::error::{Error, Result};
-use crate::provider::StoreTable;
+use crate::provider::{Source, StoreTable};
 
 /// Views registered next to the tables. Kept here, in SQL, so `\d` shows what they are.
 pub const VIEWS: [(&str, &str); 2] = [
@@ -82,10 +83,14 @@ impl Session {
         // (one image in every cell) are pruned by row-group statistics either way.
         let config = SessionConfig::new().with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
-        for table in Table::ALL {
+        let sources = Table::ALL
+            .into_iter()
+            .map(Source::Store)
+            .chain(DerivedTable::ALL.into_iter().map(Source::Derived));
+        for source in sources {
             ctx.register_table(
-                table.name(),
-                Arc::new(StoreTable::new(root.to_path_buf(), table)),
+                source.name(),
+                Arc::new(StoreTable::new(root.to_path_buf(), source)),
             )?;
         }
         let session = Self {

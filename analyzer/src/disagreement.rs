@@ -245,8 +245,7 @@ pub fn summarise<'a>(
                     image_id: id.to_string(),
                     label: truth,
                     distinct: u32::try_from(tops.len()).unwrap_or(u32::MAX),
-                    majority_share: (present.len() - deviating.len()) as f64
-                        / present.len() as f64,
+                    majority_share: (present.len() - deviating.len()) as f64 / present.len() as f64,
                     majority,
                     cells: u32::try_from(present.len()).unwrap_or(u32::MAX),
                     deviating: deviating.clone(),

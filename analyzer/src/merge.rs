@@ -124,7 +124,10 @@ impl Columns {
             |c: &str| Error::Invalid(format!("{}: no usable column `{c}`", path.display()));
         let get = |c: &str| batch.column_by_name(c).ok_or_else(|| missing(c));
         let list = |c: &str| -> Result<GenericListArray<i32>> {
-            Ok(get(c)?.as_list_opt::<i32>().ok_or_else(|| missing(c))?.clone())
+            Ok(get(c)?
+                .as_list_opt::<i32>()
+                .ok_or_else(|| missing(c))?
+                .clone())
         };
         Ok(Self {
             image_id: get(col::IMAGE_ID)?
@@ -196,8 +199,7 @@ fn invalid(path: &Path, e: impl std::fmt::Display) -> Error {
 /// Fails when the file cannot be opened or is not Parquet.
 pub fn image_range(path: &Path) -> Result<Option<(String, String)>> {
     let file = File::open(path).map_err(|e| Error::file(path, e))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| invalid(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| invalid(path, e))?;
     let index = builder
         .schema()
         .index_of(col::IMAGE_ID)

@@ -5,6 +5,8 @@
 //! `collect` sees its progress. Partition values (`model`, `engine` for `outputs`) come from the
 //! part paths; equality and IN filters on them prune files before anything is opened, and every
 //! other filter is left to DataFusion's Parquet pushdown (row-group statistics, page index).
+//! The derived tables (`comparisons`, `cell_images`) are served the same way from the derived
+//! state's list of parts.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,11 +28,32 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use deltann_store::{Store, Table};
 
+use crate::derived::DerivedTable;
+
+/// Where a table's files come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A table of the store, from its manifest.
+    Store(Table),
+    /// A derived table, from `derived/state.json`.
+    Derived(DerivedTable),
+}
+
+impl Source {
+    /// The table's SQL name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Store(t) => t.name(),
+            Source::Derived(t) => t.name(),
+        }
+    }
+}
+
 /// One table of a store, as DataFusion sees it.
 #[derive(Debug)]
 pub struct StoreTable {
     root: PathBuf,
-    table: Table,
+    table: Source,
     file_schema: SchemaRef,
     schema: SchemaRef,
     partition_keys: Vec<String>,
@@ -38,13 +61,12 @@ pub struct StoreTable {
 
 impl StoreTable {
     /// The table `table` of the store at `root`.
-    pub fn new(root: PathBuf, table: Table) -> Self {
-        let file_schema = deltann_store::schema::schema(table);
-        let partition_keys: Vec<String> = table
-            .partition_keys()
-            .iter()
-            .map(|k| (*k).to_string())
-            .collect();
+    pub fn new(root: PathBuf, table: Source) -> Self {
+        let (file_schema, keys) = match table {
+            Source::Store(t) => (deltann_store::schema::schema(t), t.partition_keys()),
+            Source::Derived(t) => (t.schema(), &[][..]),
+        };
+        let partition_keys: Vec<String> = keys.iter().map(|k| (*k).to_string()).collect();
         let mut fields: Vec<Field> = file_schema
             .fields()
             .iter()
@@ -66,11 +88,25 @@ impl StoreTable {
 
     /// Committed files with their partition values, pruned by partition filters.
     fn files(&self, filters: &[Expr]) -> DfResult<Vec<PartitionedFile>> {
+        let table = match self.table {
+            Source::Store(t) => t,
+            Source::Derived(t) => {
+                let state = crate::derived::State::load(&self.root)
+                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+                    .unwrap_or_default();
+                return Ok(state
+                    .parts_of(t)
+                    .map(|p| {
+                        PartitionedFile::new(self.root.join(&p.path).display().to_string(), p.bytes)
+                    })
+                    .collect());
+            }
+        };
         let store = Store::open(&self.root)
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         let wanted = partition_constraints(filters, &self.partition_keys);
         let mut out = Vec::new();
-        for part in store.parts(self.table) {
+        for part in store.parts(table) {
             let values = partition_values(&part.path, &self.partition_keys);
             let keep = wanted.iter().all(|(key, allowed)| {
                 values

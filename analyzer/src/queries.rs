@@ -34,6 +34,7 @@ pub const ALL: &[Saved] = saved![
     "accuracy_per_cell",
     "failed_cells",
     "flip_matrix",
+    "flip_matrix_raw",
     "flips_by_class",
     "image_errors",
     "nondeterminism",

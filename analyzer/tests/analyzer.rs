@@ -349,7 +349,9 @@ fn writes_are_refused_unless_allowed() {
 #[test]
 fn saved_queries_snapshot() {
     let dir = small_store();
-    let session = Session::open(&dir.path().join("s"), false).unwrap();
+    let root = dir.path().join("s");
+    derived::advance(&Store::open(&root).unwrap(), false, &mut |_| {}).unwrap();
+    let session = Session::open(&root, false).unwrap();
     for q in queries::ALL {
         let out = session
             .run_blocking(q.sql)
@@ -427,10 +429,7 @@ fn assert_close(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            assert!(
-                (x - y).abs() <= 1e-9 * x.abs().max(1.0),
-                "{at}: {x} != {y}"
-            );
+            assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{at}: {x} != {y}");
         }
         (Value::Array(x), Value::Array(y)) => {
             assert_eq!(x.len(), y.len(), "{at}: lengths differ");
@@ -456,7 +455,12 @@ fn assert_close(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
 fn copy_store(from: &Path, to: &Path) {
     for entry in walk(from) {
         let rel = entry.strip_prefix(from).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         if first == derived::DIR || first == "_cache" {
             continue;
         }
@@ -487,13 +491,16 @@ fn incremental_folds_equal_a_rebuild_whatever_the_commit_order_and_grouping() {
     let options = Options::default();
     derived::advance(&full, true, &mut |_| {}).unwrap();
     let state = State::load(&root).unwrap().unwrap();
-    let expected = serde_json::to_value(analysis::from_derived(&full, &state, &options).unwrap())
-        .unwrap();
+    let expected =
+        serde_json::to_value(analysis::from_derived(&full, &state, &options).unwrap()).unwrap();
     let expected_rows: Vec<Vec<String>> = DerivedTable::ALL
         .iter()
         .map(|&t| table_rows(&root, &state, t))
         .collect();
-    assert!(expected_rows[0].len() > 1000, "the store must have comparisons");
+    assert!(
+        expected_rows[0].len() > 1000,
+        "the store must have comparisons"
+    );
 
     let (outputs, others): (Vec<_>, Vec<_>) = full
         .entries()
@@ -541,7 +548,12 @@ fn running_cells_count_with_their_committed_parts() {
     let full = Store::open(&root).unwrap();
     // Hold back one ok cell's `cells` row and its second half of outputs: it is still running.
     let cells = deltann_analyzer::cells::load_cells(&full).unwrap();
-    let running = cells.iter().find(|c| c.status == "ok").unwrap().cell_id.clone();
+    let running = cells
+        .iter()
+        .find(|c| c.status == "ok")
+        .unwrap()
+        .cell_id
+        .clone();
     let entries: Vec<_> = full
         .entries()
         .iter()
@@ -560,7 +572,11 @@ fn running_cells_count_with_their_committed_parts() {
         .iter()
         .filter(|p| p.a == i || p.b == i)
         .count();
-    assert_eq!(compared, a.group_of(i).unwrap().cells.len() - 2, "all but itself and the failed cell");
+    assert_eq!(
+        compared,
+        a.group_of(i).unwrap().cells.len() - 2,
+        "all but itself and the failed cell"
+    );
     // And a running cell is never part of an attribution or a contrast.
     assert!(a.contrasts.iter().all(|c| c.from != i && c.to != i));
     let text = deltann_analyzer::report::render(
@@ -605,4 +621,21 @@ fn a_crash_mid_advance_leaves_the_last_state_and_stray_parts_are_removed() {
     let again = derived::advance(&full, false, &mut |_| {}).unwrap();
     assert!(again.rebuilt);
     assert_eq!(again.parts, outputs.len());
+}
+
+#[test]
+fn flip_matrix_from_comparisons_equals_the_raw_self_join() {
+    let dir = small_store();
+    let root = dir.path().join("s");
+    derived::advance(&Store::open(&root).unwrap(), false, &mut |_| {}).unwrap();
+    let session = Session::open(&root, false).unwrap();
+    let run = |name: &str| {
+        let out = session
+            .run_blocking(queries::get(name).unwrap().sql)
+            .unwrap();
+        format::render(&out[0].batches, PrintFormat::Csv, None).unwrap()
+    };
+    let derived = run("flip_matrix");
+    assert!(derived.lines().count() > 300, "{derived}");
+    assert_eq!(derived, run("flip_matrix_raw"));
 }

@@ -12,9 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::AnalyzeArgs;
 
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
-    let threads = args
-        .threads
-        .unwrap_or(if args.follow { 1 } else { 0 });
+    let threads = args.threads.unwrap_or(if args.follow { 1 } else { 0 });
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()

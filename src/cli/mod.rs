@@ -468,6 +468,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Before SQL that reads the derived tables (`comparisons`, `cell_images`), folds in what was
+/// committed since they were last advanced. Other SQL runs at once, without touching them.
+fn refresh_derived(store: &std::path::Path, sql: &str) {
+    let lower = sql.to_ascii_lowercase();
+    let wanted = deltann_analyzer::derived::DerivedTable::ALL
+        .iter()
+        .any(|t| lower.contains(t.name()));
+    if !wanted {
+        return;
+    }
+    let result = deltann_store::Store::open(store)
+        .map_err(deltann_analyzer::Error::from)
+        .and_then(|s| deltann_analyzer::derived::advance(&s, false, &mut |_| {}));
+    if let Err(e) = result {
+        eprintln!(
+            "deltann: warning: the derived tables could not be brought up to date ({e}); \
+             `comparisons` and `cell_images` show what they held"
+        );
+    }
+}
+
 /// Loads a sweep and decides its store directory (`--store` first, then the sweep's `store`).
 fn load_sweep(
     path: &std::path::Path,

@@ -33,6 +33,7 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<ExitCode> {
         (Some(_), Some(_)) => anyhow::bail!("give either SQL or --saved NAME, not both"),
         (None, None) => anyhow::bail!("give SQL to run, or --saved NAME (see --list)"),
     };
+    super::refresh_derived(store, &sql);
     let session = Session::open(store, args.allow_write)?;
     let outputs = match session.run_blocking(&sql) {
         Ok(o) => o,

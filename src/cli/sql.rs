@@ -37,6 +37,7 @@ struct Shell {
 impl Shell {
     /// Runs SQL and prints results; returns false on error (after printing it).
     fn execute(&self, sql: &str) -> bool {
+        super::refresh_derived(self.session.root(), sql);
         match self.session.run_blocking(sql) {
             Ok(outputs) => {
                 for o in outputs {

@@ -176,7 +176,8 @@ impl<'a> Accumulators<'a> {
             .collect();
         let mut pair_index = std::collections::HashMap::new();
         for (k, p) in pairs.iter().enumerate() {
-            if let (Some(&a), Some(&b)) = (by_id.get(p.cell_a.as_str()), by_id.get(p.cell_b.as_str()))
+            if let (Some(&a), Some(&b)) =
+                (by_id.get(p.cell_a.as_str()), by_id.get(p.cell_b.as_str()))
             {
                 pair_index.insert((a, b), k);
             }
@@ -346,14 +347,7 @@ pub(crate) fn fold(
 /// Compares two cells' first repetitions of one image.
 pub(crate) fn compare(a: &Entry, b: &Entry) -> Comparison {
     let (ta, tb) = (&a.row.top5, &b.row.top5);
-    let logits = match (
-        &a.row.logits,
-        &b.row.logits,
-        &a.log_p,
-        &b.log_p,
-        &a.p,
-        &b.p,
-    ) {
+    let logits = match (&a.row.logits, &b.row.logits, &a.log_p, &b.log_p, &a.p, &b.p) {
         (Some(la), Some(lb), Some(lpa), Some(lpb), Some(pa), Some(pb))
             if la.len() == lb.len() && !la.is_empty() =>
         {

@@ -238,7 +238,11 @@ pub fn advance(
     std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
     let _lock = lock(&dir)?;
     let mut report = Advance::default();
-    let loaded = if rebuild { None } else { State::load(root).ok().flatten() };
+    let loaded = if rebuild {
+        None
+    } else {
+        State::load(root).ok().flatten()
+    };
     let mut state = match loaded {
         Some(s) => s,
         None => {
@@ -290,7 +294,10 @@ pub fn advance(
     let mut pending: Vec<(usize, Folded)> = Vec::with_capacity(pending_entries.len());
     for (order, e) in pending_entries {
         let (model, engine) = partition(&e.path);
-        let family = families.get(&model).cloned().unwrap_or_else(|| model.clone());
+        let family = families
+            .get(&model)
+            .cloned()
+            .unwrap_or_else(|| model.clone());
         let range = crate::merge::image_range(&store.part_path(e))?;
         pending.push((
             order,

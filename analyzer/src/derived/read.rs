@@ -54,7 +54,9 @@ fn read(
             .enumerate()
             .filter(|(_, rg)| match rg.column(id_col).statistics() {
                 Some(Statistics::ByteArray(s)) => match (s.min_opt(), s.max_opt()) {
-                    (Some(lo), Some(hi)) => lo.data() <= image.as_bytes() && image.as_bytes() <= hi.data(),
+                    (Some(lo), Some(hi)) => {
+                        lo.data() <= image.as_bytes() && image.as_bytes() <= hi.data()
+                    }
                     _ => true,
                 },
                 _ => true,
@@ -75,7 +77,9 @@ struct Cols<'a>(&'a RecordBatch, DerivedTable);
 
 impl<'a> Cols<'a> {
     fn get(&self, name: &str) -> Result<&'a arrow::array::ArrayRef> {
-        self.0.column_by_name(name).ok_or_else(|| missing(self.1, name))
+        self.0
+            .column_by_name(name)
+            .ok_or_else(|| missing(self.1, name))
     }
 
     fn string(&self, name: &str) -> Result<&'a arrow::array::StringArray> {
@@ -98,7 +102,10 @@ impl<'a> Cols<'a> {
 }
 
 fn missing(table: DerivedTable, column: &str) -> Error {
-    Error::Invalid(format!("derived table {}: no usable column `{column}`", table.name()))
+    Error::Invalid(format!(
+        "derived table {}: no usable column `{column}`",
+        table.name()
+    ))
 }
 
 /// Every cell's answer per image and its latencies, from `cell_images`; `index` maps cell ids to
@@ -115,7 +122,15 @@ pub fn answers(
     const T: DerivedTable = DerivedTable::CellImages;
     let mut by_image: HashMap<String, Vec<Answer>> = HashMap::new();
     let mut latencies = vec![Vec::new(); cells];
-    let columns = ["cell_id", "image_id", "label", "top1", "top5", "top5_prob", "latency_ns"];
+    let columns = [
+        "cell_id",
+        "image_id",
+        "label",
+        "top1",
+        "top5",
+        "top5_prob",
+        "latency_ns",
+    ];
     for part in state.parts_of(T) {
         for batch in read(root, part, &columns, None)? {
             let c = Cols(&batch, T);
@@ -195,7 +210,14 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
     let mut rows = Vec::new();
     const C: DerivedTable = DerivedTable::CellImages;
     for part in state.parts_of(C).filter(|p| may_hold(p, image)) {
-        let columns = ["image_id", "cell_id", "label", "top5", "top5_prob", "logits_hash"];
+        let columns = [
+            "image_id",
+            "cell_id",
+            "label",
+            "top5",
+            "top5_prob",
+            "logits_hash",
+        ];
         for batch in read(root, part, &columns, Some(image))? {
             let c = Cols(&batch, C);
             let ids = c.string("image_id")?;
@@ -212,7 +234,11 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
                     cell_id: cells.value(i).to_string(),
                     label: labels.is_valid(i).then(|| labels.value(i)),
                     top5: top5.value(i).as_primitive::<Int32Type>().values().to_vec(),
-                    top5_prob: probs.value(i).as_primitive::<Float32Type>().values().to_vec(),
+                    top5_prob: probs
+                        .value(i)
+                        .as_primitive::<Float32Type>()
+                        .values()
+                        .to_vec(),
                     logits_hash: hash.value(i),
                 });
             }
@@ -241,7 +267,9 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
                 .as_boolean_opt()
                 .ok_or_else(|| missing(P, "identical"))?;
             let f = |name: &str, i: usize| -> Option<f64> {
-                let col = batch.column_by_name(name)?.as_primitive_opt::<Float64Type>()?;
+                let col = batch
+                    .column_by_name(name)?
+                    .as_primitive_opt::<Float64Type>()?;
                 col.is_valid(i).then(|| col.value(i))
             };
             for i in (0..batch.num_rows()).filter(|&i| ids.value(i) == image) {

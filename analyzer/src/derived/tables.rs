@@ -94,13 +94,21 @@ fn cell_images_schema() -> SchemaRef {
         f("label", DataType::Int32, true),
         f("top1", DataType::Int32, false),
         f("top5", DataType::new_list(DataType::Int32, true), false),
-        f("top5_prob", DataType::new_list(DataType::Float32, true), false),
+        f(
+            "top5_prob",
+            DataType::new_list(DataType::Float32, true),
+            false,
+        ),
         f("logits_hash", DataType::UInt64, false),
         f("repetitions", DataType::Int32, false),
         f("rep_flips", DataType::Int32, false),
         f("rep_nondeterministic", DataType::Int32, false),
         f("rep_max_abs_logit", DataType::Float64, true),
-        f("latency_ns", DataType::new_list(DataType::Int64, true), false),
+        f(
+            "latency_ns",
+            DataType::new_list(DataType::Int64, true),
+            false,
+        ),
     ]))
 }
 
@@ -263,7 +271,8 @@ impl CellImagesBuilder {
         self.family.append_value(r.family);
         self.model.append_value(r.model);
         self.label.append_option(r.label);
-        self.top1.append_value(r.top5.first().copied().unwrap_or(-1));
+        self.top1
+            .append_value(r.top5.first().copied().unwrap_or(-1));
         self.top5.values().append_slice(r.top5);
         self.top5.append(true);
         self.top5_prob.values().append_slice(r.top5_prob);
@@ -271,7 +280,8 @@ impl CellImagesBuilder {
         self.hash.append_value(r.hash);
         self.reps.append_value(to_i32(r.floor.compared + 1));
         self.rep_flips.append_value(to_i32(r.floor.flips));
-        self.rep_nondet.append_value(to_i32(r.floor.nondeterministic));
+        self.rep_nondet
+            .append_value(to_i32(r.floor.nondeterministic));
         self.rep_max_abs.append_option(r.floor.max_abs_logit);
         self.latency.values().append_slice(r.latencies);
         self.latency.append(true);
@@ -345,5 +355,30 @@ impl PartFile {
             .map_err(|e| Error::file(&self.tmp, e))?
             .len();
         Ok((self.tmp, self.rows, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_md_documents_every_derived_column() {
+        let doc = include_str!("../../../docs/STORE.md");
+        for table in DerivedTable::ALL {
+            let heading = format!("### `{}`", table.name());
+            let start = doc
+                .find(&heading)
+                .unwrap_or_else(|| panic!("no section {heading}"));
+            let section = &doc[start..];
+            let end = section[4..].find("\n### ").map_or(section.len(), |e| e + 4);
+            for field in table.schema().fields() {
+                let quoted = format!("`{}`", field.name());
+                assert!(
+                    section[..end].contains(&quoted),
+                    "docs/STORE.md {heading} lacks {quoted}"
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,141 @@
+//! The analyzer on a store the collector wrote from data/ (not a synthetic one): the derived
+//! tables folded in as parts commit, then every consumer (analyze, report, check, every saved
+//! query, the TUI's loader) on the result, and the flip matrix from `comparisons` checked against
+//! the raw self-join over `outputs`.
+
+use deltann_analyzer::derived::{DerivedTable, State};
+use deltann_tui::app::{Action, Request};
+use deltann_tui::data::Loader;
+
+use crate::util::{self, data_sweep, text};
+
+const ENVIRONMENTS: &str = r#"
+engine = ["ort", "tract"]
+ort_optimization = ["disabled", "all"]
+ort_library = ["1.32.0"]
+tract_plan = ["optimized"]
+repetitions = [2]
+"#;
+
+#[test]
+fn every_analysis_on_a_collected_store() {
+    util::ort_library("1.32.0");
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = data_sweep(dir.path(), ENVIRONMENTS);
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    // Small parts, so each cell commits several and the fold sees them one by one.
+    let out = util::run(&[
+        "collect",
+        "--quiet",
+        "--part-rows",
+        "4",
+        sweep.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Fold half the parts, then the rest: what an analysis following the sweep does.
+    let full = deltann_store::Store::open(&store).unwrap();
+    let entries = full.entries().to_vec();
+    let outputs = entries
+        .iter()
+        .filter(|e| e.table == deltann_store::Table::Outputs)
+        .count();
+    assert!(outputs >= 12, "{outputs} outputs parts");
+    let mut half = Vec::new();
+    let mut seen = 0;
+    for e in &entries {
+        if e.table == deltann_store::Table::Outputs {
+            seen += 1;
+            if seen > outputs / 2 {
+                continue;
+            }
+        }
+        half.push(e.clone());
+    }
+    let view = deltann_store::Store::from_entries(store.clone(), half);
+    let first = deltann_analyzer::derived::advance(&view, false, &mut |_| {}).unwrap();
+    assert_eq!(first.parts, outputs / 2);
+
+    let out = util::run(&["analyze", s]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("folded {} outputs parts", outputs - outputs / 2)),
+        "{said}"
+    );
+    let state = State::load(&store).unwrap().unwrap();
+    assert_eq!(state.folded.len(), outputs);
+    // 3 cells x 8 images, 3 pairs x 8 images.
+    let rows = |t: DerivedTable| state.parts_of(t).map(|p| p.rows).sum::<u64>();
+    assert_eq!(rows(DerivedTable::CellImages), 24);
+    assert_eq!(rows(DerivedTable::Comparisons), 24);
+
+    // An incremental analysis equals a rebuilt one.
+    let report = |extra: &[&str]| {
+        let mut args = vec!["report", s, "--format", "json", "--no-cache"];
+        args.extend_from_slice(extra);
+        let out = util::run(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["store"] = serde_json::Value::Null;
+        v
+    };
+    let incremental = report(&[]);
+    assert_eq!(
+        incremental["disagreement"]["pairs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let out = util::run(&["analyze", "--rebuild", s]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("rebuilt"));
+    assert_eq!(report(&[]), incremental);
+
+    let out = util::run(&["check", s, "--max-flip-rate", "100%"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Every saved query runs on it; the flip matrix from `comparisons` equals the raw one.
+    let listed = util::run(&["query", "--list"]);
+    let names: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert!(names.len() >= 11, "{names:?}");
+    for name in &names {
+        let out = util::run(&["query", s, "--saved", name, "--format", "csv"]);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+    }
+    let csv = |name: &str| {
+        let out = util::run(&["query", s, "--saved", name, "--format", "csv"]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let matrix = csv("flip_matrix");
+    assert_eq!(matrix.lines().count(), 4, "{matrix}");
+    assert_eq!(matrix, csv("flip_matrix_raw"));
+
+    // The TUI's loader: the analysis, then one image in every cell from the derived tables.
+    let mut loader = Loader::new(&store);
+    let actions = loader.handle(Request::Analyze);
+    let analysis = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Analyzed(Ok(a)) => Some(a.clone()),
+            _ => None,
+        })
+        .expect("the analysis loads");
+    assert_eq!(analysis.cells.len(), 3);
+    let image = state.folded[0].range.clone().unwrap().0;
+    let actions = loader.handle(Request::Image(image.clone(), None));
+    let rows = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::ImageLoaded(id, Ok(rows), _) if *id == image => Some(rows.clone()),
+            _ => None,
+        })
+        .expect("the image loads");
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.iter().filter(|r| r.max_abs_ref.is_none()).count(), 1);
+}
