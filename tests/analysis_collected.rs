@@ -94,6 +94,37 @@ fn every_analysis_on_a_collected_store() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("rebuilt"));
     assert_eq!(report(&[]), incremental);
 
+    // One quantile definition: the report's p50, the `cells` table's and SQL's median agree.
+    let sql = "SELECT c.cell_id, c.latency_p50_ms, median(o.latency_ns) / 1e6 AS median_ms \
+               FROM cells_latest c JOIN outputs o USING (cell_id) \
+               GROUP BY c.cell_id, c.latency_p50_ms ORDER BY c.cell_id";
+    let out = util::run(&["query", s, sql, "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 3);
+    let cells = incremental["cells"].as_array().unwrap();
+    for row in &rows {
+        let id = row["cell_id"].as_str().unwrap();
+        let i = cells.iter().position(|c| c["cell_id"] == id).unwrap();
+        let perf = incremental["performance"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["cell"] == i)
+            .unwrap();
+        let reported = perf["p50_ms"]["value"].as_f64().unwrap();
+        let stored = row["latency_p50_ms"].as_f64().unwrap();
+        let median = row["median_ms"].as_f64().unwrap();
+        assert!(
+            (reported - stored).abs() < 1e-9,
+            "{id}: report {reported}, cells {stored}"
+        );
+        assert!(
+            (reported - median).abs() < 1e-9,
+            "{id}: report {reported}, SQL {median}"
+        );
+    }
+
     let out = util::run(&["check", s, "--max-flip-rate", "100%"]);
     assert!(out.status.success(), "{}", text(&out));
 

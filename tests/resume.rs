@@ -113,7 +113,9 @@ repetitions = [3]
 
 /// Every file under `dir` whose name starts with `chunk-` and ends with `.arrow`, with its size
 /// and modification time.
-fn chunks(dir: &std::path::Path) -> std::collections::BTreeMap<String, (u64, std::time::SystemTime)> {
+fn chunks(
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<String, (u64, std::time::SystemTime)> {
     let mut out = std::collections::BTreeMap::new();
     let Ok(geometries) = std::fs::read_dir(dir) else {
         return out;
@@ -179,7 +181,12 @@ ort_library = ["1.32.0"]
     let cache = store.join("_cache/tensors");
 
     let mut child = util::deltann()
-        .args(["collect", "--quiet", "--keep-tensors", sweep.to_str().unwrap()])
+        .args([
+            "collect",
+            "--quiet",
+            "--keep-tensors",
+            sweep.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -201,11 +208,19 @@ ort_library = ["1.32.0"]
     let _ = child.kill();
     let _ = child.wait();
     let before = before.expect("no cache chunk appeared");
-    assert!(before.len() < 4, "the kill came after preparation: {before:?}");
+    assert!(
+        before.len() < 4,
+        "the kill came after preparation: {before:?}"
+    );
     // Let a rename in flight at the kill settle, then take what survived.
     let before = chunks(&cache);
 
-    let out = util::run(&["collect", "--quiet", "--keep-tensors", sweep.to_str().unwrap()]);
+    let out = util::run(&[
+        "collect",
+        "--quiet",
+        "--keep-tensors",
+        sweep.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let after = chunks(&cache);
     assert_eq!(after.len(), 4, "{after:?}");
@@ -216,7 +231,10 @@ ort_library = ["1.32.0"]
     // One byte per input element (224 x 224 x 3), plus Arrow framing under 1%.
     let bytes: u64 = after.values().map(|(len, _)| len).sum();
     let elements = 800 * 224 * 224 * 3;
-    assert!(bytes >= elements && bytes < elements + elements / 100, "{bytes} bytes");
+    assert!(
+        bytes >= elements && bytes < elements + elements / 100,
+        "{bytes} bytes"
+    );
     // Every image recorded once, every output row once.
     assert_eq!(read_table(&store, "images").rows(), 800);
     assert_eq!(read_table(&store, "outputs").rows(), 800);

@@ -558,14 +558,7 @@ fn write_cell_row(
 ) -> Result<()> {
     let mut ms: Vec<f64> = latencies.iter().map(|&n| n as f64 / 1e6).collect();
     ms.sort_by(f64::total_cmp);
-    let q = |p: f64| {
-        ms.get(
-            ((p * ms.len().saturating_sub(1) as f64).round() as usize)
-                .min(ms.len().saturating_sub(1)),
-        )
-        .copied()
-        .unwrap_or(f64::NAN)
-    };
+    let q = |p: f64| deltann_store::stats::quantile_sorted(&ms, p).unwrap_or(f64::NAN);
     let f = |v: f64| Arc::new(Float64Array::from(vec![v.is_finite().then_some(v)])) as ArrayRef;
     let s = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
     let i = |v: i32| Arc::new(Int32Array::from(vec![v])) as ArrayRef;

@@ -14,18 +14,7 @@ pub struct LatencySummary {
     pub throughput_ips: f64,
 }
 
-/// Quantile `q` in [0, 1] of sorted data, interpolating linearly between the nearest ranks
-/// (numpy's default, "type 7").
-pub fn quantile_sorted(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    let frac = pos - lo as f64;
-    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * frac)
-}
+pub use deltann_store::stats::quantile_sorted;
 
 /// Summarises per-image latencies given in nanoseconds.
 pub fn summarize(latencies_ns: &[i64]) -> Option<LatencySummary> {
@@ -52,16 +41,6 @@ pub fn summarize(latencies_ns: &[i64]) -> Option<LatencySummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantiles_match_numpy() {
-        // numpy.quantile([1, 2, 3, 4], [0.5, 0.9]) == [2.5, 3.7]
-        let data = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(quantile_sorted(&data, 0.5), Some(2.5));
-        assert!((quantile_sorted(&data, 0.9).unwrap() - 3.7).abs() < 1e-12);
-        assert_eq!(quantile_sorted(&[], 0.5), None);
-        assert_eq!(quantile_sorted(&[7.0], 0.99), Some(7.0));
-    }
 
     #[test]
     fn summary_of_latencies() {

@@ -13,6 +13,7 @@ Spark, pyarrow), plus an append-only manifest that says which files are committe
   recovery of whatever a crash left behind.
 - [`reader`]: a read-only view that lists committed parts only and streams their rows.
 - [`ids`]: deterministic cell ids, so the same cell in two sweeps is recognisably the same.
+- [`stats`]: the one quantile definition every latency figure uses.
 
 docs/STORE.md describes the format for people who read the files with other tools.
 */
@@ -23,6 +24,7 @@ pub mod layout;
 pub mod manifest;
 pub mod reader;
 pub mod schema;
+pub mod stats;
 pub mod writer;
 
 pub use error::{Error, Result};
