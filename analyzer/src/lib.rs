@@ -11,7 +11,6 @@ deltann's analyzer: what a reviewer asks of a store after an overnight sweep.
   findings, [`cells`] for the environment dimensions, [`stats`] for bootstrap intervals of
   latency quantiles and contrasts; [`detail`] looks one image up.
 - [`report`] renders an analysis, [`check`] turns it into a CI gate, [`diff`] compares two stores.
-- [`synth`] writes realistic synthetic stores for tests and benchmarks.
 */
 
 pub mod analysis;
@@ -30,6 +29,5 @@ pub mod provider;
 pub mod queries;
 pub mod report;
 pub mod stats;
-pub mod synth;
 
 pub use error::{Error, Result};

@@ -11,9 +11,9 @@ use deltann_analyzer::context::Session;
 use deltann_analyzer::derived::{self, DerivedTable, State};
 use deltann_analyzer::disagreement;
 use deltann_analyzer::format::{self, PrintFormat};
-use deltann_analyzer::synth::{self, HandCell, Spec};
 use deltann_analyzer::{check, queries};
 use deltann_store::{Store, Table};
+use deltann_synth::{self as synth, HandCell, Spec};
 
 fn small_store() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ An image's path through the collector, one module per step:
    ([`preprocess`]) into a tensor cache on disk that every cell using the preset reads.
 4. [`runner`] starts a worker process per cell ([`worker`], speaking [`protocol`]) that loads the
    model in one of the [`engine`]s and streams logits and latencies back.
-5. [`sink`] turns results into `outputs` rows (top-5, hash: [`postprocess`]) and commits them to
+5. [`sink`] turns results into `outputs` rows (top-5, hash: `deltann_store::outputs`) and commits them to
    the store in parts; [`collect`] ties the steps together, resumes, and writes `cells` rows.
 6. [`summary`] reads the store back for the per-cell summary printed at the end.
 */
@@ -22,7 +22,6 @@ pub mod error;
 pub mod host;
 pub mod model;
 pub mod plan;
-pub mod postprocess;
 pub mod prepare;
 pub mod preprocess;
 pub mod protocol;

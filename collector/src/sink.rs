@@ -7,20 +7,16 @@
 //! part they belong with. Memory is bounded by one part's row groups, whatever the dataset size.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, Float32Builder, Int32Builder, Int64Builder,
-    ListBuilder, RecordBatch, StringBuilder, UInt64Builder,
-};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int32Type, Int64Type};
-use deltann_store::schema::{self, stage};
+use deltann_store::outputs::{self, OutputRow, OutputsBuilder};
+use deltann_store::schema::stage;
 use deltann_store::{PartMeta, PartWriter, Partition, StoreWriter, Table};
 
 use crate::error::{Error, Result};
 use crate::plan::Cell;
-use crate::postprocess;
 use crate::protocol;
 use crate::records::{self, ErrorRow};
 
@@ -75,7 +71,7 @@ pub struct OutputSink<'a> {
     partition: Partition,
     part: Option<PartWriter>,
     part_opened: Instant,
-    rows: Rows,
+    rows: OutputsBuilder,
     errors: Vec<ErrorRow>,
     ok: HashSet<String>,
     failed: HashSet<String>,
@@ -106,7 +102,7 @@ impl<'a> OutputSink<'a> {
             partition,
             part: None,
             part_opened: Instant::now(),
-            rows: Rows::default(),
+            rows: OutputsBuilder::default(),
             errors: Vec::new(),
             ok: HashSet::new(),
             failed: HashSet::new(),
@@ -188,24 +184,25 @@ impl<'a> OutputSink<'a> {
                 .as_primitive_opt::<Float32Type>()
                 .ok_or_else(|| bad(protocol::LOGITS))?;
             let values = values.values();
-            let ranked = postprocess::rank(values, self.cell.model.spec.output);
-            self.rows.push(
-                &self.cell.id,
-                id,
-                facts,
-                reps.value(row),
-                batch_index.value(row),
-                batch_rows.value(row),
-                &ranked,
-                self.config.keep_logits.then_some(&values[..]),
-                latency.value(row),
-                batch_latency.value(row),
-            );
+            let ranked = outputs::rank(values, self.cell.model.spec.output.into());
+            self.rows.push(&OutputRow {
+                cell_id: &self.cell.id,
+                image_id: id,
+                image_sha256: &facts.sha256,
+                label: facts.label,
+                repetition: reps.value(row),
+                batch_index: batch_index.value(row),
+                batch_rows: batch_rows.value(row),
+                ranked: &ranked,
+                logits: self.config.keep_logits.then_some(values),
+                latency_ns: latency.value(row),
+                batch_latency_ns: batch_latency.value(row),
+            });
             self.ok.insert(id.to_string());
         }
         self.failed.retain(|id| !self.ok.contains(id));
 
-        if self.rows.len() > 0 {
+        if !self.rows.is_empty() {
             let batch = self.rows.finish()?;
             if self.part.is_none() {
                 self.part = Some(self.store.begin(
@@ -260,96 +257,5 @@ impl<'a> OutputSink<'a> {
             rows: self.committed_rows,
             first_error: self.first_error,
         })
-    }
-}
-
-/// Column builders for `outputs` rows.
-#[derive(Default)]
-struct Rows {
-    cell_id: StringBuilder,
-    image_id: StringBuilder,
-    image_sha256: StringBuilder,
-    label: Int32Builder,
-    repetition: Int32Builder,
-    batch_index: Int64Builder,
-    batch_rows: Int32Builder,
-    top1: Int32Builder,
-    top1_prob: Float32Builder,
-    top5: ListBuilder<Int32Builder>,
-    top5_prob: ListBuilder<Float32Builder>,
-    logits: ListBuilder<Float32Builder>,
-    logits_hash: UInt64Builder,
-    latency_ns: Int64Builder,
-    batch_latency_ns: Int64Builder,
-}
-
-impl Rows {
-    fn len(&self) -> usize {
-        self.cell_id.len()
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &mut self,
-        cell_id: &str,
-        image_id: &str,
-        facts: &ImageFacts,
-        repetition: i32,
-        batch_index: i64,
-        batch_rows: i32,
-        ranked: &postprocess::Ranked,
-        logits: Option<&[f32]>,
-        latency_ns: i64,
-        batch_latency_ns: i64,
-    ) {
-        self.cell_id.append_value(cell_id);
-        self.image_id.append_value(image_id);
-        self.image_sha256.append_value(&facts.sha256);
-        self.label.append_option(facts.label);
-        self.repetition.append_value(repetition);
-        self.batch_index.append_value(batch_index);
-        self.batch_rows.append_value(batch_rows);
-        self.top1
-            .append_value(ranked.top.first().copied().unwrap_or(-1));
-        self.top1_prob
-            .append_value(ranked.prob.first().copied().unwrap_or(f32::NAN));
-        self.top5.values().append_slice(&ranked.top);
-        self.top5.append(true);
-        self.top5_prob.values().append_slice(&ranked.prob);
-        self.top5_prob.append(true);
-        match logits {
-            Some(values) => {
-                self.logits.values().append_slice(values);
-                self.logits.append(true);
-            }
-            None => self.logits.append(false),
-        }
-        self.logits_hash.append_value(ranked.hash);
-        self.latency_ns.append_value(latency_ns);
-        self.batch_latency_ns.append_value(batch_latency_ns);
-    }
-
-    fn finish(&mut self) -> Result<RecordBatch> {
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.cell_id.finish()),
-            Arc::new(self.image_id.finish()),
-            Arc::new(self.image_sha256.finish()),
-            Arc::new(self.label.finish()),
-            Arc::new(self.repetition.finish()),
-            Arc::new(self.batch_index.finish()),
-            Arc::new(self.batch_rows.finish()),
-            Arc::new(self.top1.finish()),
-            Arc::new(self.top1_prob.finish()),
-            Arc::new(self.top5.finish()),
-            Arc::new(self.top5_prob.finish()),
-            Arc::new(self.logits.finish()),
-            Arc::new(self.logits_hash.finish()),
-            Arc::new(self.latency_ns.finish()),
-            Arc::new(self.batch_latency_ns.finish()),
-        ];
-        Ok(RecordBatch::try_new(
-            schema::schema(Table::Outputs),
-            columns,
-        )?)
     }
 }

@@ -71,6 +71,15 @@ pub enum OutputKind {
     Probabilities,
 }
 
+impl From<OutputKind> for deltann_store::outputs::Scores {
+    fn from(k: OutputKind) -> Self {
+        match k {
+            OutputKind::Logits => Self::Logits,
+            OutputKind::Probabilities => Self::Probabilities,
+        }
+    }
+}
+
 impl OutputKind {
     /// The name used in the store.
     pub fn name(self) -> &'static str {

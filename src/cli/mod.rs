@@ -440,9 +440,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Synth(a) => {
             let mut spec = if a.small {
-                deltann_analyzer::synth::Spec::small()
+                deltann_synth::Spec::small()
             } else {
-                let mut s = deltann_analyzer::synth::Spec::benchmark();
+                let mut s = deltann_synth::Spec::benchmark();
                 s.images = a.images;
                 s.families = a.families;
                 s
@@ -450,7 +450,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             spec.keep_logits = !a.top5_only;
             spec.ort_version = Box::leak(a.ort_version.clone().into_boxed_str());
             let started = std::time::Instant::now();
-            deltann_analyzer::synth::generate(&a.store, &spec)?;
+            deltann_synth::generate(&a.store, &spec)?;
             println!(
                 "wrote {} output rows ({} cells) to {} in {:.1}s",
                 spec.rows(),

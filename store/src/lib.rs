@@ -14,6 +14,7 @@ Spark, pyarrow), plus an append-only manifest that says which files are committe
 - [`reader`]: a read-only view that lists committed parts only and streams their rows.
 - [`ids`]: deterministic cell ids, so the same cell in two sweeps is recognisably the same.
 - [`stats`]: the one quantile definition every latency figure uses.
+- [`outputs`]: the one definition of an `outputs` row (ranking, softmax, hash, builder).
 
 docs/STORE.md describes the format for people who read the files with other tools.
 */
@@ -22,6 +23,7 @@ pub mod error;
 pub mod ids;
 pub mod layout;
 pub mod manifest;
+pub mod outputs;
 pub mod reader;
 pub mod schema;
 pub mod stats;

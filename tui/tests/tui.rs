@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use deltann_analyzer::synth::{self, Spec};
+use deltann_synth::{self as synth, Spec};
 use deltann_tui::app::{Action, App, Focus, Request, Screen};
 use deltann_tui::data::Loader;
 use ratatui::Terminal;

@@ -7,20 +7,39 @@
 //! slightly, engine and optimization level barely, threads and batch size not at all (bit-identical
 //! logits). Latencies follow the environment too, with one planted regression: ORT's `extended`
 //! level is slower than `basic` in the first family, so contrasts have something to find.
-//! The store is written through the real commit protocol, so it is a store like any other.
+//! The store is written through the real commit protocol, and its `outputs` rows through the
+//! store's own row definition (ranking, softmax, hash: `deltann_store::outputs`), the same the
+//! collector uses, so it is a store like any other.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Float32Builder, Float64Array, Int32Array, Int32Builder, Int64Array, ListBuilder,
-    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray, UInt64Builder,
+    ArrayRef, Float32Builder, Float64Array, Int32Array, Int64Array, ListBuilder, RecordBatch,
+    StringArray, StringBuilder, TimestampMicrosecondArray,
 };
+use deltann_store::outputs::{self, OutputRow, OutputsBuilder};
 use deltann_store::schema::{self, col};
 use deltann_store::{PartMeta, Partition, StoreWriter, Table};
 
-use crate::error::{Error, Result};
+/// What can go wrong writing a synthetic store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store could not be written.
+    #[error(transparent)]
+    Store(#[from] deltann_store::Error),
+    /// A batch did not fit its table's schema (a bug here).
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// The spec asks for something a store cannot hold.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Shorthand for synth results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -213,16 +232,6 @@ fn latency_ms(cell: &Cell) -> f64 {
     let threads = 1.0 / (1.0 + 0.7 * f64::from(cell.threads - 1));
     let batch = if cell.batch > 1 { 0.85 } else { 1.0 };
     base * precision * threads * batch
-}
-
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut exps: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    for e in &mut exps {
-        *e /= sum;
-    }
-    exps
 }
 
 /// Writes a synthetic store at `root` (which must not exist or be empty).
@@ -452,7 +461,7 @@ pub fn generate(root: &Path, spec: &Spec) -> Result<()> {
                     ns,
                 );
             }
-            if rows.len() >= 1024 {
+            if rows.rows.len() >= 1024 {
                 rows.flush_into(&store, cell)?;
             }
         }
@@ -652,29 +661,11 @@ fn write_cell_row(
 
 #[derive(Default)]
 struct OutputRows {
-    cell_id: StringBuilder,
-    image_id: StringBuilder,
-    sha: StringBuilder,
-    label: Int32Builder,
-    rep: Int32Builder,
-    batch_index: arrow::array::Int64Builder,
-    batch_rows: Int32Builder,
-    top1: Int32Builder,
-    top1_prob: Float32Builder,
-    top5: ListBuilder<Int32Builder>,
-    top5_prob: ListBuilder<Float32Builder>,
-    logits: ListBuilder<Float32Builder>,
-    hash: UInt64Builder,
-    latency: arrow::array::Int64Builder,
-    batch_latency: arrow::array::Int64Builder,
+    rows: OutputsBuilder,
     part: Option<deltann_store::PartWriter>,
 }
 
 impl OutputRows {
-    fn len(&self) -> usize {
-        arrow::array::ArrayBuilder::len(&self.cell_id)
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
@@ -688,62 +679,27 @@ impl OutputRows {
         keep: bool,
         ns: i64,
     ) {
-        let probs = softmax(logits);
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        let k = 5.min(order.len());
-        let rank = |&a: &usize, &b: &usize| logits[b].total_cmp(&logits[a]).then(a.cmp(&b));
-        order.select_nth_unstable_by(k - 1, rank);
-        order.truncate(k);
-        order.sort_by(rank);
-        let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.cell_id.append_value(cell);
-        self.image_id.append_value(image);
-        self.sha.append_value(image);
-        self.label.append_option(label);
-        self.rep.append_value(rep);
-        self.batch_index.append_value(index / i64::from(batch));
-        self.batch_rows.append_value(batch);
-        self.top1.append_value(order[0] as i32);
-        self.top1_prob.append_value(probs[order[0]]);
-        for &o in &order {
-            self.top5.values().append_value(o as i32);
-            self.top5_prob.values().append_value(probs[o]);
-        }
-        self.top5.append(true);
-        self.top5_prob.append(true);
-        if keep {
-            self.logits.values().append_slice(logits);
-            self.logits.append(true);
-        } else {
-            self.logits.append(false);
-        }
-        self.hash.append_value(xxhash_rust::xxh3::xxh3_64(&bytes));
-        self.latency.append_value(ns);
-        self.batch_latency.append_value(ns * i64::from(batch));
+        let ranked = outputs::rank(logits, outputs::Scores::Logits);
+        self.rows.push(&OutputRow {
+            cell_id: cell,
+            image_id: image,
+            image_sha256: image,
+            label,
+            repetition: rep,
+            batch_index: index / i64::from(batch),
+            batch_rows: batch,
+            ranked: &ranked,
+            logits: keep.then_some(logits),
+            latency_ns: ns,
+            batch_latency_ns: ns * i64::from(batch),
+        });
     }
 
     fn flush_into(&mut self, store: &StoreWriter, cell: &Cell) -> Result<()> {
-        if self.len() == 0 {
+        if self.rows.is_empty() {
             return Ok(());
         }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.cell_id.finish()),
-            Arc::new(self.image_id.finish()),
-            Arc::new(self.sha.finish()),
-            Arc::new(self.label.finish()),
-            Arc::new(self.rep.finish()),
-            Arc::new(self.batch_index.finish()),
-            Arc::new(self.batch_rows.finish()),
-            Arc::new(self.top1.finish()),
-            Arc::new(self.top1_prob.finish()),
-            Arc::new(self.top5.finish()),
-            Arc::new(self.top5_prob.finish()),
-            Arc::new(self.logits.finish()),
-            Arc::new(self.hash.finish()),
-            Arc::new(self.latency.finish()),
-            Arc::new(self.batch_latency.finish()),
-        ];
-        let batch = RecordBatch::try_new(schema::schema(Table::Outputs), columns)?;
+        let batch = self.rows.finish()?;
         if self.part.is_none() {
             self.part = Some(store.begin(
                 Table::Outputs,
