@@ -3,9 +3,12 @@
 
 Generates synthetic stores (deltann synth: 4 model families x 48 cells, full 1000-class logits)
 of about 100k and 1M output rows, then times, on each, with peak resident memory:
-  - deltann report (the whole analysis, cache disabled),
-  - deltann query --saved flip_matrix (DataFusion),
-  - the same flip-matrix SQL in DuckDB (PyPI duckdb) over the same files, with the same views.
+  - deltann analyze --rebuild (the derived tables from scratch: every pair of cells compared),
+  - deltann report from up-to-date derived tables (summary cache disabled),
+  - deltann query --saved flip_matrix (DataFusion over the derived `comparisons`),
+  - the flip matrix in DuckDB (PyPI duckdb) from the raw `outputs` (queries/flip_matrix_raw.sql,
+    the same question without derived tables), over the same files with the same views,
+  - deltann query --saved flip_matrix_raw (DataFusion, the same raw self-join).
 Each measurement is the median of --rounds runs; every run is a fresh process.
 
 Usage: scripts/bench-analyzer.py [--bin target-bench/release/deltann] [--dir target-bench/stores]
@@ -63,7 +66,7 @@ def main():
         sys.exit("duckdb is not installed: python3 -m pip install duckdb")
     import duckdb
 
-    flip_sql = ROOT / "queries/flip_matrix.sql"
+    flip_sql = ROOT / "queries/flip_matrix_raw.sql"
     print(f"deltann {args.bin}; duckdb {duckdb.__version__}; {os.cpu_count()} cores; median of {args.rounds}")
     print(f"{'rows':>10} {'what':<34} {'seconds':>8} {'peak MiB':>9}  rounds (s)")
     for images in [int(s) for s in args.sizes.split(",")]:
@@ -74,9 +77,11 @@ def main():
             print(f"{rows:>10} {'(generate store)':<34} {t:>8.1f} {'':>9}  {out.decode().strip()}")
         size = sum(f.stat().st_size for f in store.rglob("*.parquet"))
         runs = {
-            "deltann report (no cache)": [args.bin, "report", "--no-cache", "--format", "json", str(store)],
-            "deltann query flip_matrix": [args.bin, "query", str(store), "--saved", "flip_matrix", "--format", "csv"],
-            "duckdb flip_matrix (same SQL)": [sys.executable, "-c", DUCKDB_SCRIPT, str(store), str(flip_sql)],
+            "deltann analyze --rebuild": [args.bin, "analyze", "--rebuild", str(store)],
+            "deltann report (derived up to date)": [args.bin, "report", "--no-cache", "--format", "json", str(store)],
+            "deltann query flip_matrix (derived)": [args.bin, "query", str(store), "--saved", "flip_matrix", "--format", "csv"],
+            "duckdb flip_matrix_raw (outputs)": [sys.executable, "-c", DUCKDB_SCRIPT, str(store), str(flip_sql)],
+            "deltann query flip_matrix_raw": [args.bin, "query", str(store), "--saved", "flip_matrix_raw", "--format", "csv"],
         }
         for name, cmd in runs.items():
             results = [measure(cmd) for _ in range(args.rounds)]

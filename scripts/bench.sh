@@ -4,7 +4,9 @@
 #   scripts/bench.sh             everything
 #   scripts/bench.sh throughput  collector vs bare engine, bytes per row
 #   scripts/bench.sh memory      collector peak memory, 100 vs 1000 images
-#   scripts/bench.sh analyzer    report and flip-matrix SQL on 100k/1M-row stores, against DuckDB
+#   scripts/bench.sh analyzer    rebuild, report and flip-matrix SQL on 100k/1M-row stores, against DuckDB
+#   scripts/bench.sh fold        one more part folded into the derived tables, by store size
+#   scripts/bench.sh follow      latency dispersion of collect with and without analyze --follow
 #   scripts/bench.sh tui         first frame and key-press-to-frame on the 1M-row store
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,16 @@ fi
 if [ "$what" = all ] || [ "$what" = analyzer ]; then
   echo "== analyzer against DuckDB (scripts/bench-analyzer.py; needs pip install duckdb)"
   python3 scripts/bench-analyzer.py --bin "$bin" --dir "$CARGO_TARGET_DIR/stores"
+fi
+
+if [ "$what" = all ] || [ "$what" = fold ]; then
+  echo "== incremental fold by store size (cargo bench -p deltann-analyzer --bench fold)"
+  DELTANN_BENCH_DIR="$(pwd)/$CARGO_TARGET_DIR/stores" cargo bench -p deltann-analyzer --bench fold
+fi
+
+if [ "$what" = all ] || [ "$what" = follow ]; then
+  echo "== collect's latencies with and without a follower (scripts/bench-follow.sh)"
+  scripts/bench-follow.sh "$bin"
 fi
 
 if [ "$what" = all ] || [ "$what" = tui ]; then

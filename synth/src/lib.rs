@@ -62,6 +62,8 @@ pub struct Spec {
     pub failures: bool,
     /// Where the images table says the pictures are (default `/synthetic`).
     pub image_dir: Option<std::path::PathBuf>,
+    /// Rows per committed `outputs` part (the collector's default is 4096).
+    pub part_rows: usize,
 }
 
 impl Spec {
@@ -86,6 +88,7 @@ impl Spec {
             ort_version: "1.32.0",
             failures: false,
             image_dir: None,
+            part_rows: 4096,
         }
     }
 
@@ -110,6 +113,7 @@ impl Spec {
             ort_version: "1.32.0",
             failures: true,
             image_dir: None,
+            part_rows: 4096,
         }
     }
 
@@ -463,6 +467,14 @@ pub fn generate(root: &Path, spec: &Spec) -> Result<()> {
             }
             if rows.rows.len() >= 1024 {
                 rows.flush_into(&store, cell)?;
+            }
+            // Parts of `part_rows` rows, as the collector commits them.
+            if rows
+                .part
+                .as_ref()
+                .is_some_and(|p| p.rows() as usize >= spec.part_rows)
+            {
+                rows.commit(&store, cell)?;
             }
         }
         rows.flush_into(&store, cell)?;

@@ -1,0 +1,101 @@
+//! Guards the incremental cost of the derived tables: folding one more 4096-row `outputs` part
+//! into a store's analysis must cost the same whatever the store's size, and the from-scratch
+//! rebuild must stay within its budget (10 s for a million rows on 2 cores).
+//!
+//! For each store size it generates (once) a synthetic store (`deltann-synth`, 4 families x 48
+//! cells, full 1000-class logits, parts of 4096 rows), holds back its last 4096-row part,
+//! rebuilds the derived tables without it (timed), then folds the held-back part in, restoring
+//! the state before each round (timed; each round includes removing the previous round's parts).
+//!
+//! Environment: `DELTANN_BENCH_DIR` (default `target-bench/stores`), `DELTANN_BENCH_SIZES`
+//! (images per family, comma-separated; default `525,5250`, i.e. 100,800 and 1,008,000 rows),
+//! `DELTANN_BENCH_ROUNDS` (default 5). Run it with `scripts/bench.sh fold`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use deltann_analyzer::derived::{self, DerivedTable, State};
+use deltann_store::{Store, Table};
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let dir = PathBuf::from(env("DELTANN_BENCH_DIR", "target-bench/stores"));
+    let rounds: usize = env("DELTANN_BENCH_ROUNDS", "5").parse().unwrap();
+    println!("{:>10} {:<40} {:>9}  rounds (s)", "rows", "what", "seconds");
+    for images in env("DELTANN_BENCH_SIZES", "525,5250").split(',') {
+        let images: usize = images.trim().parse().unwrap();
+        let root = dir.join(format!("synth-{images}"));
+        let spec = deltann_synth::Spec {
+            images,
+            ..deltann_synth::Spec::benchmark()
+        };
+        let rows = spec.rows();
+        if !root.join("deltann-store.json").is_file() {
+            let started = Instant::now();
+            deltann_synth::generate(&root, &spec).unwrap();
+            println!(
+                "{rows:>10} {:<40} {:>9.1}",
+                "(generate store)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let full = Store::open(&root).unwrap();
+        let held = full
+            .entries()
+            .iter()
+            .rposition(|e| e.table == Table::Outputs && e.rows == 4096)
+            .expect("a 4096-row outputs part");
+        let mut entries = full.entries().to_vec();
+        entries.remove(held);
+        let view = Store::from_entries(root.clone(), entries);
+
+        let started = Instant::now();
+        let rebuilt = derived::advance(&view, true, &mut |_| {}).unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        let state = State::load(&root).unwrap().unwrap();
+        let comparisons: u64 = state
+            .parts_of(DerivedTable::Comparisons)
+            .map(|p| p.rows)
+            .sum();
+        println!(
+            "{rows:>10} {:<40} {seconds:>9.2}  ({} parts, {} rows, {} comparisons, {} folds)",
+            "rebuild without the held-back part",
+            rebuilt.parts,
+            rebuilt.rows,
+            comparisons,
+            rebuilt.batches
+        );
+
+        let saved = std::fs::read(root.join("derived/state.json")).unwrap();
+        let mut times = Vec::new();
+        let mut compared = 0;
+        for _ in 0..rounds {
+            std::fs::write(root.join("derived/state.json"), &saved).unwrap();
+            let started = Instant::now();
+            let folded = derived::advance(&full, false, &mut |_| {}).unwrap();
+            times.push(started.elapsed().as_secs_f64());
+            assert_eq!((folded.parts, folded.rows), (1, 4096));
+            compared = folded.comparisons;
+        }
+        println!(
+            "{rows:>10} {:<40} {:>9.3}  {} ({compared} comparisons)",
+            "fold one more 4096-row part",
+            median(times.clone()),
+            times
+                .iter()
+                .map(|t| format!("{t:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+}
