@@ -170,3 +170,61 @@ fn every_analysis_on_a_collected_store() {
     assert_eq!(rows.len(), 3);
     assert_eq!(rows.iter().filter(|r| r.max_abs_ref.is_none()).count(), 1);
 }
+
+#[test]
+fn analyze_follow_folds_each_part_as_collect_commits_it() {
+    util::ort_library("1.32.0");
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = data_sweep(dir.path(), ENVIRONMENTS);
+    let store = dir.path().join("store");
+    let collect = util::deltann()
+        .args([
+            "collect",
+            "--quiet",
+            "--part-rows",
+            "2",
+            sweep.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !store.join("deltann-store.json").is_file() {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "collect never created the store"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let follower = util::deltann()
+        .args([
+            "analyze",
+            store.to_str().unwrap(),
+            "--follow",
+            "--poll-ms",
+            "100",
+            "--idle-exit",
+            "5",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collected = collect.wait_with_output().unwrap();
+    assert!(collected.status.success(), "{}", text(&collected));
+    let followed = follower.wait_with_output().unwrap();
+    assert!(followed.status.success(), "{}", text(&followed));
+    let said = String::from_utf8_lossy(&followed.stdout);
+    // It folded as the sweep went, in several steps, not once at the end.
+    assert!(
+        said.lines().filter(|l| l.contains("folded")).count() >= 3,
+        "{said}"
+    );
+    let outputs = deltann_store::Store::open(&store)
+        .unwrap()
+        .parts(deltann_store::Table::Outputs)
+        .count();
+    let state = State::load(&store).unwrap().unwrap();
+    assert_eq!(state.folded.len(), outputs, "{said}");
+}

@@ -5,7 +5,9 @@
 //! For each store size it generates (once) a synthetic store (`deltann-synth`, 4 families x 48
 //! cells, full 1000-class logits, parts of 4096 rows), holds back its last 4096-row part,
 //! rebuilds the derived tables without it (timed), then folds the held-back part in, restoring
-//! the state before each round (timed; each round includes removing the previous round's parts).
+//! the state before each round (timed; each round includes removing the previous round's parts),
+//! and finally times the summary a report or the TUI's live refresh computes from the derived
+//! tables (commit to refreshed analysis = fold + summary).
 //!
 //! Environment: `DELTANN_BENCH_DIR` (default `target-bench/stores`), `DELTANN_BENCH_SIZES`
 //! (images per family, comma-separated; default `525,5250`, i.e. 100,800 and 1,008,000 rows),
@@ -16,6 +18,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use deltann_analyzer::analysis;
 use deltann_analyzer::derived::{self, DerivedTable, State};
 use deltann_store::{Store, Table};
 
@@ -90,6 +93,26 @@ fn main() {
         println!(
             "{rows:>10} {:<40} {:>9.3}  {} ({compared} comparisons)",
             "fold one more 4096-row part",
+            median(times.clone()),
+            times
+                .iter()
+                .map(|t| format!("{t:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+
+        // What `report` and the TUI's live refresh do after that commit: advance (nothing left
+        // to fold) and summarise the derived tables (no summary cache).
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let a = analysis::cached(&full, &analysis::Options::default(), false).unwrap();
+            times.push(started.elapsed().as_secs_f64());
+            assert!(!a.disagreement.pairs.is_empty());
+        }
+        println!(
+            "{rows:>10} {:<40} {:>9.3}  {}",
+            "summary from up-to-date derived tables",
             median(times.clone()),
             times
                 .iter()

@@ -310,6 +310,9 @@ impl Cursor {
     }
 }
 
+/// One image's rows from every part that holds it: (image id, [(slot, rows)]).
+pub type ImageRows = (String, Vec<(usize, Vec<Row>)>);
+
 /// Merges parts by image. Each part is a *slot* (its index in the list given to [`Merge::open`]).
 pub struct Merge {
     cursors: Vec<Cursor>,
@@ -339,7 +342,7 @@ impl Merge {
     ///
     /// # Errors
     /// Fails when a part cannot be decoded or is not sorted by image.
-    pub fn next_image(&mut self) -> Result<Option<(String, Vec<(usize, Vec<Row>)>)>> {
+    pub fn next_image(&mut self) -> Result<Option<ImageRows>> {
         let Some(Reverse((id, _))) = self.heap.peek().cloned() else {
             return Ok(None);
         };
