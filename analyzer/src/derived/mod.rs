@@ -235,7 +235,20 @@ pub fn advance(
     let started = Instant::now();
     let root = store.root();
     let dir = root.join(DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| {
+            // A read-only store (a copy on shared media) gets a clear message, not a bare EACCES.
+            let probe = dir.join(".probe");
+            std::fs::write(&probe, b"")?;
+            std::fs::remove_file(&probe)
+        })
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "{}: cannot write the derived tables ({e}); the analysis keeps its state beside \
+                 the data, so analyse a writable copy of the store",
+                dir.display()
+            ))
+        })?;
     let _lock = lock(&dir)?;
     let mut report = Advance::default();
     let loaded = if rebuild {

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::path::Path;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float32Type, Float64Type, Int32Type, Int64Type, UInt64Type};
+use arrow::datatypes::{Float32Type, Int32Type, Int64Type, UInt64Type};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::statistics::Statistics;
@@ -269,8 +269,8 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
             let f = |name: &str, i: usize| -> Option<f64> {
                 let col = batch
                     .column_by_name(name)?
-                    .as_primitive_opt::<Float64Type>()?;
-                col.is_valid(i).then(|| col.value(i))
+                    .as_primitive_opt::<Float32Type>()?;
+                col.is_valid(i).then(|| f64::from(col.value(i)))
             };
             for i in (0..batch.num_rows()).filter(|&i| ids.value(i) == image) {
                 pairs.push(PairRow {
