@@ -35,29 +35,60 @@ pub struct Row {
     pub latency: i64,
 }
 
-/// A cell's first repetition of an image, with its softmax computed once for every comparison.
+/// Log-probabilities and probabilities of one logit row.
+#[derive(Debug, PartialEq)]
+pub struct Softmax {
+    pub log_p: Vec<f32>,
+    pub p: Vec<f32>,
+}
+
+impl Softmax {
+    /// The softmax of a logit row (one exponential per class).
+    pub fn of(logits: &[f32]) -> Self {
+        let (log_p, p) = softmax_pair(logits);
+        Self { log_p, p }
+    }
+}
+
+/// A cell's first repetition of an image, with its softmax computed once for every comparison
+/// (and shared between cells whose logits are bit-identical).
 pub struct Entry {
     pub row: Row,
-    pub log_p: Option<Vec<f32>>,
-    pub p: Option<Vec<f32>>,
+    pub soft: Option<std::sync::Arc<Softmax>>,
 }
 
 impl Entry {
-    /// Computes the softmax of the row's logits (one exponential per class).
+    /// The row with its softmax computed.
     pub fn new(row: Row) -> Self {
-        let (log_p, p) = match &row.logits {
-            Some(l) => {
-                let (lp, p) = softmax_pair(l);
-                (Some(lp), Some(p))
-            }
-            None => (None, None),
-        };
-        Self { row, log_p, p }
+        let soft = row
+            .logits
+            .as_deref()
+            .map(|l| std::sync::Arc::new(Softmax::of(l)));
+        Self { row, soft }
+    }
+
+    /// The row without its softmax yet.
+    pub fn bare(row: Row) -> Self {
+        Self { row, soft: None }
     }
 
     /// The top-1 class, -1 when the row has none.
     pub fn top1(&self) -> i32 {
         self.row.top5.first().copied().unwrap_or(-1)
+    }
+
+    /// Whether two rows hold bit-identical, finite logits (then every distance is exactly 0).
+    pub fn same_logits(&self, other: &Entry) -> bool {
+        self.row.hash == other.row.hash
+            && match (&self.row.logits, &other.row.logits) {
+                (Some(a), Some(b)) => {
+                    a.len() == b.len()
+                        && a.iter()
+                            .zip(b)
+                            .all(|(x, y)| x.to_bits() == y.to_bits() && x.is_finite())
+                }
+                _ => false,
+            }
     }
 }
 

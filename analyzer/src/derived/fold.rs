@@ -8,14 +8,16 @@
 //! the commits. Pair and cell accumulators (sums, counts, maxima) advance with the rows, so a
 //! report reads them instead of the tables.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::tables::{CellImage, CellImagesBuilder, Comparison, ComparisonsBuilder};
 use crate::error::Result;
-use crate::merge::{self, Entry, Merge, RepFloor, Row};
+use crate::merge::{self, Entry, Merge, RepFloor, Row, Softmax};
 use crate::metrics;
 
 /// Persistence of the rank-biased overlap (weights depth d by p^(d-1)).
@@ -284,13 +286,13 @@ pub(crate) fn fold(
             .map(|(_, slot, r)| (inputs[slot].cell, inputs[slot].new, r))
             .collect();
         let mut present: Vec<Present> = wanted
-            .into_par_iter()
+            .into_iter()
             .filter_map(|(cell, new, r)| {
                 let (first, floor, latencies) = merge::first_and_floor(r)?;
                 Some(Present {
                     cell,
                     new,
-                    entry: Entry::new(first),
+                    entry: Entry::bare(first),
                     floor,
                     latencies,
                 })
@@ -317,17 +319,71 @@ pub(crate) fn fold(
                 .add(row.label, p.entry.top1(), &p.floor, p.latencies.len());
         }
 
+        // Cells with bit-identical logits (threads, batch sizes, repetitions often are) share
+        // one softmax and one distance computation: the expensive part of a comparison.
+        let mut rep: Vec<usize> = Vec::with_capacity(present.len());
+        for i in 0..present.len() {
+            let same =
+                (0..i).find(|&j| rep[j] == j && present[j].entry.same_logits(&present[i].entry));
+            rep.push(same.unwrap_or(i));
+        }
+        let softs: Vec<(usize, Option<Arc<Softmax>>)> = (0..present.len())
+            .filter(|&i| rep[i] == i)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|i| {
+                let soft = present[i]
+                    .entry
+                    .row
+                    .logits
+                    .as_deref()
+                    .map(|l| Arc::new(Softmax::of(l)));
+                (i, soft)
+            })
+            .collect();
+        for (i, soft) in softs {
+            present[i].entry.soft = soft;
+        }
+        for i in 0..present.len() {
+            if rep[i] != i {
+                present[i].entry.soft = present[rep[i]].entry.soft.clone();
+            }
+        }
+
         let mut todo: Vec<(usize, usize)> = Vec::new();
+        let mut distinct: Vec<(usize, usize)> = Vec::new();
         for (i, a) in present.iter().enumerate() {
             for (j, b) in present.iter().enumerate().skip(i + 1) {
                 if (a.new || b.new) && cells[a.cell].family == cells[b.cell].family {
                     todo.push((i, j));
+                    let key = (rep[i].min(rep[j]), rep[i].max(rep[j]));
+                    if key.0 != key.1 && !distinct.contains(&key) {
+                        distinct.push(key);
+                    }
                 }
             }
         }
-        let done: Vec<Comparison> = todo
+        let distances: HashMap<(usize, usize), Option<Distance>> = distinct
             .par_iter()
-            .map(|&(i, j)| compare(&present[i].entry, &present[j].entry))
+            .map(|&(x, y)| ((x, y), distance(&present[x].entry, &present[y].entry)))
+            .collect();
+        let done: Vec<Comparison> = todo
+            .iter()
+            .map(|&(i, j)| {
+                let (ri, rj) = (rep[i], rep[j]);
+                let d = if ri == rj {
+                    present[i].entry.soft.as_ref().map(|_| (0.0, 0.0, 0.0, 0.0))
+                } else if ri < rj {
+                    distances.get(&(ri, rj)).copied().flatten()
+                } else {
+                    distances
+                        .get(&(rj, ri))
+                        .copied()
+                        .flatten()
+                        .map(|(m, s, ab, ba)| (m, s, ba, ab))
+                };
+                compare_with(&present[i].entry, &present[j].entry, d)
+            })
             .collect();
         for (&(i, j), c) in todo.iter().zip(&done) {
             let (a, b) = (&present[i], &present[j]);
@@ -344,23 +400,33 @@ pub(crate) fn fold(
     Ok(stats)
 }
 
+/// max |a - b|, mean |a - b|, KL(a || b) and KL(b || a) of two logit rows.
+pub(crate) type Distance = (f64, f64, f64, f64);
+
+/// The logit distances of two entries whose softmax is computed (None without logits).
+pub(crate) fn distance(a: &Entry, b: &Entry) -> Option<Distance> {
+    let (la, lb) = (a.row.logits.as_ref()?, b.row.logits.as_ref()?);
+    let (sa, sb) = (a.soft.as_ref()?, b.soft.as_ref()?);
+    if la.len() != lb.len() || la.is_empty() {
+        return None;
+    }
+    let (max, sum, kl_ab, kl_ba) = fused(la, lb, &sa.p, &sb.p, &sa.log_p, &sb.log_p);
+    Some((
+        f64::from(max),
+        f64::from(sum) / la.len() as f64,
+        f64::from(kl_ab.max(0.0)),
+        f64::from(kl_ba.max(0.0)),
+    ))
+}
+
 /// Compares two cells' first repetitions of one image.
 pub(crate) fn compare(a: &Entry, b: &Entry) -> Comparison {
+    compare_with(a, b, distance(a, b))
+}
+
+/// Compares two cells' first repetitions of one image, their logit distances given.
+pub(crate) fn compare_with(a: &Entry, b: &Entry, logits: Option<Distance>) -> Comparison {
     let (ta, tb) = (&a.row.top5, &b.row.top5);
-    let logits = match (&a.row.logits, &b.row.logits, &a.log_p, &b.log_p, &a.p, &b.p) {
-        (Some(la), Some(lb), Some(lpa), Some(lpb), Some(pa), Some(pb))
-            if la.len() == lb.len() && !la.is_empty() =>
-        {
-            let (max, sum, kl_ab, kl_ba) = fused(la, lb, pa, pb, lpa, lpb);
-            Some((
-                f64::from(max),
-                f64::from(sum) / la.len() as f64,
-                f64::from(kl_ab.max(0.0)),
-                f64::from(kl_ba.max(0.0)),
-            ))
-        }
-        _ => None,
-    };
     Comparison {
         top1_a: a.top1(),
         top1_b: b.top1(),
