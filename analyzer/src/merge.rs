@@ -14,11 +14,13 @@ use std::path::{Path, PathBuf};
 use arrow::array::{
     Array, AsArray, GenericListArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt64Array,
 };
+use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::{Float32Type, Int32Type, Int64Type, UInt64Type};
 use deltann_store::schema::col;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::file::statistics::Statistics;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -30,7 +32,8 @@ pub struct Row {
     pub label: Option<i32>,
     pub top5: Vec<i32>,
     pub top5_prob: Vec<f32>,
-    pub logits: Option<Vec<f32>>,
+    /// A zero-copy slice of the decoded column.
+    pub logits: Option<ScalarBuffer<f32>>,
     pub hash: u64,
     pub latency: i64,
 }
@@ -192,15 +195,14 @@ impl Columns {
             let v = l.value(i);
             v.as_primitive::<Int32Type>().values().to_vec()
         };
-        let floats = |l: &GenericListArray<i32>| -> Vec<f32> {
-            let v = l.value(i);
-            v.as_primitive::<Float32Type>().values().to_vec()
+        let floats = |l: &GenericListArray<i32>| -> ScalarBuffer<f32> {
+            l.value(i).as_primitive::<Float32Type>().values().clone()
         };
         Row {
             rep: self.repetition.value(i),
             label: self.label.is_valid(i).then(|| self.label.value(i)),
             top5: ints(&self.top5),
-            top5_prob: floats(&self.top5_prob),
+            top5_prob: floats(&self.top5_prob).to_vec(),
             logits: self.logits.is_valid(i).then(|| floats(&self.logits)),
             hash: self.hash.value(i),
             latency: self.latency.value(i),
@@ -264,7 +266,12 @@ struct Cursor {
     reader: ParquetRecordBatchReader,
     batch: Option<Columns>,
     row: usize,
+    /// The next batch, decoded ahead (in parallel with other cursors') by [`Merge::prefetch`].
+    ahead: Option<Result<Option<Columns>>>,
 }
+
+/// A cursor with at most this many rows left in its batch decodes the next one ahead.
+const PREFETCH_BELOW: usize = 8;
 
 impl Cursor {
     fn open(slot: usize, path: PathBuf) -> Result<Self> {
@@ -288,9 +295,33 @@ impl Cursor {
             reader,
             batch: None,
             row: 0,
+            ahead: None,
         };
         cursor.fill()?;
         Ok(cursor)
+    }
+
+    fn read_next(&mut self) -> Result<Option<Columns>> {
+        match self.reader.next() {
+            Some(Ok(batch)) => Columns::new(&batch, &self.path).map(Some),
+            Some(Err(e)) => Err(invalid(&self.path, e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the next batch should be decoded ahead now.
+    fn wants_prefetch(&self) -> bool {
+        self.ahead.is_none()
+            && self
+                .batch
+                .as_ref()
+                .is_some_and(|b| b.image_id.len() - self.row <= PREFETCH_BELOW)
+    }
+
+    fn prefetch(&mut self) {
+        if self.ahead.is_none() {
+            self.ahead = Some(self.read_next());
+        }
     }
 
     /// Makes sure a row is available; `false` at the end.
@@ -301,12 +332,15 @@ impl Cursor {
             {
                 return Ok(true);
             }
-            match self.reader.next() {
-                Some(Ok(batch)) => {
-                    self.batch = Some(Columns::new(&batch, &self.path)?);
+            let next = match self.ahead.take() {
+                Some(next) => next?,
+                None => self.read_next()?,
+            };
+            match next {
+                Some(columns) => {
+                    self.batch = Some(columns);
                     self.row = 0;
                 }
-                Some(Err(e)) => return Err(invalid(&self.path, e)),
                 None => {
                     self.batch = None;
                     return Ok(false);
@@ -344,6 +378,20 @@ impl Cursor {
 /// One image's rows from every part that holds it: (image id, [(slot, rows)]).
 pub type ImageRows = (String, Vec<(usize, Vec<Row>)>);
 
+impl Merge {
+    /// Decodes ahead, in parallel, the next batch of every cursor about to run out: parts written
+    /// alongside each other run out together, so decoding, the merge's serial cost, spreads over
+    /// the cores.
+    fn prefetch(&mut self) {
+        if self.cursors.iter().any(Cursor::wants_prefetch) {
+            self.cursors
+                .par_iter_mut()
+                .filter(|c| c.wants_prefetch())
+                .for_each(Cursor::prefetch);
+        }
+    }
+}
+
 /// Merges parts by image. Each part is a *slot* (its index in the list given to [`Merge::open`]).
 pub struct Merge {
     cursors: Vec<Cursor>,
@@ -374,6 +422,7 @@ impl Merge {
     /// # Errors
     /// Fails when a part cannot be decoded or is not sorted by image.
     pub fn next_image(&mut self) -> Result<Option<ImageRows>> {
+        self.prefetch();
         let Some(Reverse((id, _))) = self.heap.peek().cloned() else {
             return Ok(None);
         };

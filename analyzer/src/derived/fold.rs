@@ -8,7 +8,6 @@
 //! the commits. Pair and cell accumulators (sums, counts, maxima) advance with the rows, so a
 //! report reads them instead of the tables.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -249,155 +248,180 @@ pub(crate) fn fold(
     let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path.clone()).collect();
     let mut merge = Merge::open(&paths)?;
     let mut stats = FoldStats::default();
-    while let Some((id, slots)) = merge.next_image()? {
-        // One set of rows per cell: old before new, then the earlier commit.
-        let mut chosen: Vec<(usize, usize, Vec<Row>)> = Vec::new();
-        for (slot, rows_of) in slots {
-            let input = &inputs[slot];
-            match chosen.iter_mut().find(|c| inputs[c.1].cell == input.cell) {
-                None => chosen.push((slot, slot, rows_of)),
-                Some(c) => {
-                    let current = &inputs[c.1];
-                    let better = (current.new && !input.new)
-                        || (current.new == input.new && input.order < current.order);
-                    let dropped_new = if better { current.new } else { input.new };
-                    stats.duplicates += u64::from(dropped_new);
-                    if better {
-                        c.1 = slot;
-                        c.2 = rows_of;
-                    }
-                }
+    loop {
+        // Gather a window of images (decoding is sequential), then compare them in parallel,
+        // one image per task, and record the results in image order.
+        let mut window: Vec<(String, Vec<Present>)> = Vec::with_capacity(WINDOW);
+        while window.len() < WINDOW {
+            let Some((id, slots)) = merge.next_image()? else {
+                break;
+            };
+            if let Some(present) = gather(inputs, cells, slots, &mut stats) {
+                window.push((id, present));
             }
         }
-        let new_families: Vec<&str> = chosen
-            .iter()
-            .filter(|c| inputs[c.1].new)
-            .map(|c| cells[inputs[c.1].cell].family.as_str())
-            .collect();
-        if new_families.is_empty() {
-            continue;
+        if window.is_empty() {
+            break;
         }
-        stats.images += 1;
-        let wanted: Vec<(usize, bool, Vec<Row>)> = chosen
-            .into_iter()
-            .filter(|c| {
-                inputs[c.1].new || new_families.contains(&cells[inputs[c.1].cell].family.as_str())
-            })
-            .map(|(_, slot, r)| (inputs[slot].cell, inputs[slot].new, r))
-            .collect();
-        let mut present: Vec<Present> = wanted
-            .into_iter()
-            .filter_map(|(cell, new, r)| {
-                let (first, floor, latencies) = merge::first_and_floor(r)?;
-                Some(Present {
-                    cell,
-                    new,
-                    entry: Entry::bare(first),
-                    floor,
-                    latencies,
-                })
-            })
-            .collect();
-        present.sort_by(|a, b| cells[a.cell].id.cmp(&cells[b.cell].id));
-
-        for p in present.iter().filter(|p| p.new) {
-            let name = &cells[p.cell];
-            let row = &p.entry.row;
-            rows.cell_images.push(&CellImage {
-                cell_id: &name.id,
-                image_id: &id,
-                family: &name.family,
-                model: &name.model,
-                label: row.label,
-                top5: &row.top5,
-                top5_prob: &row.top5_prob,
-                hash: row.hash,
-                floor: p.floor,
-                latencies: &p.latencies,
-            });
-            acc.cell(p.cell, cells)
-                .add(row.label, p.entry.top1(), &p.floor, p.latencies.len());
-        }
-
-        // Cells with bit-identical logits (threads, batch sizes, repetitions often are) share
-        // one softmax and one distance computation: the expensive part of a comparison.
-        let mut rep: Vec<usize> = Vec::with_capacity(present.len());
-        for i in 0..present.len() {
-            let same =
-                (0..i).find(|&j| rep[j] == j && present[j].entry.same_logits(&present[i].entry));
-            rep.push(same.unwrap_or(i));
-        }
-        let softs: Vec<(usize, Option<Arc<Softmax>>)> = (0..present.len())
-            .filter(|&i| rep[i] == i)
-            .collect::<Vec<_>>()
+        let done: Vec<Image> = window
             .into_par_iter()
-            .map(|i| {
-                let soft = present[i]
-                    .entry
-                    .row
-                    .logits
-                    .as_deref()
-                    .map(|l| Arc::new(Softmax::of(l)));
-                (i, soft)
-            })
+            .map(|(id, present)| compare_image(id, present, cells))
             .collect();
-        for (i, soft) in softs {
-            present[i].entry.soft = soft;
-        }
-        for i in 0..present.len() {
-            if rep[i] != i {
-                present[i].entry.soft = present[rep[i]].entry.soft.clone();
+        for image in done {
+            stats.images += 1;
+            let id = &image.id;
+            for p in image.present.iter().filter(|p| p.new) {
+                let name = &cells[p.cell];
+                let row = &p.entry.row;
+                rows.cell_images.push(&CellImage {
+                    cell_id: &name.id,
+                    image_id: id,
+                    family: &name.family,
+                    model: &name.model,
+                    label: row.label,
+                    top5: &row.top5,
+                    top5_prob: &row.top5_prob,
+                    hash: row.hash,
+                    floor: p.floor,
+                    latencies: &p.latencies,
+                });
+                acc.cell(p.cell, cells)
+                    .add(row.label, p.entry.top1(), &p.floor, p.latencies.len());
             }
-        }
-
-        let mut todo: Vec<(usize, usize)> = Vec::new();
-        let mut distinct: Vec<(usize, usize)> = Vec::new();
-        for (i, a) in present.iter().enumerate() {
-            for (j, b) in present.iter().enumerate().skip(i + 1) {
-                if (a.new || b.new) && cells[a.cell].family == cells[b.cell].family {
-                    todo.push((i, j));
-                    let key = (rep[i].min(rep[j]), rep[i].max(rep[j]));
-                    if key.0 != key.1 && !distinct.contains(&key) {
-                        distinct.push(key);
-                    }
-                }
+            for (&(i, j), c) in image.pairs.iter().zip(&image.comparisons) {
+                let (a, b) = (&image.present[i], &image.present[j]);
+                let label = a.entry.row.label.or(b.entry.row.label);
+                let (na, nb) = (&cells[a.cell], &cells[b.cell]);
+                rows.comparisons
+                    .push(&na.family, &na.id, &nb.id, id, label, c);
+                acc.pair(a.cell, b.cell, cells).add_comparison(id, label, c);
             }
+            stats.comparisons += image.comparisons.len() as u64;
+            flush(rows, id)?;
         }
-        let distances: HashMap<(usize, usize), Option<Distance>> = distinct
-            .par_iter()
-            .map(|&(x, y)| ((x, y), distance(&present[x].entry, &present[y].entry)))
-            .collect();
-        let done: Vec<Comparison> = todo
-            .iter()
-            .map(|&(i, j)| {
-                let (ri, rj) = (rep[i], rep[j]);
-                let d = if ri == rj {
-                    present[i].entry.soft.as_ref().map(|_| (0.0, 0.0, 0.0, 0.0))
-                } else if ri < rj {
-                    distances.get(&(ri, rj)).copied().flatten()
-                } else {
-                    distances
-                        .get(&(rj, ri))
-                        .copied()
-                        .flatten()
-                        .map(|(m, s, ab, ba)| (m, s, ba, ab))
-                };
-                compare_with(&present[i].entry, &present[j].entry, d)
-            })
-            .collect();
-        for (&(i, j), c) in todo.iter().zip(&done) {
-            let (a, b) = (&present[i], &present[j]);
-            let label = a.entry.row.label.or(b.entry.row.label);
-            let (na, nb) = (&cells[a.cell], &cells[b.cell]);
-            rows.comparisons
-                .push(&na.family, &na.id, &nb.id, &id, label, c);
-            acc.pair(a.cell, b.cell, cells)
-                .add_comparison(&id, label, c);
-        }
-        stats.comparisons += done.len() as u64;
-        flush(rows, &id)?;
     }
     Ok(stats)
+}
+
+/// Images gathered before they are compared in parallel: bounds memory to this many images'
+/// rows from every cell.
+const WINDOW: usize = 32;
+
+/// One image's entries, in cell-id order, with the pairs to compare and their comparisons.
+struct Image {
+    id: String,
+    present: Vec<Present>,
+    pairs: Vec<(usize, usize)>,
+    comparisons: Vec<Comparison>,
+}
+
+/// One set of rows per cell for an image (old before new, then the earlier commit); `None` when
+/// no row is new (nothing to fold).
+fn gather(
+    inputs: &[Input],
+    cells: &[CellName],
+    slots: Vec<(usize, Vec<Row>)>,
+    stats: &mut FoldStats,
+) -> Option<Vec<Present>> {
+    let mut chosen: Vec<(usize, Vec<Row>)> = Vec::new();
+    for (slot, rows_of) in slots {
+        let input = &inputs[slot];
+        match chosen.iter_mut().find(|c| inputs[c.0].cell == input.cell) {
+            None => chosen.push((slot, rows_of)),
+            Some(c) => {
+                let current = &inputs[c.0];
+                let better = (current.new && !input.new)
+                    || (current.new == input.new && input.order < current.order);
+                let dropped_new = if better { current.new } else { input.new };
+                stats.duplicates += u64::from(dropped_new);
+                if better {
+                    *c = (slot, rows_of);
+                }
+            }
+        }
+    }
+    let new_families: Vec<&str> = chosen
+        .iter()
+        .filter(|c| inputs[c.0].new)
+        .map(|c| cells[inputs[c.0].cell].family.as_str())
+        .collect();
+    if new_families.is_empty() {
+        return None;
+    }
+    let mut present: Vec<Present> = chosen
+        .into_iter()
+        .filter(|c| {
+            inputs[c.0].new || new_families.contains(&cells[inputs[c.0].cell].family.as_str())
+        })
+        .filter_map(|(slot, r)| {
+            let (first, floor, latencies) = merge::first_and_floor(r)?;
+            Some(Present {
+                cell: inputs[slot].cell,
+                new: inputs[slot].new,
+                entry: Entry::bare(first),
+                floor,
+                latencies,
+            })
+        })
+        .collect();
+    present.sort_by(|a, b| cells[a.cell].id.cmp(&cells[b.cell].id));
+    Some(present)
+}
+
+/// Compares every pair of one family on one image where at least one side is new.
+fn compare_image(id: String, mut present: Vec<Present>, cells: &[CellName]) -> Image {
+    let n = present.len();
+    // Cells with bit-identical logits (threads, batch sizes, repetitions often are) share one
+    // softmax and one distance computation: the expensive part of a comparison.
+    let mut rep: Vec<usize> = Vec::with_capacity(n);
+    for i in 0..n {
+        let same = (0..i).find(|&j| rep[j] == j && present[j].entry.same_logits(&present[i].entry));
+        rep.push(same.unwrap_or(i));
+    }
+    for i in 0..n {
+        if rep[i] == i {
+            present[i].entry.soft = present[i]
+                .entry
+                .row
+                .logits
+                .as_deref()
+                .map(|l| Arc::new(Softmax::of(l)));
+        } else {
+            present[i].entry.soft = present[rep[i]].entry.soft.clone();
+        }
+    }
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    let mut distances: Vec<Option<Option<Distance>>> = vec![None; n * n];
+    let mut comparisons = Vec::new();
+    for i in 0..n {
+        for j in i + 1..n {
+            let (a, b) = (&present[i], &present[j]);
+            if !(a.new || b.new) || cells[a.cell].family != cells[b.cell].family {
+                continue;
+            }
+            let (ri, rj) = (rep[i], rep[j]);
+            let d = if ri == rj {
+                a.entry.soft.as_ref().map(|_| (0.0, 0.0, 0.0, 0.0))
+            } else {
+                let (x, y) = (ri.min(rj), ri.max(rj));
+                let d = *distances[x * n + y]
+                    .get_or_insert_with(|| distance(&present[x].entry, &present[y].entry));
+                if ri < rj {
+                    d
+                } else {
+                    d.map(|(m, s, ab, ba)| (m, s, ba, ab))
+                }
+            };
+            pairs.push((i, j));
+            comparisons.push(compare_with(&a.entry, &b.entry, d));
+        }
+    }
+    Image {
+        id,
+        present,
+        pairs,
+        comparisons,
+    }
 }
 
 /// max |a - b|, mean |a - b|, KL(a || b) and KL(b || a) of two logit rows.

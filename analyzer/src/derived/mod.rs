@@ -463,15 +463,15 @@ fn fold_batch(
             Some(r) => image.clone_into(&mut r.1),
         }
         if rows.comparisons.rows >= 65_536 {
-            comparisons.write(&rows.comparisons.finish()?)?;
+            comparisons.write(rows.comparisons.finish()?)?;
         }
-        if rows.cell_images.rows >= 4096 {
-            cell_images.write(&rows.cell_images.finish()?)?;
+        if rows.cell_images.rows >= 16_384 {
+            cell_images.write(rows.cell_images.finish()?)?;
         }
         Ok(())
     })?;
-    comparisons.write(&rows.comparisons.finish()?)?;
-    cell_images.write(&rows.cell_images.finish()?)?;
+    comparisons.write(rows.comparisons.finish()?)?;
+    cell_images.write(rows.cell_images.finish()?)?;
 
     let mut new_parts = Vec::new();
     for (table, file) in [

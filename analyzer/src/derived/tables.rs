@@ -53,11 +53,12 @@ impl DerivedTable {
         }
     }
 
-    /// Rows per row group: `cell_images` is read one image at a time by the TUI.
+    /// Rows per row group: `cell_images` is read one image at a time by the TUI (smaller groups
+    /// read less per lookup, but every group costs codec set-up when a report reads them all).
     fn row_group_rows(self) -> usize {
         match self {
             DerivedTable::Comparisons => 65_536,
-            DerivedTable::CellImages => 4096,
+            DerivedTable::CellImages => 16_384,
         }
     }
 }
@@ -311,10 +312,12 @@ impl CellImagesBuilder {
     }
 }
 
-/// A derived part being written to a temporary file.
+/// A derived part being written to a temporary file, encoded on a thread of its own so the
+/// fold goes on while Parquet compresses (a bounded queue keeps memory flat).
 pub(crate) struct PartFile {
     pub(crate) tmp: std::path::PathBuf,
-    writer: ArrowWriter<File>,
+    sender: Option<std::sync::mpsc::SyncSender<RecordBatch>>,
+    encoder: Option<std::thread::JoinHandle<Result<File>>>,
     pub(crate) rows: u64,
 }
 
@@ -325,37 +328,65 @@ impl PartFile {
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_row_count(Some(table.row_group_rows()))
             .build();
-        let writer = ArrowWriter::try_new(file, table.schema(), Some(props))
+        let mut writer = ArrowWriter::try_new(file, table.schema(), Some(props))
             .map_err(|e| Error::parquet(tmp, e))?;
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+        let path = tmp.to_path_buf();
+        let encoder = std::thread::Builder::new()
+            .name(format!("derived-{}", table.name()))
+            .spawn(move || {
+                for batch in receiver {
+                    writer.write(&batch).map_err(|e| Error::parquet(&path, e))?;
+                }
+                writer.into_inner().map_err(|e| Error::parquet(&path, e))
+            })
+            .map_err(|e| Error::file(tmp, e))?;
         Ok(Self {
             tmp: tmp.to_path_buf(),
-            writer,
+            sender: Some(sender),
+            encoder: Some(encoder),
             rows: 0,
         })
     }
 
-    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+    pub(crate) fn write(&mut self, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         self.rows += batch.num_rows() as u64;
-        self.writer
-            .write(batch)
-            .map_err(|e| Error::parquet(&self.tmp, e))
+        let sent = self.sender.as_ref().is_some_and(|s| s.send(batch).is_ok());
+        if sent {
+            Ok(())
+        } else {
+            // The encoder stopped: its error says why.
+            self.join().map(|_| ())
+        }
+    }
+
+    fn join(&mut self) -> Result<File> {
+        self.sender = None;
+        match self.encoder.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(Error::Invalid(format!(
+                "{}: the Parquet encoder thread panicked",
+                self.tmp.display()
+            ))),
+            None => Err(Error::Invalid(format!(
+                "{}: written after it was finished",
+                self.tmp.display()
+            ))),
+        }
     }
 
     /// Closes and fsyncs the file; it is then complete but not yet part of the state.
-    pub(crate) fn finish(self) -> Result<(std::path::PathBuf, u64, u64)> {
-        let file = self
-            .writer
-            .into_inner()
-            .map_err(|e| Error::parquet(&self.tmp, e))?;
+    pub(crate) fn finish(mut self) -> Result<(std::path::PathBuf, u64, u64)> {
+        let file = self.join()?;
         file.sync_all().map_err(|e| Error::file(&self.tmp, e))?;
         let bytes = file
             .metadata()
             .map_err(|e| Error::file(&self.tmp, e))?
             .len();
-        Ok((self.tmp, self.rows, bytes))
+        Ok((self.tmp.clone(), self.rows, bytes))
     }
 }
 
