@@ -32,6 +32,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One line: rows, what, the median and every round.
+fn report(rows: usize, what: &str, times: &[f64], extra: &str) {
+    let rounds: Vec<String> = times.iter().map(|t| format!("{t:.3}")).collect();
+    println!(
+        "{rows:>10} {what:<40} {:>9.3}  {}{extra}",
+        median(times.to_vec()),
+        rounds.join(" ")
+    );
+}
+
 fn main() {
     let dir = PathBuf::from(env("DELTANN_BENCH_DIR", "target-bench/stores"));
     let rounds: usize = env("DELTANN_BENCH_ROUNDS", "5").parse().unwrap();
@@ -109,15 +119,11 @@ fn main() {
             assert_eq!((folded.parts, folded.rows), (held.len(), held_rows));
             compared = folded.comparisons;
         }
-        println!(
-            "{rows:>10} {:<40} {:>9.3}  {} ({compared} comparisons)",
-            format!("fold {held_rows} more rows ({} parts)", held.len()),
-            median(times.clone()),
-            times
-                .iter()
-                .map(|t| format!("{t:.3}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+        report(
+            rows,
+            &format!("fold {held_rows} more rows ({} parts)", held.len()),
+            &times,
+            &format!(" ({compared} comparisons)"),
         );
 
         // What `report` and the TUI's live refresh do after that commit: advance (nothing left
@@ -129,15 +135,6 @@ fn main() {
             times.push(started.elapsed().as_secs_f64());
             assert!(!a.disagreement.pairs.is_empty());
         }
-        println!(
-            "{rows:>10} {:<40} {:>9.3}  {}",
-            "summary from up-to-date derived tables",
-            median(times.clone()),
-            times
-                .iter()
-                .map(|t| format!("{t:.3}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        report(rows, "summary from up-to-date derived tables", &times, "");
     }
 }

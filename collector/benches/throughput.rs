@@ -189,13 +189,21 @@ fn main() {
     let limit: usize = env_or("DELTANN_BENCH_LIMIT", "500").parse().unwrap();
     let rounds: usize = env_or("DELTANN_BENCH_ROUNDS", "5").parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let available = std::fs::read_dir(&images).map_or(0, |d| d.count());
     println!(
         "throughput: {} on {} images from {}, {rounds} rounds, cpu: {}",
         model.file_name().unwrap().to_string_lossy(),
-        limit,
+        limit.min(available),
         images.display(),
         deltann_collector::host::Host::current().cpu_model
     );
+    if available < limit {
+        println!(
+            "WARNING: only {available} images there, fewer than the {limit} asked for: the \
+             collector's per-cell fixed costs (worker start, fsyncs) weigh more and its ratio \
+             reads low; set DELTANN_BENCH_IMAGES to a larger folder (../shared has 1000)"
+        );
+    }
 
     for setting in &SETTINGS {
         let sweep = sweep(
