@@ -228,3 +228,62 @@ fn analyze_follow_folds_each_part_as_collect_commits_it() {
     let state = State::load(&store).unwrap().unwrap();
     assert_eq!(state.folded.len(), outputs, "{said}");
 }
+
+#[test]
+fn a_running_cell_of_a_collected_store_is_analysed_with_what_it_committed() {
+    util::ort_library("1.32.0");
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = data_sweep(dir.path(), ENVIRONMENTS);
+    let store = dir.path().join("store");
+    let out = util::run(&[
+        "collect",
+        "--quiet",
+        "--part-rows",
+        "4",
+        sweep.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let full = deltann_store::Store::open(&store).unwrap();
+    // What a reader saw while the last cell ran: its `cells` row and its last part not yet there.
+    let last = full
+        .parts(deltann_store::Table::Outputs)
+        .last()
+        .unwrap()
+        .clone();
+    let running = last.cell_id.clone().unwrap();
+    let entries: Vec<_> = full
+        .entries()
+        .iter()
+        .filter(|e| e.seq != last.seq)
+        .filter(|e| {
+            !(e.table == deltann_store::Table::Cells
+                && e.cell_id.as_deref() == Some(running.as_str()))
+        })
+        .cloned()
+        .collect();
+    let view = deltann_store::Store::from_entries(store.clone(), entries);
+    let a = deltann_analyzer::analysis::analyze(&view, &Default::default()).unwrap();
+    let i = a.cells.iter().position(|c| c.cell_id == running).unwrap();
+    assert_eq!(a.cells[i].status, deltann_analyzer::analysis::RUNNING);
+    // 8 images in parts of 4 rows (2 repetitions): the held-back part holds 2 images.
+    assert_eq!(a.cells[i].images_ok, 6);
+    let pairs: Vec<_> = a
+        .disagreement
+        .pairs
+        .iter()
+        .filter(|p| p.a == i || p.b == i)
+        .collect();
+    assert_eq!(pairs.len(), 2);
+    assert!(pairs.iter().all(|p| p.images == 6), "{pairs:?}");
+    // Once the rest is committed, it is an ordinary finished cell over all 8 images.
+    let a = deltann_analyzer::analysis::analyze(&full, &Default::default()).unwrap();
+    let i = a.cells.iter().position(|c| c.cell_id == running).unwrap();
+    assert_eq!(a.cells[i].status, "ok");
+    assert!(
+        a.disagreement
+            .pairs
+            .iter()
+            .filter(|p| p.a == i || p.b == i)
+            .all(|p| p.images == 8)
+    );
+}

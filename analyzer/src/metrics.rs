@@ -2,7 +2,7 @@
 //!
 //! Each function compares what two environments produced for one image. They are pure and small
 //! so that each can be checked against values computed by hand (see the tests), and so that the
-//! streaming pass in [`crate::disagreement`] can call them millions of times.
+//! fold of the derived tables ([`crate::derived::fold`]) can call them millions of times.
 
 /// Wilson score interval for a proportion `k / n` at 95% (z = 1.96): unlike the normal
 /// approximation it stays inside [0, 1] and behaves at k = 0, which is the common case here.
