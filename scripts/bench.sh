@@ -8,6 +8,8 @@
 #   scripts/bench.sh fold        one more part folded into the derived tables, by store size
 #   scripts/bench.sh follow      latency dispersion of collect with and without analyze --follow
 #   scripts/bench.sh tui         first frame and key-press-to-frame on the 1M-row store
+#   scripts/bench.sh live        commit-to-screen latency of the TUI on the 1M-row store, collect running
+#   scripts/bench.sh scale       peak memory and open files at 50,000 images (analysis and collector)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-bench}"
@@ -44,6 +46,18 @@ if [ "$what" = all ] || [ "$what" = tui ]; then
   case "$store" in /*) ;; *) store="$(pwd)/$store" ;; esac
   [ -f "$store/deltann-store.json" ] || "$bin" synth "$store" --images 5250
   DELTANN_BENCH_STORE="$store" cargo bench -p deltann-tui --bench frames
+fi
+
+if [ "$what" = all ] || [ "$what" = live ]; then
+  echo "== live TUI: commit to screen on the 1M-row store (scripts/bench-live.sh)"
+  store="$CARGO_TARGET_DIR/stores/synth-5250"
+  [ -f "$store/deltann-store.json" ] || "$bin" synth "$store" --images 5250
+  scripts/bench-live.sh "$bin" "$store" "$CARGO_TARGET_DIR/live"
+fi
+
+if [ "$what" = all ] || [ "$what" = scale ]; then
+  echo "== 50,000 images: analysis and collector limits (scripts/bench-scale.sh)"
+  scripts/bench-scale.sh "$bin" "$(pwd)/$CARGO_TARGET_DIR/scale"
 fi
 
 if [ "$what" = all ] || [ "$what" = memory ]; then

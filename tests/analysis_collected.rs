@@ -93,6 +93,9 @@ fn every_analysis_on_a_collected_store() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("rebuilt"));
     assert_eq!(report(&[]), incremental);
+    // The Polars frames give the same report as the hand-written pass.
+    assert_eq!(report(&["--frames", "polars"]), incremental);
+    assert_eq!(report(&["--frames", "native"]), incremental);
 
     // One quantile definition: the report's p50, the `cells` table's and SQL's median agree.
     let sql = "SELECT c.cell_id, c.latency_p50_ms, median(o.latency_ns) / 1e6 AS median_ms \

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use deltann_analyzer::analysis;
 use deltann_analyzer::derived::{self, DerivedTable, State};
+use deltann_analyzer::frames::{self, Engine};
 use deltann_store::{Store, Table};
 
 fn env(name: &str, default: &str) -> String {
@@ -136,5 +137,45 @@ fn main() {
             assert!(!a.disagreement.pairs.is_empty());
         }
         report(rows, "summary from up-to-date derived tables", &times, "");
+
+        // The summary by each implementation of the analysis's frames (same result, see
+        // deltann_analyzer::frames), and the per-pair flip counts scanned from `comparisons` by
+        // Polars against reading them from the running sums in state.json.
+        let state = State::load(&root).unwrap().unwrap();
+        for engine in [Engine::Native, Engine::Polars] {
+            let options = analysis::Options {
+                frames: engine,
+                ..analysis::Options::default()
+            };
+            let mut times = Vec::new();
+            for _ in 0..rounds {
+                let started = Instant::now();
+                let a = analysis::from_derived(&full, &state, &options).unwrap();
+                times.push(started.elapsed().as_secs_f64());
+                assert!(!a.disagreement.unstable.is_empty());
+            }
+            report(rows, &format!("summary, {engine:?} frames"), &times, "");
+        }
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let counted = frames::pair_flips(&root, &state).unwrap();
+            times.push(started.elapsed().as_secs_f64());
+            assert_eq!(counted.len(), state.pairs.len());
+        }
+        report(rows, "flips per pair, Polars over comparisons", &times, "");
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let loaded = State::load(&root).unwrap().unwrap();
+            times.push(started.elapsed().as_secs_f64());
+            assert_eq!(loaded.pairs.len(), state.pairs.len());
+        }
+        report(
+            rows,
+            "flips per pair, running sums (state.json)",
+            &times,
+            "",
+        );
     }
 }

@@ -30,6 +30,9 @@ pub struct Options {
     pub noise_multiple: f64,
     /// Draws for the bootstrap of contrasts.
     pub bootstrap_draws: usize,
+    /// Which implementation computes the per-image findings and latencies (both give the same
+    /// analysis; see [`crate::frames`]).
+    pub frames: crate::frames::Engine,
 }
 
 impl Default for Options {
@@ -38,6 +41,7 @@ impl Default for Options {
             near_tie_margin: 0.05,
             noise_multiple: 1.0,
             bootstrap_draws: 2000,
+            frames: crate::frames::Engine::default(),
         }
     }
 }
@@ -284,16 +288,30 @@ pub fn from_derived(store: &Store, state: &derived::State, options: &Options) ->
         }
     }
 
-    let per_image = crate::derived::read::answers(store.root(), state, &index, cells.len())?;
     let group_cells: Vec<Vec<usize>> = groups.iter().map(|g| g.cells.clone()).collect();
-    let findings = disagreement::summarise(
-        &group_cells,
-        per_image
-            .images
-            .iter()
-            .map(|(id, a)| (id.as_str(), a.as_slice())),
-        options.near_tie_margin,
-    );
+    let (findings, latencies) = match options.frames {
+        crate::frames::Engine::Polars => crate::frames::findings(
+            store.root(),
+            state,
+            &index,
+            &group_cells,
+            cells.len(),
+            options.near_tie_margin,
+        )?,
+        crate::frames::Engine::Native => {
+            let per_image =
+                crate::derived::read::answers(store.root(), state, &index, cells.len())?;
+            let findings = disagreement::summarise(
+                &group_cells,
+                per_image
+                    .images
+                    .iter()
+                    .map(|(id, a)| (id.as_str(), a.as_slice())),
+                options.near_tie_margin,
+            );
+            (findings, per_image.latencies)
+        }
+    };
     let disagreement = Disagreement {
         images: findings.images,
         pairs,
@@ -302,7 +320,7 @@ pub fn from_derived(store: &Store, state: &derived::State, options: &Options) ->
         classes: findings.classes,
         near_ties: findings.near_ties,
         unstable: findings.unstable,
-        latencies: per_image.latencies,
+        latencies,
     };
 
     let attribution = attribute(&cells, &disagreement);

@@ -185,7 +185,7 @@ pub struct Answer {
 }
 
 /// The per-image findings over every image's answers.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Findings {
     pub images: u64,
     pub signatures: Vec<Signature>,
@@ -276,13 +276,6 @@ pub fn summarise<'a>(
             }
         }
     }
-    out.unstable.sort_by(|a, b| {
-        b.distinct
-            .cmp(&a.distinct)
-            .then(a.majority_share.total_cmp(&b.majority_share))
-            .then(a.group.cmp(&b.group))
-            .then(a.image_id.cmp(&b.image_id))
-    });
     out.signatures = signatures
         .into_iter()
         .map(|((group, cells), (images, examples))| Signature {
@@ -292,12 +285,6 @@ pub fn summarise<'a>(
             examples,
         })
         .collect();
-    out.signatures.sort_by(|a, b| {
-        b.images
-            .cmp(&a.images)
-            .then(a.group.cmp(&b.group))
-            .then(a.cells.cmp(&b.cells))
-    });
     out.classes = classes
         .into_iter()
         .map(|((group, class), (images, flipped))| ClassFlips {
@@ -307,6 +294,27 @@ pub fn summarise<'a>(
             flipped,
         })
         .collect();
+    order(&mut out);
+    out
+}
+
+/// Puts findings in the order reports show them: least stable images, largest signatures, most
+/// flipped classes and narrowest ties first (ties broken by group, cells, class, image id, so
+/// two computations of the same findings are equal).
+pub fn order(out: &mut Findings) {
+    out.unstable.sort_by(|a, b| {
+        b.distinct
+            .cmp(&a.distinct)
+            .then(a.majority_share.total_cmp(&b.majority_share))
+            .then(a.group.cmp(&b.group))
+            .then(a.image_id.cmp(&b.image_id))
+    });
+    out.signatures.sort_by(|a, b| {
+        b.images
+            .cmp(&a.images)
+            .then(a.group.cmp(&b.group))
+            .then(a.cells.cmp(&b.cells))
+    });
     out.classes.sort_by(|a, b| {
         b.flipped
             .cmp(&a.flipped)
@@ -317,8 +325,8 @@ pub fn summarise<'a>(
         a.margin
             .total_cmp(&b.margin)
             .then(a.image_id.cmp(&b.image_id))
+            .then(a.group.cmp(&b.group))
     });
-    out
 }
 
 /// The most common top-1 among the cells; ties go to the reference cell's answer, then to the

@@ -35,6 +35,13 @@ pub enum Error {
         #[source]
         source: parquet::errors::ParquetError,
     },
+    /// Polars failed to scan derived parts or to compute one of the analysis's frames.
+    #[error("polars ({what}): {source}")]
+    Polars {
+        what: String,
+        #[source]
+        source: polars::prelude::PolarsError,
+    },
     /// The store holds something analysis cannot use, or a request makes no sense.
     #[error("{0}")]
     Invalid(String),

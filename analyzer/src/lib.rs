@@ -8,8 +8,10 @@ deltann's analyzer: what a reviewer asks of a store after an overnight sweep.
   family on each image ([`metrics`]) into the `comparisons` table and each cell's answers and
   run-to-run floor into `cell_images`, with running sums per pair and cell.
 - [`analysis`] summarises the derived tables: [`disagreement`] for pairs, floors and per-image
-  findings, [`cells`] for the environment dimensions, [`stats`] for bootstrap intervals of
-  latency quantiles and contrasts; [`detail`] looks one image up.
+  findings (computed either by one hand-written pass or by [`frames`], lazy Polars frames over
+  the derived Parquet; the suite checks they agree), [`cells`] for the environment dimensions,
+  [`stats`] for bootstrap intervals of latency quantiles and contrasts; [`detail`] looks one
+  image up.
 - [`report`] renders an analysis, [`check`] turns it into a CI gate, [`diff`] compares two stores.
 */
 
@@ -23,6 +25,7 @@ pub mod diff;
 pub mod disagreement;
 pub mod error;
 pub mod format;
+pub mod frames;
 pub mod merge;
 pub mod metrics;
 pub mod provider;

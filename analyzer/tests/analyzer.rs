@@ -639,3 +639,143 @@ fn flip_matrix_from_comparisons_equals_the_raw_self_join() {
     assert!(derived.lines().count() > 300, "{derived}");
     assert_eq!(derived, run("flip_matrix_raw"));
 }
+
+/// Both implementations of the per-image findings and latencies (Polars frames over the derived
+/// Parquet, and the hand-written pass) give the same analysis, and the comparisons table's flip
+/// counts equal the pairs' running sums.
+#[test]
+fn polars_frames_equal_the_hand_written_pass() {
+    use deltann_analyzer::frames::{self, Engine};
+    let dir = tempfile::tempdir().unwrap();
+    let mut near_ties = 0;
+    for (i, seed) in [7u64, 11, 23].into_iter().enumerate() {
+        let root = dir.path().join(format!("s{i}"));
+        let spec = Spec {
+            seed,
+            // Few classes: more images where cells answer differently, and ties of counts.
+            classes: [10, 3, 2][i],
+            images: [60, 90, 40][i],
+            ..Spec::small()
+        };
+        synth::generate(&root, &spec).unwrap();
+        let store = Store::open(&root).unwrap();
+        derived::advance(&store, false, &mut |_| {}).unwrap();
+        let state = State::load(&root).unwrap().unwrap();
+        let run = |frames| {
+            let options = Options {
+                frames,
+                ..Options::default()
+            };
+            analysis::from_derived(&store, &state, &options).unwrap()
+        };
+        let (native, polars) = (run(Engine::Native), run(Engine::Polars));
+        assert!(
+            !native.disagreement.unstable.is_empty() && !native.signatures.is_empty(),
+            "seed {seed}: the store must have findings to compare"
+        );
+        near_ties += native.disagreement.near_ties.len();
+        assert_close(
+            &serde_json::to_value(&native).unwrap(),
+            &serde_json::to_value(&polars).unwrap(),
+            &format!("seed {seed}"),
+        );
+        assert_eq!(
+            native.disagreement.sorted_latencies_ms(),
+            polars.disagreement.sorted_latencies_ms(),
+            "seed {seed}: latencies"
+        );
+
+        let counted = frames::pair_flips(&root, &state).unwrap();
+        assert_eq!(counted.len(), state.pairs.len());
+        for p in &state.pairs {
+            assert_eq!(
+                counted[&(p.cell_a.clone(), p.cell_b.clone())],
+                (p.images, p.flips),
+                "seed {seed}: {} / {}",
+                p.cell_a,
+                p.cell_b
+            );
+        }
+    }
+    assert!(near_ties > 0, "near ties must be compared too");
+
+    // Ties of counts, where the majority goes to the reference cell's answer, then to the
+    // smallest class: four cells, hand-made answers (top-1 per cell, reference first).
+    //   img-a: 5 5 3 3 -> 5 (the reference's),  img-b: 4 2 2 0 -> 2,  img-c: 1 0 2 3 -> 1
+    let logits = |top: usize, second: usize, gap: f32| {
+        let mut l = vec![0.0f32; 6];
+        l[top] = 5.0;
+        l[second] = 5.0 - gap;
+        l
+    };
+    let answers = [[5, 5, 3, 3], [4, 2, 2, 0], [1, 0, 2, 3]];
+    let ids = ["img-a", "img-b", "img-c"];
+    let cell_ids = [
+        "c0aaaaaaaaaaaaaa",
+        "c1aaaaaaaaaaaaaa",
+        "c2aaaaaaaaaaaaaa",
+        "c3aaaaaaaaaaaaaa",
+    ];
+    let engines = [
+        ("ort", "all"),
+        ("ort", "basic"),
+        ("tract", "optimized"),
+        ("ort", "disabled"),
+    ];
+    let cells: Vec<HandCell> = (0..4)
+        .map(|c| HandCell {
+            id: cell_ids[c],
+            model: "family0",
+            precision: "fp32",
+            engine: engines[c].0,
+            optimization: engines[c].1,
+            threads: 1,
+            rows: (0..3)
+                .map(|i| {
+                    let top = answers[i][c];
+                    // The reference's img-b is a near tie.
+                    let gap = if i == 1 && c == 0 { 0.01 } else { 2.0 };
+                    (
+                        ids[i],
+                        None,
+                        logits(top, (top + 1) % 6, gap),
+                        10.0 + c as f64,
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    let root = dir.path().join("ties");
+    synth::write_hand(&root, &cells).unwrap();
+    let store = Store::open(&root).unwrap();
+    let run = |frames| {
+        let options = Options {
+            frames,
+            ..Options::default()
+        };
+        analysis::analyze(&store, &options).unwrap()
+    };
+    let (native, polars) = (run(Engine::Native), run(Engine::Polars));
+    assert_close(
+        &serde_json::to_value(&native).unwrap(),
+        &serde_json::to_value(&polars).unwrap(),
+        "ties",
+    );
+    let majority: Vec<(String, i32)> = polars
+        .disagreement
+        .unstable
+        .iter()
+        .map(|u| (u.image_id.clone(), u.majority))
+        .collect();
+    let majority: std::collections::BTreeMap<_, _> = majority.into_iter().collect();
+    assert_eq!(
+        majority.into_iter().collect::<Vec<_>>(),
+        [
+            ("img-a".into(), 5),
+            ("img-b".into(), 2),
+            ("img-c".into(), 1)
+        ]
+    );
+    assert_eq!(polars.disagreement.near_ties.len(), 1);
+    assert_eq!(polars.disagreement.near_ties[0].image_id, "img-b");
+}

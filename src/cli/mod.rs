@@ -266,6 +266,29 @@ pub struct ReportArgs {
     /// automatically whenever parts were committed since).
     #[arg(long)]
     pub no_cache: bool,
+    /// Which implementation computes the per-image findings and latencies from the derived
+    /// tables: `polars` (lazy frames over the derived Parquet) or `native` (one hand-written
+    /// pass). Both give the same report (the test suite checks it); they differ in speed only
+    /// (BENCHMARKS.md). Use with --no-cache to time one.
+    #[arg(long, value_enum, default_value_t = FramesArg::default())]
+    pub frames: FramesArg,
+}
+
+/// The implementations of the analysis's frames (see `report --frames`).
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum FramesArg {
+    Polars,
+    #[default]
+    Native,
+}
+
+impl From<FramesArg> for deltann_analyzer::frames::Engine {
+    fn from(f: FramesArg) -> Self {
+        match f {
+            FramesArg::Polars => Self::Polars,
+            FramesArg::Native => Self::Native,
+        }
+    }
 }
 
 /// Arguments of `deltann check`.

@@ -22,7 +22,11 @@ fn options(noise_multiple: f64) -> Options {
 
 pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&args.store)?;
-    let analysis = analysis::cached(&store, &options(args.noise_multiple), !args.no_cache)?;
+    let options = Options {
+        frames: args.frames.into(),
+        ..options(args.noise_multiple)
+    };
+    let analysis = analysis::cached(&store, &options, !args.no_cache)?;
     let limits = if args.all {
         Limits {
             pairs: usize::MAX,

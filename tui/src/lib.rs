@@ -24,7 +24,7 @@ use crate::app::{Action, App, Request};
 use crate::data::Event;
 
 /// How often a live store is checked for new parts.
-const REFRESH: Duration = Duration::from_secs(2);
+const REFRESH: Duration = Duration::from_secs(1);
 
 struct Restore;
 
