@@ -8,7 +8,9 @@
 //! rebuilds the derived tables without it (timed), then folds the held-back part in, restoring
 //! the state before each round (timed; each round includes removing the previous round's parts),
 //! and finally times the summary a report or the TUI's live refresh computes from the derived
-//! tables (commit to refreshed analysis = fold + summary).
+//! tables (commit to refreshed analysis = fold + summary), the summary and the per-image findings
+//! by each implementation of the analysis's frames (Polars and the hand-written pass), and the
+//! per-pair flip counts scanned from `comparisons` by Polars against the running sums.
 //!
 //! Environment: `DELTANN_BENCH_DIR` (default `target-bench/stores`), `DELTANN_BENCH_SIZES`
 //! (images per family, comma-separated; default `525,5250`, i.e. 100,800 and 1,008,000 rows),
@@ -156,6 +158,45 @@ fn main() {
             }
             report(rows, &format!("summary, {engine:?} frames"), &times, "");
         }
+        // The findings alone (what the two implementations differ in), on every cell.
+        let cells = deltann_analyzer::cells::load_cells(&full).unwrap();
+        let models = deltann_analyzer::cells::load_models(&full).unwrap();
+        let groups: Vec<Vec<usize>> = analysis::groups(&cells, &models)
+            .into_iter()
+            .map(|g| g.cells)
+            .collect();
+        let index: std::collections::HashMap<String, usize> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.cell_id.clone(), i))
+            .collect();
+        let margin = analysis::Options::default().near_tie_margin;
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let per_image = derived::read::answers(&root, &state, &index, cells.len()).unwrap();
+            let found = deltann_analyzer::disagreement::summarise(
+                &groups,
+                per_image
+                    .images
+                    .iter()
+                    .map(|(id, a)| (id.as_str(), a.as_slice())),
+                margin,
+            );
+            times.push(started.elapsed().as_secs_f64());
+            assert!(found.images > 0);
+        }
+        report(rows, "findings + latencies, Native", &times, "");
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let (found, _) =
+                frames::findings(&root, &state, &index, &groups, cells.len(), margin).unwrap();
+            times.push(started.elapsed().as_secs_f64());
+            assert!(found.images > 0);
+        }
+        report(rows, "findings + latencies, Polars", &times, "");
+
         let mut times = Vec::new();
         for _ in 0..rounds {
             let started = Instant::now();
