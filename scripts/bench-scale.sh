@@ -38,7 +38,7 @@ measure() {
     [ "$n" -gt "$max" ] && max=$n
     sleep 0.2
   done
-  wait "$pid" || { echo "$label: FAILED"; tail -20 "$dir/out.log" "$log"; exit 1; }
+  wait "$pid" || { echo "$label: FAILED"; tail -n 20 "$dir/out.log" "$log"; exit 1; }
   local rss wall
   rss=$(awk -F: '/Maximum resident/ {print int($2/1024)}' "$log")
   wall=$(awk -F': ' '/Elapsed \(wall/ {print $2}' "$log")
@@ -51,7 +51,7 @@ if [ "$what" = all ] || [ "$what" = analysis ]; then
   if [ ! -f "$store/deltann-store.json" ]; then
     measure "synth 50,000 images x 48 cells" "$bin" synth "$store" --images 50000 --families 1
   fi
-  echo "store: $(du -sh "$store" | cut -f1), $(ls "$store"/outputs/*/*.parquet 2>/dev/null | wc -l) outputs parts"
+  echo "store: $(du -sh "$store" | cut -f1), $(grep -c "\"table\":\"outputs\"" "$store/_manifest.jsonl") outputs parts"
   measure "analyze --rebuild (2.4M rows)" "$bin" analyze --rebuild "$store"
   grep -E "rebuilt|folded" "$dir/out.log" || true
   echo "derived: $(du -sh "$store/derived" | cut -f1)"
@@ -80,7 +80,7 @@ images = "$images"
 [[model]]
 name = "mobilenetv2"
 path = "$model"
-preset = "torch"
+preset = "torchvision"
 [environments]
 engine = ["ort"]
 ort_library = ["1.32.0"]
@@ -88,8 +88,20 @@ ort_optimization = [$opts]
 threads = [2]
 batch_size = [1]
 TOML
+  # The tensor cache is removed when the run ends: sample its size while it runs.
+  echo 0 > "$dir/cache.max"
+  rm -f "$dir/cache.stop"
+  (
+    while [ ! -f "$dir/cache.stop" ]; do
+      b=$(du -sb "$dir/collect-50000/_cache" 2>/dev/null | cut -f1 || true)
+      [ -n "$b" ] && [ "$b" -gt "$(cat "$dir/cache.max")" ] && echo "$b" > "$dir/cache.max"
+      sleep 2
+    done
+  ) &
   measure "collect 50,000 images x $cells cells" "$bin" collect --quiet "$dir/sweep-50000.toml"
+  touch "$dir/cache.stop"
+  wait
   grep -E "peak memory|rows" "$dir/out.log" | head -5 || true
-  cache=$(du -sb "$dir/collect-50000/_cache" 2>/dev/null | cut -f1)
-  echo "tensor cache: $cache bytes = $(awk -v b="$cache" 'BEGIN {printf "%.3f", b / (50000 * 3 * 224 * 224)}') bytes per input element"
+  cache=$(cat "$dir/cache.max")
+  echo "tensor cache at its largest: $cache bytes = $(awk -v b="$cache" 'BEGIN {printf "%.3f", b / (50000 * 3 * 224 * 224)}') bytes per input element"
 fi
