@@ -171,31 +171,23 @@ fn main() {
             .map(|(i, c)| (c.cell_id.clone(), i))
             .collect();
         let margin = analysis::Options::default().near_tie_margin;
-        let mut times = Vec::new();
-        for _ in 0..rounds {
-            let started = Instant::now();
-            let per_image = derived::read::answers(&root, &state, &index, cells.len()).unwrap();
-            let found = deltann_analyzer::disagreement::summarise(
-                &groups,
-                per_image
-                    .images
-                    .iter()
-                    .map(|(id, a)| (id.as_str(), a.as_slice())),
-                margin,
+        for engine in [Engine::Native, Engine::Polars] {
+            let mut times = Vec::new();
+            for _ in 0..rounds {
+                let started = Instant::now();
+                let (found, _) =
+                    frames::compute(engine, &root, &state, &index, &groups, cells.len(), margin)
+                        .unwrap();
+                times.push(started.elapsed().as_secs_f64());
+                assert!(found.images > 0);
+            }
+            report(
+                rows,
+                &format!("findings + latencies, {engine:?}"),
+                &times,
+                "",
             );
-            times.push(started.elapsed().as_secs_f64());
-            assert!(found.images > 0);
         }
-        report(rows, "findings + latencies, Native", &times, "");
-        let mut times = Vec::new();
-        for _ in 0..rounds {
-            let started = Instant::now();
-            let (found, _) =
-                frames::findings(&root, &state, &index, &groups, cells.len(), margin).unwrap();
-            times.push(started.elapsed().as_secs_f64());
-            assert!(found.images > 0);
-        }
-        report(rows, "findings + latencies, Polars", &times, "");
 
         let mut times = Vec::new();
         for _ in 0..rounds {

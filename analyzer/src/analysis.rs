@@ -289,29 +289,15 @@ pub fn from_derived(store: &Store, state: &derived::State, options: &Options) ->
     }
 
     let group_cells: Vec<Vec<usize>> = groups.iter().map(|g| g.cells.clone()).collect();
-    let (findings, latencies) = match options.frames {
-        crate::frames::Engine::Polars => crate::frames::findings(
-            store.root(),
-            state,
-            &index,
-            &group_cells,
-            cells.len(),
-            options.near_tie_margin,
-        )?,
-        crate::frames::Engine::Native => {
-            let per_image =
-                crate::derived::read::answers(store.root(), state, &index, cells.len())?;
-            let findings = disagreement::summarise(
-                &group_cells,
-                per_image
-                    .images
-                    .iter()
-                    .map(|(id, a)| (id.as_str(), a.as_slice())),
-                options.near_tie_margin,
-            );
-            (findings, per_image.latencies)
-        }
-    };
+    let (findings, latencies) = crate::frames::compute(
+        options.frames,
+        store.root(),
+        state,
+        &index,
+        &group_cells,
+        cells.len(),
+        options.near_tie_margin,
+    )?;
     let disagreement = Disagreement {
         images: findings.images,
         pairs,

@@ -90,6 +90,37 @@ fn cells_frame(index: &HashMap<String, usize>, groups: &[Vec<usize>]) -> Result<
     .map_err(|e| polars_error("cells", e))
 }
 
+/// The per-image findings and every cell's latencies by `engine` (see [`findings`] for the
+/// arguments).
+///
+/// # Errors
+/// Fails when a derived part cannot be read.
+pub fn compute(
+    engine: Engine,
+    root: &Path,
+    state: &State,
+    index: &HashMap<String, usize>,
+    groups: &[Vec<usize>],
+    cells: usize,
+    near_tie_margin: f32,
+) -> Result<(Findings, Vec<Vec<i64>>)> {
+    match engine {
+        Engine::Polars => findings(root, state, index, groups, cells, near_tie_margin),
+        Engine::Native => {
+            let per_image = crate::derived::read::answers(root, state, index, cells)?;
+            let found = crate::disagreement::summarise(
+                groups,
+                per_image
+                    .images
+                    .iter()
+                    .map(|(id, a)| (id.as_str(), a.as_slice())),
+                near_tie_margin,
+            );
+            Ok((found, per_image.latencies))
+        }
+    }
+}
+
 /// The per-image findings and every cell's latencies (by the caller's cell index, unsorted in
 /// the order Polars returns them), from the `cell_images` parts. `index` maps cell ids to the
 /// caller's indices; `groups` holds each group's cells, reference first.
