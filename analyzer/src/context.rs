@@ -16,7 +16,7 @@ use deltann_store::Table;
 
 use crate::derived::DerivedTable;
 use crate::error::{Error, Result};
-use crate::provider::{Source, StoreTable};
+use crate::provider::{PairsTable, Source, StoreTable};
 
 /// Views registered next to the tables. Kept here, in SQL, so `\d` shows what they are.
 pub const VIEWS: [(&str, &str); 2] = [
@@ -93,6 +93,10 @@ impl Session {
                 Arc::new(StoreTable::new(root.to_path_buf(), source)),
             )?;
         }
+        ctx.register_table(
+            PairsTable::NAME,
+            Arc::new(PairsTable::new(root.to_path_buf())),
+        )?;
         let session = Self {
             ctx,
             root: root.to_path_buf(),

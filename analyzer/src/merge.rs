@@ -18,7 +18,11 @@ use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::{Float32Type, Int32Type, Int64Type, UInt64Type};
 use deltann_store::schema::col;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelector,
+};
+use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::statistics::Statistics;
 use rayon::prelude::*;
 
@@ -32,8 +36,12 @@ pub struct Row {
     pub label: Option<i32>,
     pub top5: Vec<i32>,
     pub top5_prob: Vec<f32>,
-    /// A zero-copy slice of the decoded column.
+    /// A zero-copy slice of the decoded column (`None` when the row has none, or when they were
+    /// not read: see `logits_unread`).
     pub logits: Option<ScalarBuffer<f32>>,
+    /// The part was opened with [`Wanted::Rows`] and this row's logits were not decoded: a
+    /// caller that needs them takes another row's with the same `hash`.
+    pub logits_unread: bool,
     pub hash: u64,
     pub latency: i64,
 }
@@ -141,19 +149,76 @@ pub fn softmax_pair(logits: &[f32]) -> (Vec<f32>, Vec<f32>) {
     (lp, p)
 }
 
+/// Which rows of a part need their logits decoded. Logits are nearly all of an `outputs` part's
+/// bytes and of its decoding time; a fold reads an already folded part only for the rows whose
+/// logits no other row of the image shares (see `derived::fold`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wanted {
+    /// Every row's.
+    All,
+    /// Only the rows marked, by position in the part (the other rows come without logits).
+    Rows(Vec<bool>),
+}
+
+/// A batch's logits: the decoded column, or for a part read with [`Wanted::Rows`], the logits of
+/// the rows that wanted them (`None`: not read; `Some(None)`: the row has none).
+enum BatchLogits {
+    Column(GenericListArray<i32>),
+    Picked(Vec<Option<Option<ScalarBuffer<f32>>>>),
+}
+
+/// The logits of the wanted rows of a part read with [`Wanted::Rows`], in row order: a second
+/// reader over the logits column alone, with a row selection.
+struct LogitsOnly {
+    reader: ParquetRecordBatchReader,
+    batch: Option<GenericListArray<i32>>,
+    row: usize,
+}
+
+impl LogitsOnly {
+    /// The next wanted row's logits.
+    fn next(&mut self, path: &Path) -> Result<Option<ScalarBuffer<f32>>> {
+        loop {
+            if let Some(b) = &self.batch
+                && self.row < b.len()
+            {
+                let i = self.row;
+                self.row += 1;
+                return Ok(b
+                    .is_valid(i)
+                    .then(|| b.value(i).as_primitive::<Float32Type>().values().clone()));
+            }
+            match self.reader.next() {
+                Some(Ok(batch)) => {
+                    let list = batch
+                        .column(0)
+                        .as_list_opt::<i32>()
+                        .ok_or_else(|| invalid(path, "no usable column `logits`"))?
+                        .clone();
+                    self.batch = Some(list);
+                    self.row = 0;
+                }
+                Some(Err(e)) => return Err(invalid(path, e)),
+                None => return Err(invalid(path, "fewer logits rows than selected")),
+            }
+        }
+    }
+}
+
 struct Columns {
     image_id: StringArray,
     repetition: Int32Array,
     label: Int32Array,
     top5: GenericListArray<i32>,
     top5_prob: GenericListArray<i32>,
-    logits: GenericListArray<i32>,
+    logits: BatchLogits,
     hash: UInt64Array,
     latency: Int64Array,
 }
 
 impl Columns {
-    fn new(batch: &RecordBatch, path: &Path) -> Result<Self> {
+    /// A batch's columns; `logits` is `None` when the batch was read without them.
+    fn new(batch: &RecordBatch, path: &Path, logits: Option<BatchLogits>) -> Result<Self> {
         let missing =
             |c: &str| Error::Invalid(format!("{}: no usable column `{c}`", path.display()));
         let get = |c: &str| batch.column_by_name(c).ok_or_else(|| missing(c));
@@ -178,7 +243,10 @@ impl Columns {
                 .clone(),
             top5: list(col::TOP5)?,
             top5_prob: list(col::TOP5_PROB)?,
-            logits: list(col::LOGITS)?,
+            logits: match logits {
+                Some(l) => l,
+                None => BatchLogits::Column(list(col::LOGITS)?),
+            },
             hash: get(col::LOGITS_HASH)?
                 .as_primitive_opt::<UInt64Type>()
                 .ok_or_else(|| missing(col::LOGITS_HASH))?
@@ -198,12 +266,20 @@ impl Columns {
         let floats = |l: &GenericListArray<i32>| -> ScalarBuffer<f32> {
             l.value(i).as_primitive::<Float32Type>().values().clone()
         };
+        let (logits, logits_unread) = match &self.logits {
+            BatchLogits::Column(l) => (l.is_valid(i).then(|| floats(l)), false),
+            BatchLogits::Picked(p) => match p.get(i) {
+                Some(Some(l)) => (l.clone(), false),
+                _ => (None, true),
+            },
+        };
         Row {
             rep: self.repetition.value(i),
             label: self.label.is_valid(i).then(|| self.label.value(i)),
             top5: ints(&self.top5),
             top5_prob: floats(&self.top5_prob).to_vec(),
-            logits: self.logits.is_valid(i).then(|| floats(&self.logits)),
+            logits,
+            logits_unread,
             hash: self.hash.value(i),
             latency: self.latency.value(i),
         }
@@ -264,35 +340,127 @@ struct Cursor {
     slot: usize,
     path: PathBuf,
     reader: ParquetRecordBatchReader,
+    /// For a part read with [`Wanted::Rows`]: which rows, the logits reader, and the position in
+    /// the part of the next batch's first row.
+    picked: Option<(Vec<bool>, Option<LogitsOnly>, usize)>,
     batch: Option<Columns>,
     row: usize,
     /// The next batch, decoded ahead (in parallel with other cursors') by [`Merge::prefetch`].
     ahead: Option<Result<Option<Columns>>>,
 }
 
+/// Runs of selected and skipped rows.
+fn selection(rows: &[bool]) -> RowSelection {
+    let mut runs: Vec<RowSelector> = Vec::new();
+    for &w in rows {
+        match runs.last_mut() {
+            Some(r) if r.skip != w => r.row_count += 1,
+            _ => runs.push(if w {
+                RowSelector::select(1)
+            } else {
+                RowSelector::skip(1)
+            }),
+        }
+    }
+    RowSelection::from(runs)
+}
+
+/// The key columns of every row of an `outputs` part, in file order: (image id, repetition,
+/// logits hash). Cheap next to the logits: what a fold reads to decide which logits it needs.
+///
+/// # Errors
+/// Fails when the part cannot be read.
+pub fn keys(path: &Path) -> Result<Vec<(String, i32, u64)>> {
+    let file = File::open(path).map_err(|e| Error::file(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| invalid(path, e))?;
+    let columns = [col::IMAGE_ID, col::REPETITION, col::LOGITS_HASH];
+    let indices = columns
+        .iter()
+        .map(|c| builder.schema().index_of(c))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| invalid(path, e))?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(8192)
+        .build()
+        .map_err(|e| invalid(path, e))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| invalid(path, e))?;
+        let missing = |c: &str| invalid(path, format!("no usable column `{c}`"));
+        let ids = batch
+            .column_by_name(col::IMAGE_ID)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| missing(col::IMAGE_ID))?;
+        let reps = batch
+            .column_by_name(col::REPETITION)
+            .and_then(|c| c.as_primitive_opt::<Int32Type>())
+            .ok_or_else(|| missing(col::REPETITION))?;
+        let hashes = batch
+            .column_by_name(col::LOGITS_HASH)
+            .and_then(|c| c.as_primitive_opt::<UInt64Type>())
+            .ok_or_else(|| missing(col::LOGITS_HASH))?;
+        for i in 0..batch.num_rows() {
+            out.push((ids.value(i).to_string(), reps.value(i), hashes.value(i)));
+        }
+    }
+    Ok(out)
+}
+
 /// A cursor with at most this many rows left in its batch decodes the next one ahead.
 const PREFETCH_BELOW: usize = 8;
 
 impl Cursor {
-    fn open(slot: usize, path: PathBuf) -> Result<Self> {
-        let file = File::open(&path).map_err(|e| Error::file(&path, e))?;
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| invalid(&path, e))?;
-        let indices = COLUMNS
-            .iter()
-            .map(|c| builder.schema().index_of(c))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| invalid(&path, e))?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(64)
-            .build()
-            .map_err(|e| invalid(&path, e))?;
+    fn open(slot: usize, path: PathBuf, wanted: Wanted) -> Result<Self> {
+        let reader = |columns: &[&str], selection: Option<RowSelection>| {
+            let file = File::open(&path).map_err(|e| Error::file(&path, e))?;
+            // The offset index (where each page starts, and its first row) lets a row selection
+            // skip whole pages instead of decompressing them.
+            let options = if selection.is_some() {
+                ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional)
+            } else {
+                ArrowReaderOptions::new()
+            };
+            let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
+                .map_err(|e| invalid(&path, e))?;
+            let indices = columns
+                .iter()
+                .map(|c| builder.schema().index_of(c))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| invalid(&path, e))?;
+            let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+            let mut builder = builder.with_projection(mask).with_batch_size(64);
+            if let Some(selection) = selection {
+                builder = builder.with_row_selection(selection);
+            }
+            builder.build().map_err(|e| invalid(&path, e))
+        };
+        let (main, picked) = match wanted {
+            Wanted::All => (reader(&COLUMNS, None)?, None),
+            Wanted::Rows(rows) => {
+                let without: Vec<&str> = COLUMNS
+                    .iter()
+                    .copied()
+                    .filter(|c| *c != col::LOGITS)
+                    .collect();
+                let logits = if rows.iter().any(|&w| w) {
+                    Some(LogitsOnly {
+                        reader: reader(&[col::LOGITS], Some(selection(&rows)))?,
+                        batch: None,
+                        row: 0,
+                    })
+                } else {
+                    None
+                };
+                (reader(&without, None)?, Some((rows, logits, 0)))
+            }
+        };
         let mut cursor = Self {
             slot,
             path,
-            reader,
+            reader: main,
+            picked,
             batch: None,
             row: 0,
             ahead: None,
@@ -303,7 +471,23 @@ impl Cursor {
 
     fn read_next(&mut self) -> Result<Option<Columns>> {
         match self.reader.next() {
-            Some(Ok(batch)) => Columns::new(&batch, &self.path).map(Some),
+            Some(Ok(batch)) => {
+                let logits = match &mut self.picked {
+                    None => None,
+                    Some((rows, logits, at)) => {
+                        let mut picked = Vec::with_capacity(batch.num_rows());
+                        for i in *at..*at + batch.num_rows() {
+                            picked.push(match (rows.get(i), logits.as_mut()) {
+                                (Some(true), Some(l)) => Some(l.next(&self.path)?),
+                                _ => None,
+                            });
+                        }
+                        *at += batch.num_rows();
+                        Some(BatchLogits::Picked(picked))
+                    }
+                };
+                Columns::new(&batch, &self.path, logits).map(Some)
+            }
             Some(Err(e)) => Err(invalid(&self.path, e)),
             None => Ok(None),
         }
@@ -404,9 +588,18 @@ impl Merge {
     /// # Errors
     /// Fails when a part cannot be opened or lacks a column analysis needs.
     pub fn open(parts: &[PathBuf]) -> Result<Self> {
+        let all: Vec<(PathBuf, Wanted)> = parts.iter().map(|p| (p.clone(), Wanted::All)).collect();
+        Self::open_wanted(all)
+    }
+
+    /// Opens every part, decoding only the logits each one's [`Wanted`] asks for.
+    ///
+    /// # Errors
+    /// Fails when a part cannot be opened or lacks a column analysis needs.
+    pub fn open_wanted(parts: Vec<(PathBuf, Wanted)>) -> Result<Self> {
         let mut cursors = Vec::with_capacity(parts.len());
-        for (slot, path) in parts.iter().enumerate() {
-            cursors.push(Cursor::open(slot, path.clone())?);
+        for (slot, (path, wanted)) in parts.into_iter().enumerate() {
+            cursors.push(Cursor::open(slot, path, wanted)?);
         }
         let heap = cursors
             .iter()

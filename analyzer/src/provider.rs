@@ -6,16 +6,19 @@
 //! part paths; equality and IN filters on them prune files before anything is opened, and every
 //! other filter is left to DataFusion's Parquet pushdown (row-group statistics, page index).
 //! The derived tables (`comparisons`, `cell_images`) are served the same way from the derived
-//! state's list of parts.
+//! state's list of parts, and `pairs` (the numbered pairs of cells, with their running counts)
+//! from the derived state itself.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
-use datafusion::common::{Result as DfResult, ScalarValue};
+use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
+use datafusion::datasource::MemTable;
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -241,6 +244,84 @@ impl TableProvider for StoreTable {
             .with_limit(limit)
             .build();
         format.create_physical_plan(state, config).await
+    }
+}
+
+/// `pairs`: one row per pair of cells compared, numbered as in `comparisons.pair`, with the
+/// running counts the fold keeps (read from `derived/state.json` at every scan).
+#[derive(Debug)]
+pub struct PairsTable {
+    root: PathBuf,
+}
+
+impl PairsTable {
+    /// The SQL name.
+    pub const NAME: &'static str = "pairs";
+
+    /// The `pairs` table of the store at `root`.
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// Its columns.
+    pub fn table_schema() -> SchemaRef {
+        let f = |n: &str, t: DataType| Field::new(n, t, false);
+        Arc::new(Schema::new(vec![
+            f("pair", DataType::Int32),
+            f("family", DataType::Utf8),
+            f("cell_a", DataType::Utf8),
+            f("cell_b", DataType::Utf8),
+            f("images", DataType::Int64),
+            f("flips", DataType::Int64),
+        ]))
+    }
+
+    fn batch(&self) -> DfResult<RecordBatch> {
+        use datafusion::arrow::array::{Int32Array, Int64Array, StringArray};
+        let external = |e: crate::error::Error| DataFusionError::External(Box::new(e));
+        let state = crate::derived::State::load(&self.root)
+            .map_err(external)?
+            .unwrap_or_default();
+        let p = &state.pairs;
+        let count = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let numbers = (0..p.len())
+            .map(|i| i32::try_from(i).map_err(|e| DataFusionError::External(Box::new(e))))
+            .collect::<DfResult<Vec<i32>>>()?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from(numbers)),
+            Arc::new(StringArray::from_iter_values(p.iter().map(|x| &x.family))),
+            Arc::new(StringArray::from_iter_values(p.iter().map(|x| &x.cell_a))),
+            Arc::new(StringArray::from_iter_values(p.iter().map(|x| &x.cell_b))),
+            Arc::new(Int64Array::from_iter_values(
+                p.iter().map(|x| count(x.images)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                p.iter().map(|x| count(x.flips)),
+            )),
+        ];
+        Ok(RecordBatch::try_new(Self::table_schema(), columns)?)
+    }
+}
+
+#[async_trait]
+impl TableProvider for PairsTable {
+    fn schema(&self) -> SchemaRef {
+        Self::table_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let table = MemTable::try_new(Self::table_schema(), vec![vec![self.batch()?]])?;
+        table.scan(state, projection, filters, limit).await
     }
 }
 

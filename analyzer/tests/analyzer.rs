@@ -413,8 +413,15 @@ fn table_rows(root: &Path, state: &State, table: DerivedTable) -> Vec<String> {
                         .unwrap()
                 })
                 .collect();
+            // `pair` numbers depend on the order pairs were first met: compare what they name.
+            let pair = batch.schema().index_of("pair").ok();
             for i in 0..batch.num_rows() {
-                let row: Vec<String> = formatters.iter().map(|f| f.value(i).to_string()).collect();
+                let mut row: Vec<String> =
+                    formatters.iter().map(|f| f.value(i).to_string()).collect();
+                if let Some(k) = pair {
+                    let p = &state.pairs[row[k].parse::<usize>().unwrap()];
+                    row[k] = format!("{}~{}", p.cell_a, p.cell_b);
+                }
                 out.push(row.join("|"));
             }
         }

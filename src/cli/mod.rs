@@ -180,9 +180,11 @@ pub struct QueryArgs {
 }
 
 const QUERY_HELP: &str = "\
-Tables: runs, models, images, cells, outputs (partitioned by model and engine), errors; views:
-cells_latest (each cell's latest attempt) and predictions (outputs joined with their cell's
-environment). Columns are documented in docs/STORE.md. Only committed parts are read.
+Tables: runs, models, images, cells, outputs (partitioned by model and engine), errors; derived
+(folded in first when named): comparisons (pair of cells x image), cell_images (cell x image),
+pairs (the numbered pairs, with images and flips); views: cells_latest (each cell's latest
+attempt) and predictions (outputs joined with their cell's environment). Columns are documented
+in docs/STORE.md. Only committed parts are read.
 
 Examples:
   deltann query results/demo \"SELECT tag, latency_p50_ms FROM cells_latest ORDER BY 2\"
@@ -491,13 +493,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Before SQL that reads the derived tables (`comparisons`, `cell_images`), folds in what was
-/// committed since they were last advanced. Other SQL runs at once, without touching them.
+/// Before SQL that reads the derived tables (`comparisons`, `cell_images`, `pairs`), folds in
+/// what was committed since they were last advanced. Other SQL runs at once, without touching
+/// them.
 fn refresh_derived(store: &std::path::Path, sql: &str) {
     let lower = sql.to_ascii_lowercase();
     let wanted = deltann_analyzer::derived::DerivedTable::ALL
         .iter()
-        .any(|t| lower.contains(t.name()));
+        .any(|t| lower.contains(t.name()))
+        || lower.contains(deltann_analyzer::provider::PairsTable::NAME);
     if !wanted {
         return;
     }
@@ -507,7 +511,7 @@ fn refresh_derived(store: &std::path::Path, sql: &str) {
     if let Err(e) = result {
         eprintln!(
             "deltann: warning: the derived tables could not be brought up to date ({e}); \
-             `comparisons` and `cell_images` show what they held"
+             `comparisons`, `cell_images` and `pairs` show what they held"
         );
     }
 }

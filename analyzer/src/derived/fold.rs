@@ -8,15 +8,17 @@
 //! the commits. Pair and cell accumulators (sums, counts, maxima) advance with the rows, so a
 //! report reads them instead of the tables.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow::buffer::ScalarBuffer;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::tables::{CellImage, CellImagesBuilder, Comparison, ComparisonsBuilder};
 use crate::error::Result;
-use crate::merge::{self, Entry, Merge, RepFloor, Row, Softmax};
+use crate::merge::{self, Entry, Merge, RepFloor, Row, Softmax, Wanted};
 use crate::metrics;
 
 /// Persistence of the rank-biased overlap (weights depth d by p^(d-1)).
@@ -160,7 +162,7 @@ pub(crate) struct FoldStats {
 pub(crate) struct Accumulators<'a> {
     pub(crate) pairs: &'a mut Vec<PairAcc>,
     pub(crate) cells: &'a mut Vec<CellAcc>,
-    pair_index: std::collections::HashMap<(usize, usize), usize>,
+    pair_index: HashMap<(usize, usize), usize>,
     cell_index: Vec<Option<usize>>,
 }
 
@@ -170,12 +172,12 @@ impl<'a> Accumulators<'a> {
         cells_acc: &'a mut Vec<CellAcc>,
         cells: &[CellName],
     ) -> Self {
-        let by_id: std::collections::HashMap<&str, usize> = cells
+        let by_id: HashMap<&str, usize> = cells
             .iter()
             .enumerate()
             .map(|(i, c)| (c.id.as_str(), i))
             .collect();
-        let mut pair_index = std::collections::HashMap::new();
+        let mut pair_index = HashMap::new();
         for (k, p) in pairs.iter().enumerate() {
             if let (Some(&a), Some(&b)) =
                 (by_id.get(p.cell_a.as_str()), by_id.get(p.cell_b.as_str()))
@@ -197,8 +199,9 @@ impl<'a> Accumulators<'a> {
         }
     }
 
-    fn pair(&mut self, a: usize, b: usize, cells: &[CellName]) -> &mut PairAcc {
-        let k = *self.pair_index.entry((a, b)).or_insert_with(|| {
+    /// The pair's position in the state's pairs (its number in `comparisons` and `pairs`).
+    fn pair(&mut self, a: usize, b: usize, cells: &[CellName]) -> usize {
+        *self.pair_index.entry((a, b)).or_insert_with(|| {
             self.pairs.push(PairAcc {
                 family: cells[a].family.clone(),
                 cell_a: cells[a].id.clone(),
@@ -206,8 +209,7 @@ impl<'a> Accumulators<'a> {
                 ..Default::default()
             });
             self.pairs.len() - 1
-        });
-        &mut self.pairs[k]
+        })
     }
 
     fn cell(&mut self, c: usize, cells: &[CellName]) -> &mut CellAcc {
@@ -245,62 +247,113 @@ pub(crate) fn fold(
     rows: &mut Rows,
     mut flush: impl FnMut(&mut Rows, &str) -> Result<()>,
 ) -> Result<FoldStats> {
-    let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path.clone()).collect();
-    let mut merge = Merge::open(&paths)?;
+    let wanted = plan(inputs, cells)?;
+    let paths: Vec<(PathBuf, Wanted)> = inputs.iter().map(|i| i.path.clone()).zip(wanted).collect();
+    let mut merge = Merge::open_wanted(paths)?;
     let mut stats = FoldStats::default();
-    loop {
-        // Gather a window of images (decoding is sequential), then compare them in parallel,
-        // one image per task, and record the results in image order.
-        let mut window: Vec<(String, Vec<Present>)> = Vec::with_capacity(WINDOW);
-        while window.len() < WINDOW {
-            let Some((id, slots)) = merge.next_image()? else {
+    std::thread::scope(|scope| -> Result<()> {
+        // Decoding (the merge, sequential) runs on its own thread, one window of images ahead
+        // of the comparisons (parallel, one image per task) and of recording their results in
+        // image order, so the two overlap instead of taking turns.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Window>>>(1);
+        let reader = scope.spawn(move || {
+            let mut read = FoldStats::default();
+            loop {
+                let window = next_window(&mut merge, inputs, cells, &mut read);
+                let last = !matches!(&window, Ok(w) if !w.is_empty());
+                if tx.send(window).is_err() || last {
+                    break;
+                }
+            }
+            read.duplicates
+        });
+        for window in rx {
+            let window = window?;
+            if window.is_empty() {
                 break;
-            };
-            if let Some(present) = gather(inputs, cells, slots, &mut stats) {
-                window.push((id, present));
             }
+            record(window, cells, acc, rows, &mut stats, &mut flush)?;
         }
-        if window.is_empty() {
+        stats.duplicates = reader
+            .join()
+            .map_err(|_| crate::error::Error::Invalid("the fold's reader panicked".into()))?;
+        Ok(())
+    })?;
+    Ok(stats)
+}
+
+/// One image with rows to fold: its id and every cell's entry.
+type Window = (String, Vec<Present>);
+
+/// The next images with new rows, at most [`WINDOW`] (none at the end).
+fn next_window(
+    merge: &mut Merge,
+    inputs: &[Input],
+    cells: &[CellName],
+    stats: &mut FoldStats,
+) -> Result<Vec<Window>> {
+    let mut window = Vec::with_capacity(WINDOW);
+    while window.len() < WINDOW {
+        let Some((id, slots)) = merge.next_image()? else {
             break;
-        }
-        let done: Vec<Image> = window
-            .into_par_iter()
-            .map(|(id, present)| compare_image(id, present, cells))
-            .collect();
-        for image in done {
-            stats.images += 1;
-            let id = &image.id;
-            for p in image.present.iter().filter(|p| p.new) {
-                let name = &cells[p.cell];
-                let row = &p.entry.row;
-                rows.cell_images.push(&CellImage {
-                    cell_id: &name.id,
-                    image_id: id,
-                    family: &name.family,
-                    model: &name.model,
-                    label: row.label,
-                    top5: &row.top5,
-                    top5_prob: &row.top5_prob,
-                    hash: row.hash,
-                    floor: p.floor,
-                    latencies: &p.latencies,
-                });
-                acc.cell(p.cell, cells)
-                    .add(row.label, p.entry.top1(), &p.floor, p.latencies.len());
-            }
-            for (&(i, j), c) in image.pairs.iter().zip(&image.comparisons) {
-                let (a, b) = (&image.present[i], &image.present[j]);
-                let label = a.entry.row.label.or(b.entry.row.label);
-                let (na, nb) = (&cells[a.cell], &cells[b.cell]);
-                rows.comparisons
-                    .push(&na.family, &na.id, &nb.id, id, label, c);
-                acc.pair(a.cell, b.cell, cells).add_comparison(id, label, c);
-            }
-            stats.comparisons += image.comparisons.len() as u64;
-            flush(rows, id)?;
+        };
+        if let Some(present) = gather(inputs, cells, slots, stats)? {
+            window.push((id, present));
         }
     }
-    Ok(stats)
+    Ok(window)
+}
+
+/// Compares a window's images in parallel and records the results in image order.
+fn record(
+    window: Vec<Window>,
+    cells: &[CellName],
+    acc: &mut Accumulators<'_>,
+    rows: &mut Rows,
+    stats: &mut FoldStats,
+    flush: &mut impl FnMut(&mut Rows, &str) -> Result<()>,
+) -> Result<()> {
+    let done: Vec<Image> = window
+        .into_par_iter()
+        .map(|(id, present)| compare_image(id, present, cells))
+        .collect();
+    for image in done {
+        stats.images += 1;
+        let id = &image.id;
+        for p in image.present.iter().filter(|p| p.new) {
+            let name = &cells[p.cell];
+            let row = &p.entry.row;
+            rows.cell_images.push(&CellImage {
+                cell_id: &name.id,
+                image_id: id,
+                family: &name.family,
+                model: &name.model,
+                label: row.label,
+                top5: &row.top5,
+                top5_prob: &row.top5_prob,
+                hash: row.hash,
+                floor: p.floor,
+                latencies: &p.latencies,
+            });
+            acc.cell(p.cell, cells)
+                .add(row.label, p.entry.top1(), &p.floor, p.latencies.len());
+        }
+        for (&(i, j), c) in image.pairs.iter().zip(&image.comparisons) {
+            let (a, b) = (&image.present[i], &image.present[j]);
+            let label = a.entry.row.label.or(b.entry.row.label);
+            let (na, nb) = (&cells[a.cell], &cells[b.cell]);
+            let k = acc.pair(a.cell, b.cell, cells);
+            let number = i32::try_from(k).map_err(|_| {
+                crate::error::Error::Invalid(format!("more than {} pairs of cells", i32::MAX))
+            })?;
+            rows.comparisons
+                .push(&na.family, number, &na.id, &nb.id, id, label, c);
+            acc.pairs[k].add_comparison(id, label, c);
+        }
+        stats.comparisons += image.comparisons.len() as u64;
+        flush(rows, id)?;
+    }
+    Ok(())
 }
 
 /// Images gathered before they are compared in parallel: bounds memory to this many images'
@@ -315,14 +368,94 @@ struct Image {
     comparisons: Vec<Comparison>,
 }
 
+/// Which logits each input's rows need decoded: most of a fold's time is decoding logits, and an
+/// already folded ("old") part is read only as the other side of comparisons. Of an old part,
+/// only the first repetition of images that have new rows of its family is compared, and of
+/// those only the rows whose logits hash no new row and no earlier old row of that image and
+/// family has: bit-identical logits are common (threads and batch sizes often give them), and
+/// such a row takes the logits of the row it matches (see [`fill_unread`]). New parts are read
+/// whole; with no old parts there is nothing to decide.
+fn plan(inputs: &[Input], cells: &[CellName]) -> Result<Vec<Wanted>> {
+    if inputs.iter().all(|i| i.new) {
+        return Ok(vec![Wanted::All; inputs.len()]);
+    }
+    let keys: Vec<Vec<(String, i32, u64)>> = inputs
+        .par_iter()
+        .map(|i| merge::keys(&i.path))
+        .collect::<Result<_>>()?;
+    // Per family and image: the logits hashes whose logits the merge will hold.
+    let mut covered: HashMap<&str, HashMap<&str, Vec<u64>>> = HashMap::new();
+    for (input, keys) in inputs.iter().zip(&keys).filter(|(i, _)| i.new) {
+        let images = covered
+            .entry(cells[input.cell].family.as_str())
+            .or_default();
+        for (image, _, hash) in keys {
+            images.entry(image.as_str()).or_default().push(*hash);
+        }
+    }
+    let mut wanted = Vec::with_capacity(inputs.len());
+    for (input, keys) in inputs.iter().zip(&keys) {
+        if input.new {
+            wanted.push(Wanted::All);
+            continue;
+        }
+        let mut rows = vec![false; keys.len()];
+        let images = covered.get_mut(cells[input.cell].family.as_str());
+        if let Some(images) = images {
+            // A cell's rows of one image are consecutive; its first repetition is compared.
+            let mut start = 0;
+            while start < keys.len() {
+                let image = keys[start].0.as_str();
+                let end = start + keys[start..].iter().take_while(|k| k.0 == image).count();
+                let first = (start..end).min_by_key(|&i| keys[i].1).unwrap_or(start);
+                if let Some(hashes) = images.get_mut(image)
+                    && !hashes.contains(&keys[first].2)
+                {
+                    hashes.push(keys[first].2);
+                    rows[first] = true;
+                }
+                start = end;
+            }
+        }
+        wanted.push(Wanted::Rows(rows));
+    }
+    Ok(wanted)
+}
+
+/// Gives rows whose logits were not decoded (see [`plan`]) those of a row of the same image
+/// with the same logits hash.
+fn fill_unread(slots: &mut [(usize, Vec<Row>)]) {
+    if !slots.iter().any(|(_, r)| r.iter().any(|r| r.logits_unread)) {
+        return;
+    }
+    let known: HashMap<u64, Option<ScalarBuffer<f32>>> = slots
+        .iter()
+        .flat_map(|(_, rows)| rows)
+        .filter(|r| !r.logits_unread)
+        .map(|r| (r.hash, r.logits.clone()))
+        .collect();
+    for row in slots.iter_mut().flat_map(|(_, rows)| rows.iter_mut()) {
+        if row.logits_unread
+            && let Some(logits) = known.get(&row.hash)
+        {
+            row.logits.clone_from(logits);
+            row.logits_unread = false;
+        }
+    }
+}
+
 /// One set of rows per cell for an image (old before new, then the earlier commit); `None` when
 /// no row is new (nothing to fold).
 fn gather(
     inputs: &[Input],
     cells: &[CellName],
-    slots: Vec<(usize, Vec<Row>)>,
+    mut slots: Vec<(usize, Vec<Row>)>,
     stats: &mut FoldStats,
-) -> Option<Vec<Present>> {
+) -> Result<Option<Vec<Present>>> {
+    if !slots.iter().any(|(slot, _)| inputs[*slot].new) {
+        return Ok(None);
+    }
+    fill_unread(&mut slots);
     let mut chosen: Vec<(usize, Vec<Row>)> = Vec::new();
     for (slot, rows_of) in slots {
         let input = &inputs[slot];
@@ -346,7 +479,7 @@ fn gather(
         .map(|c| cells[inputs[c.0].cell].family.as_str())
         .collect();
     if new_families.is_empty() {
-        return None;
+        return Ok(None);
     }
     let mut present: Vec<Present> = chosen
         .into_iter()
@@ -364,8 +497,15 @@ fn gather(
             })
         })
         .collect();
+    if let Some(p) = present.iter().find(|p| p.entry.row.logits_unread) {
+        return Err(crate::error::Error::Invalid(format!(
+            "cell {}: logits left unread by the fold's plan (a bug in deltann's analyzer; \
+             `deltann analyze --rebuild` recomputes without it)",
+            cells[p.cell].id
+        )));
+    }
     present.sort_by(|a, b| cells[a.cell].id.cmp(&cells[b.cell].id));
-    Some(present)
+    Ok(Some(present))
 }
 
 /// Compares every pair of one family on one image where at least one side is new.
