@@ -45,6 +45,14 @@ pub enum Error {
         line: usize,
         reason: String,
     },
+    /// An earlier commit of this writer failed at a step after which its outcome is uncertain
+    /// (a failed rename, directory fsync, manifest append or manifest fsync): it commits nothing
+    /// more, as SQLite stops after a failed fsync. The next writer's recovery settles the store.
+    #[error(
+        "{}: this process commits nothing more after a failed commit ({reason}); nothing          committed is lost, and the next `deltann collect` on the store recovers it",
+        path.display()
+    )]
+    Stopped { path: PathBuf, reason: String },
     /// A caller asked for something the store cannot represent.
     #[error("{0}")]
     Invalid(String),

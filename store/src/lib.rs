@@ -11,6 +11,8 @@ Spark, pyarrow), plus an append-only manifest that says which files are committe
 - [`manifest`]: the append-only commit log, tolerant of a torn last line.
 - [`writer`]: the crash-safe commit protocol (temporary file, fsync, rename, manifest entry) and
   recovery of whatever a crash left behind.
+- [`faults`]: failures injected at each step of that protocol, for the tests that hold it to
+  its promises.
 - [`reader`]: a read-only view that lists committed parts only and streams their rows.
 - [`ids`]: deterministic cell ids, so the same cell in two sweeps is recognisably the same.
 - [`stats`]: the one quantile definition every latency figure uses.
@@ -20,6 +22,7 @@ docs/STORE.md describes the format for people who read the files with other tool
 */
 
 pub mod error;
+pub mod faults;
 pub mod ids;
 pub mod layout;
 pub mod manifest;

@@ -5,14 +5,21 @@
 //! complete file. A crash while appending can leave a torn last line without a newline: readers
 //! ignore it and the next writer truncates it, then recovery re-adopts the part it described from
 //! the part's own footer metadata (see [`crate::writer`]).
+//!
+//! A failed append (a full disk mid-line) is cut back at once, so that a later append cannot glue
+//! a good line onto half of one. After a failed fsync nothing more is appended: the kernel may
+//! have dropped the dirty pages, so whether the last line is durable is unknown, and only the
+//! next writer's recovery (reading what is really on disk) can say.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::faults::{self, Fault, Faults, Step};
 use crate::layout::Table;
 
 /// One committed part.
@@ -95,6 +102,11 @@ pub fn read(path: &Path) -> Result<ManifestRead> {
 pub struct ManifestWriter {
     file: File,
     path: std::path::PathBuf,
+    /// Length of the complete lines.
+    len: u64,
+    /// Why appends are refused, after a failure that left the file's state unknown.
+    failed: Option<String>,
+    faults: Option<Arc<dyn Faults>>,
 }
 
 impl ManifestWriter {
@@ -116,22 +128,71 @@ impl ManifestWriter {
         Ok(Self {
             file,
             path: path.to_path_buf(),
+            len: len.min(valid_len),
+            failed: None,
+            faults: None,
         })
+    }
+
+    /// Injects faults into later appends (see [`crate::faults`]).
+    pub(crate) fn with_faults(mut self, faults: Option<Arc<dyn Faults>>) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    fn fault(&self, step: Step) -> Option<Fault> {
+        self.faults.as_ref().and_then(|f| f.at(step, &self.path))
     }
 
     /// Appends one entry and makes it durable before returning.
     ///
     /// # Errors
-    /// Fails when the write or the fsync fails; the entry may then be torn, which readers tolerate.
+    /// Fails when the write or the fsync fails. A failed write is cut back to the last complete
+    /// line; after a failed fsync (or a failed cut) every later append is refused.
     pub fn append(&mut self, entry: &PartEntry) -> Result<()> {
+        if let Some(reason) = &self.failed {
+            return Err(Error::Stopped {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            });
+        }
         let mut line = serde_json::to_string(entry)
             .map_err(|e| Error::Invalid(format!("cannot encode manifest entry: {e}")))?;
         line.push('\n');
+        let bytes = line.as_bytes();
         // One write call for the whole line: with O_APPEND it lands contiguously.
-        self.file
-            .write_all(line.as_bytes())
-            .io("append to", &self.path)?;
-        self.file.sync_data().io("fsync", &self.path)
+        let written = match self.fault(Step::ManifestWrite) {
+            None => self.file.write_all(bytes),
+            Some(fault) => {
+                if fault == Fault::Torn {
+                    // What a disk filling up mid-line leaves.
+                    let _ = self.file.write_all(&bytes[..bytes.len() / 2]);
+                }
+                Err(faults::error(Step::ManifestWrite, &self.path))
+            }
+        };
+        if let Err(e) = written {
+            if let Err(cut) = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_all())
+            {
+                self.failed = Some(format!(
+                    "appending to the manifest failed ({e}) and cutting it back failed ({cut})"
+                ));
+            }
+            return Err(e).io("append to", &self.path);
+        }
+        let synced = match self.fault(Step::ManifestSync) {
+            None => self.file.sync_data(),
+            Some(_) => Err(faults::error(Step::ManifestSync, &self.path)),
+        };
+        if let Err(e) = synced {
+            self.failed = Some(format!("fsync of the manifest failed: {e}"));
+            return Err(e).io("fsync", &self.path);
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
     }
 }
 

@@ -13,12 +13,21 @@
 //! So a crash loses at most the part being written, and since a part's identity (sequence number,
 //! cell) is fixed before rename, nothing is ever committed twice. One writer at a time: the writer
 //! holds an exclusive lock on `_lock` for its whole life.
+//!
+//! Errors are handled by the same rule as crashes. A failure before the rename (writing or
+//! syncing the temporary file) leaves nothing visible and the writer goes on. A failure at or
+//! after the rename (rename, directory fsync, manifest append or fsync) leaves the part's fate
+//! to recovery, so the writer commits nothing more ([`Error::Stopped`]): the only part recovery
+//! may then adopt is the one with the next sequence number, under exactly the name the writer
+//! gave it. Anything else found in a table directory (a copy, a file from elsewhere, a damaged
+//! part) is moved to `_quarantine/`, never read and never deleted.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -29,6 +38,7 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::faults::{self, Fault, Faults, Step};
 use crate::layout::{self, Partition, Table};
 use crate::manifest::{self, ManifestWriter, PartEntry};
 use crate::reader::Store;
@@ -63,7 +73,8 @@ pub struct Recovery {
     pub torn_manifest_line: bool,
     /// Complete parts without a manifest entry, now recorded (relative paths).
     pub adopted: Vec<String>,
-    /// Damaged files moved to `_quarantine/` (relative paths they had).
+    /// Files moved to `_quarantine/` (relative paths they had): damaged parts, and files that are
+    /// not the part a crash can leave (copies, files from elsewhere).
     pub quarantined: Vec<String>,
     /// Unfinished temporary files deleted.
     pub tmp_removed: usize,
@@ -86,6 +97,8 @@ struct Inner {
     manifest: ManifestWriter,
     entries: Vec<PartEntry>,
     next_seq: u64,
+    /// Why commits are refused, after one failed at or after its rename.
+    failed: Option<String>,
 }
 
 /// The single writer of a store. Shareable across threads: commits are serialised internally.
@@ -94,6 +107,7 @@ pub struct StoreWriter {
     _lock: File,
     inner: Mutex<Inner>,
     tmp_counter: AtomicU64,
+    faults: Option<Arc<dyn Faults>>,
 }
 
 impl std::fmt::Debug for StoreWriter {
@@ -112,6 +126,18 @@ impl StoreWriter {
     /// Fails when the directory cannot be created or written, is a non-empty directory that is not
     /// a store, has an unknown format version, or is locked by another writer.
     pub fn open(root: &Path) -> Result<(Self, Recovery)> {
+        Self::open_with_faults(root, None)
+    }
+
+    /// As [`StoreWriter::open`], with faults injected into later commits (tests of the commit
+    /// protocol; see [`crate::faults`]). Recovery itself runs without faults.
+    ///
+    /// # Errors
+    /// As [`StoreWriter::open`].
+    pub fn open_with_faults(
+        root: &Path,
+        faults: Option<Arc<dyn Faults>>,
+    ) -> Result<(Self, Recovery)> {
         prepare_root(root)?;
         let lock_path = root.join(layout::LOCK_FILE);
         let lock = OpenOptions::new()
@@ -155,12 +181,16 @@ impl StoreWriter {
         }
         orphans.retain(|rel| !known.contains(rel));
         orphans.sort_by_key(|rel| part_seq_of(rel));
+        // A crash (or a writer stopped by a failed commit) leaves at most the part with the next
+        // sequence number; older deltann versions could leave a run of them.
+        let mut next_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0) + 1;
         for rel in orphans {
-            match adopt(root, &rel) {
+            match adopt(root, &rel, next_seq) {
                 Ok(entry) => {
                     manifest.append(&entry)?;
                     entries.push(entry);
                     recovery.adopted.push(rel);
+                    next_seq += 1;
                 }
                 Err(_) => {
                     quarantine(root, &rel)?;
@@ -168,8 +198,7 @@ impl StoreWriter {
                 }
             }
         }
-
-        let next_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0) + 1;
+        let manifest = manifest.with_faults(faults.clone());
         Ok((
             Self {
                 root: root.to_path_buf(),
@@ -178,8 +207,10 @@ impl StoreWriter {
                     manifest,
                     entries,
                     next_seq,
+                    failed: None,
                 }),
                 tmp_counter: AtomicU64::new(0),
+                faults,
             },
             recovery,
         ))
@@ -216,7 +247,11 @@ impl StoreWriter {
             .root
             .join(layout::TMP_DIR)
             .join(format!("{table}-{}-{n}.parquet.tmp", std::process::id()));
-        let file = File::create(&tmp_path).io("create", &tmp_path)?;
+        let file = PartFile {
+            file: File::create(&tmp_path).io("create", &tmp_path)?,
+            path: tmp_path.clone(),
+            faults: self.faults.clone(),
+        };
         let footer = serde_json::to_string(&FooterMeta {
             table,
             partition: partition.clone(),
@@ -245,20 +280,41 @@ impl StoreWriter {
     /// # Errors
     /// Fails on any I/O error; the part then stays invisible (at worst it is adopted by the next
     /// writer's recovery, which is correct because it is complete once renamed).
-    pub fn commit(&self, mut part: PartWriter) -> Result<Option<PartEntry>> {
-        let tmp_path = part.tmp_path.clone();
-        if part.rows == 0 {
-            drop(part);
+    pub fn commit(&self, part: PartWriter) -> Result<Option<PartEntry>> {
+        let PartWriter {
+            table,
+            partition,
+            meta,
+            tmp_path,
+            mut writer,
+            rows,
+        } = part;
+        if rows == 0 {
+            drop(writer);
             fs::remove_file(&tmp_path).io("remove", &tmp_path)?;
             return Ok(None);
         }
-        part.writer.finish().map_err(|source| Error::Parquet {
-            path: tmp_path.clone(),
-            source,
-        })?;
-        part.writer.inner().sync_all().io("fsync", &tmp_path)?;
-        let bytes = fs::metadata(&tmp_path).io("stat", &tmp_path)?.len();
-        drop(part.writer);
+        let finished = writer
+            .finish()
+            .map_err(|source| Error::Parquet {
+                path: tmp_path.clone(),
+                source,
+            })
+            .and_then(|_| {
+                self.fault(Step::PartSync, &tmp_path)
+                    .and_then(|()| writer.inner().file.sync_all())
+                    .io("fsync", &tmp_path)
+            })
+            .and_then(|()| fs::metadata(&tmp_path).io("stat", &tmp_path));
+        drop(writer);
+        let bytes = match finished {
+            Ok(m) => m.len(),
+            Err(e) => {
+                // Nothing is visible yet: drop the file (recovery would, too) and go on.
+                let _ = fs::remove_file(&tmp_path);
+                return Err(e);
+            }
+        };
 
         // The sequence number is taken, and the rename and append done, under the lock, so the
         // manifest's order is the order in which parts became visible.
@@ -266,12 +322,41 @@ impl StoreWriter {
             .inner
             .lock()
             .map_err(|_| Error::Invalid("store writer poisoned by a panic".into()))?;
+        if let Some(reason) = &inner.failed {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(Error::Stopped {
+                path: self.root.clone(),
+                reason: reason.clone(),
+            });
+        }
         let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let finished = Finished {
+            table,
+            partition,
+            meta,
+            rows,
+            bytes,
+            tmp_path,
+        };
+        let visible = self.make_visible(&mut inner, finished, seq);
+        if let Err(e) = &visible {
+            inner.failed = Some(e.to_string());
+        }
+        visible.map(Some)
+    }
+
+    /// Renames a finished part into place and records it: the steps after which a failure leaves
+    /// the part's fate to recovery.
+    fn make_visible(&self, inner: &mut Inner, part: Finished, seq: u64) -> Result<PartEntry> {
         let dir = self.root.join(part.table.name()).join(part.partition.dir());
-        fs::create_dir_all(&dir).io("create", &dir)?;
+        create_dirs(&self.root, &dir)?;
         let tag = part.meta.cell_id.as_deref().unwrap_or_default();
         let final_path = dir.join(layout::part_file_name(seq, tag));
-        fs::rename(&tmp_path, &final_path).io("rename into place", &final_path)?;
+        self.fault(Step::Rename, &final_path)
+            .and_then(|()| fs::rename(&part.tmp_path, &final_path))
+            .io("rename into place", &final_path)?;
+        self.fault(Step::DirSync, &dir).io("fsync", &dir)?;
         sync_dir(&dir)?;
         let rel = final_path
             .strip_prefix(&self.root)
@@ -282,15 +367,22 @@ impl StoreWriter {
             table: part.table,
             path: rel,
             rows: part.rows,
-            bytes,
+            bytes: part.bytes,
             cell_id: part.meta.cell_id,
             run_id: part.meta.run_id,
             committed_at_us: crate::now_micros(),
         };
         inner.manifest.append(&entry)?;
         inner.entries.push(entry.clone());
-        inner.next_seq += 1;
-        Ok(Some(entry))
+        Ok(entry)
+    }
+
+    /// An injected failure at `step`, if the writer has faults and one is due.
+    fn fault(&self, step: Step, path: &Path) -> std::io::Result<()> {
+        match self.faults.as_ref().and_then(|f| f.at(step, path)) {
+            Some(_) => Err(faults::error(step, path)),
+            None => Ok(()),
+        }
     }
 
     /// Writes `batches` as one part of `table` and commits it.
@@ -312,6 +404,44 @@ impl StoreWriter {
     }
 }
 
+/// A part written, closed and synced, waiting to be made visible.
+struct Finished {
+    table: Table,
+    partition: Partition,
+    meta: PartMeta,
+    rows: u64,
+    bytes: u64,
+    tmp_path: PathBuf,
+}
+
+/// The temporary file of a part being written, with the writer's faults (if any) applied to
+/// every write.
+struct PartFile {
+    file: File,
+    path: PathBuf,
+    faults: Option<Arc<dyn Faults>>,
+}
+
+impl Write for PartFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(fault) = self
+            .faults
+            .as_ref()
+            .and_then(|f| f.at(Step::PartWrite, &self.path))
+        {
+            if fault == Fault::Torn {
+                self.file.write_all(&buf[..buf.len() / 2])?;
+            }
+            return Err(faults::error(Step::PartWrite, &self.path));
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// A part being written. Dropping it without committing leaves a temporary file that the next
 /// writer's recovery deletes.
 pub struct PartWriter {
@@ -319,7 +449,7 @@ pub struct PartWriter {
     partition: Partition,
     meta: PartMeta,
     tmp_path: PathBuf,
-    writer: ArrowWriter<File>,
+    writer: ArrowWriter<PartFile>,
     rows: u64,
 }
 
@@ -449,6 +579,30 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).io("fsync", dir)
 }
 
+/// Creates `dir` (under `root`) and whatever parents it lacks, and fsyncs the parent of each one
+/// created, so that a part renamed into it cannot vanish with its directory after a crash.
+fn create_dirs(root: &Path, dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.is_dir() && at.starts_with(root) && at != root {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    fs::create_dir_all(dir).io("create", dir)?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 fn collect_parts(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     if !dir.is_dir() {
         return Ok(());
@@ -473,8 +627,9 @@ fn part_seq_of(rel: &str) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// Rebuilds the manifest entry of a complete part from its location and footer.
-fn adopt(root: &Path, rel: &str) -> Result<PartEntry> {
+/// Rebuilds the manifest entry of a complete part from its location and footer, if it is the part
+/// with sequence number `next` at exactly the path the writer gives such a part.
+fn adopt(root: &Path, rel: &str, next: u64) -> Result<PartEntry> {
     let path = root.join(rel);
     let file = File::open(&path).io("open", &path)?;
     let bytes = file.metadata().io("stat", &path)?.len();
@@ -497,6 +652,19 @@ fn adopt(root: &Path, rel: &str) -> Result<PartEntry> {
         .next()
         .and_then(layout::part_seq)
         .ok_or_else(|| Error::Invalid(format!("{rel}: not a part file name")))?;
+    let expected = layout::relative_string(
+        &Path::new(footer.table.name())
+            .join(footer.partition.dir())
+            .join(layout::part_file_name(
+                seq,
+                footer.meta.cell_id.as_deref().unwrap_or_default(),
+            )),
+    );
+    if seq != next || rel != expected {
+        return Err(Error::Invalid(format!(
+            "{rel}: not the part a crash can leave (that is sequence number {next} at {expected})"
+        )));
+    }
     let committed_at_us = file
         .metadata()
         .and_then(|m| m.modified())

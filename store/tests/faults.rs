@@ -1,0 +1,266 @@
+//! The commit protocol under injected faults: each step (part write, part fsync, rename,
+//! directory fsync, manifest append, manifest fsync) fails once, at each of its occurrences in a
+//! run of commits, by failing outright or by writing half its bytes. Then the store is reopened
+//! (recovery) and read back with the Parquet crate directly, not with deltann's reader. What must
+//! hold every time: a commit reported done is in the store with all its rows; nothing else is,
+//! except the one part whose commit failed after it was complete (adopted whole, never in part);
+//! no part appears twice; a failure at or after the rename stops the writer; and the store takes
+//! new commits afterwards.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
+use deltann_store::faults::{Fault, Faults, Step};
+use deltann_store::schema::schema;
+use deltann_store::{Error, PartMeta, Partition, StoreWriter, Table, layout, manifest};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// Fails the `nth` occurrence of `step`; counts every step it is asked about.
+#[derive(Debug)]
+struct At {
+    step: Step,
+    fault: Fault,
+    nth: usize,
+    seen: Vec<AtomicUsize>,
+}
+
+impl At {
+    fn new(step: Step, fault: Fault, nth: usize) -> Self {
+        Self {
+            step,
+            fault,
+            nth,
+            seen: Step::ALL.iter().map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    fn count(&self, step: Step) -> usize {
+        self.seen[index(step)].load(Ordering::SeqCst)
+    }
+}
+
+fn index(step: Step) -> usize {
+    Step::ALL.iter().position(|s| *s == step).unwrap()
+}
+
+impl Faults for At {
+    fn at(&self, step: Step, _path: &Path) -> Option<Fault> {
+        let n = self.seen[index(step)].fetch_add(1, Ordering::SeqCst);
+        (step == self.step && n == self.nth).then_some(self.fault)
+    }
+}
+
+const PARTS: usize = 5;
+
+/// Part `i` holds `i + 1` rows of cell `cell{i}`.
+fn batch(i: usize) -> RecordBatch {
+    let n = i + 1;
+    let text = |v: &str| Arc::new(StringArray::from(vec![v; n])) as _;
+    let ts = TimestampMicrosecondArray::from(vec![0; n]).with_timezone("UTC");
+    RecordBatch::try_new(
+        schema(Table::Errors),
+        vec![
+            text("run"),
+            Arc::new(StringArray::from(vec![Some(format!("cell{i}")); n])),
+            text("img.jpg"),
+            text("decode"),
+            text("injected"),
+            Arc::new(ts),
+        ],
+    )
+    .unwrap()
+}
+
+fn commit(w: &StoreWriter, i: usize) -> deltann_store::Result<Option<deltann_store::PartEntry>> {
+    w.write_part(
+        Table::Errors,
+        Partition::none(),
+        PartMeta {
+            cell_id: Some(format!("cell{i}")),
+            run_id: Some("run".into()),
+        },
+        &[batch(i)],
+    )
+}
+
+/// Rows per cell in the store, read from the files its manifest lists with the Parquet crate;
+/// fails on a listed file that cannot be read, a part holding two cells, or a cell twice.
+fn read_back(root: &Path) -> HashMap<String, usize> {
+    let read = manifest::read(&root.join(layout::MANIFEST_FILE)).unwrap();
+    assert!(!read.torn_tail);
+    let mut rows = HashMap::new();
+    let mut seqs = std::collections::HashSet::new();
+    for entry in &read.entries {
+        assert!(seqs.insert(entry.seq), "sequence {} twice", entry.seq);
+        let file = std::fs::File::open(root.join(&entry.path)).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut cells = Vec::new();
+        for b in reader {
+            let b = b.unwrap();
+            let c = b.column_by_name("cell_id").unwrap().as_string::<i32>();
+            cells.extend((0..c.len()).map(|i| c.value(i).to_string()));
+        }
+        assert_eq!(cells.len() as u64, entry.rows, "{}", entry.path);
+        let cell = cells[0].clone();
+        assert!(cells.iter().all(|c| *c == cell), "{}", entry.path);
+        assert!(
+            rows.insert(cell.clone(), cells.len()).is_none(),
+            "{cell} twice"
+        );
+    }
+    rows
+}
+
+/// One run of commits with one fault; what it committed, and which commit failed how.
+fn run(root: &Path, faults: Arc<At>) -> (Vec<usize>, Option<(usize, Error)>) {
+    let (w, _) = StoreWriter::open_with_faults(root, Some(faults.clone())).unwrap();
+    let mut done = Vec::new();
+    let mut failed: Option<(usize, Error)> = None;
+    for i in 0..PARTS {
+        match commit(&w, i) {
+            Ok(Some(_)) => done.push(i),
+            Ok(None) => panic!("part {i} is not empty"),
+            Err(e) => {
+                if let Some((first, why)) = &failed {
+                    // After a failure at or after the rename, the writer commits nothing more.
+                    let stopped = matches!(why, Error::Stopped { .. })
+                        || !matches!(faults.step, Step::PartWrite | Step::PartSync);
+                    assert!(
+                        stopped && matches!(e, Error::Stopped { .. }),
+                        "part {i} after part {first} failed: {e}"
+                    );
+                } else {
+                    failed = Some((i, e));
+                }
+            }
+        }
+    }
+    // A cut-back manifest never shows a torn line, even before recovery.
+    let read = manifest::read(&root.join(layout::MANIFEST_FILE)).unwrap();
+    assert!(!read.torn_tail, "{faults:?}: torn manifest left behind");
+    (done, failed)
+}
+
+#[test]
+fn every_step_of_the_commit_protocol_fails_safely() {
+    // How often each step occurs in a run without faults.
+    let dir = tempfile::tempdir().unwrap();
+    let counter = Arc::new(At::new(Step::PartWrite, Fault::Fail, usize::MAX));
+    let (done, failed) = run(&dir.path().join("s"), counter.clone());
+    assert_eq!(done.len(), PARTS);
+    assert!(failed.is_none());
+
+    let mut cases = 0;
+    for step in Step::ALL {
+        let kinds: &[Fault] = if step.writes() {
+            &[Fault::Fail, Fault::Torn]
+        } else {
+            &[Fault::Fail]
+        };
+        for &fault in kinds {
+            for nth in 0..counter.count(step) {
+                cases += 1;
+                let root = dir.path().join(format!("{step:?}-{fault:?}-{nth}"));
+                let faults = Arc::new(At::new(step, fault, nth));
+                let (done, failed) = run(&root, faults);
+                let at = format!("{step:?} {fault:?} #{nth}");
+                let (bad, error) = failed.unwrap_or_else(|| panic!("{at}: no commit failed"));
+                assert!(
+                    error.to_string().contains("fault injected"),
+                    "{at}: the error names its cause: {error}"
+                );
+
+                // Recovery, then an independent read.
+                let (w, recovery) = StoreWriter::open(&root).unwrap();
+                let rows = read_back(&root);
+                for &i in &done {
+                    assert_eq!(
+                        rows.get(&format!("cell{i}")),
+                        Some(&(i + 1)),
+                        "{at}: part {i}"
+                    );
+                }
+                let extra: Vec<&String> = rows
+                    .keys()
+                    .filter(|c| !done.iter().any(|i| **c == format!("cell{i}")))
+                    .collect();
+                match extra.as_slice() {
+                    [] => {}
+                    // Only the failed part, complete, and only if it got as far as its rename.
+                    [cell] => {
+                        assert_eq!(**cell, format!("cell{bad}"), "{at}");
+                        assert_eq!(rows[*cell], bad + 1, "{at}: adopted in part");
+                        assert!(
+                            !matches!(step, Step::PartWrite | Step::PartSync | Step::Rename),
+                            "{at}: adopted a part that was never renamed"
+                        );
+                        // A failed manifest fsync leaves the line in place (its durability
+                        // unknown): the part is listed, not adopted.
+                        let adopted = usize::from(step != Step::ManifestSync);
+                        assert_eq!(recovery.adopted.len(), adopted, "{at}");
+                    }
+                    _ => panic!("{at}: rows of parts never committed: {extra:?}"),
+                }
+                assert!(recovery.quarantined.is_empty(), "{at}: {recovery:?}");
+                let tmp = std::fs::read_dir(root.join(layout::TMP_DIR))
+                    .unwrap()
+                    .count();
+                assert_eq!(tmp, 0, "{at}: temporary files left");
+
+                // The store goes on: the failed part again, then a clean reopen.
+                if !rows.contains_key(&format!("cell{bad}")) {
+                    commit(&w, bad).unwrap().unwrap();
+                }
+                drop(w);
+                let (_w, recovery) = StoreWriter::open(&root).unwrap();
+                assert!(recovery.is_clean(), "{at}: {recovery:?}");
+                assert_eq!(read_back(&root)[&format!("cell{bad}")], bad + 1, "{at}");
+            }
+        }
+    }
+    assert!(cases >= 6 * PARTS, "{cases} cases");
+}
+
+#[test]
+fn stray_copies_are_quarantined_not_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (w, _) = StoreWriter::open(root).unwrap();
+    let first = commit(&w, 0).unwrap().unwrap();
+    commit(&w, 1).unwrap().unwrap();
+    drop(w);
+    let original = root.join(&first.path);
+    let table_dir = original.parent().unwrap();
+    // What a file manager, a backup tool or a hand copy leaves: the same sequence number in
+    // another name, a later sequence number than the next, a valid part under a foreign name.
+    let strays = [
+        "part-000001-cell0 (copy).parquet",
+        "part-000009-cell0.parquet",
+        "part-000003-cell7.parquet",
+    ];
+    for s in strays {
+        std::fs::copy(&original, table_dir.join(s)).unwrap();
+    }
+    let (_w, recovery) = StoreWriter::open(root).unwrap();
+    assert!(recovery.adopted.is_empty(), "{recovery:?}");
+    assert_eq!(recovery.quarantined.len(), strays.len(), "{recovery:?}");
+    for s in strays {
+        assert!(
+            root.join(layout::QUARANTINE_DIR)
+                .join("errors")
+                .join(s)
+                .is_file()
+        );
+    }
+    let rows = read_back(root);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows["cell0"], 1);
+}
