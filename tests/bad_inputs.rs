@@ -21,6 +21,69 @@ fn png(path: &Path, width: u32, height: u32, color: image::ExtendedColorType, by
         .unwrap();
 }
 
+/// CRC-32 (IEEE), as PNG chunks carry it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Decompression bombs: real files whose headers declare 65000 x 65000 pixels (12.7 GB as RGB),
+/// as a hostile or corrupt dataset can hold. Before deltann read limits, the JPEG alone grew
+/// `collect` to 24 GB until the kernel killed it.
+fn bombs(dir: &Path, jpeg: &[u8]) {
+    const SIDE: u16 = 65000;
+    // JPEG: the first start-of-frame marker's height and width.
+    let mut j = jpeg.to_vec();
+    let sof = j
+        .windows(2)
+        .position(|w| w[0] == 0xFF && matches!(w[1], 0xC0..=0xC2))
+        .unwrap();
+    j[sof + 5..sof + 7].copy_from_slice(&SIDE.to_be_bytes());
+    j[sof + 7..sof + 9].copy_from_slice(&SIDE.to_be_bytes());
+    std::fs::write(dir.join("bomb.jpg"), &j).unwrap();
+    // PNG: IHDR's width and height, with its CRC made right again.
+    let small = dir.join("bomb.png");
+    png(&small, 4, 4, image::ExtendedColorType::L8, &[0; 16]);
+    let mut p = std::fs::read(&small).unwrap();
+    p[16..20].copy_from_slice(&u32::from(SIDE).to_be_bytes());
+    p[20..24].copy_from_slice(&u32::from(SIDE).to_be_bytes());
+    let crc = crc32(&p[12..29]);
+    p[29..33].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(&small, &p).unwrap();
+    // GIF: the logical screen and the first image descriptor.
+    let mut g = Vec::new();
+    image::codecs::gif::GifEncoder::new(&mut g)
+        .encode(&[0u8; 4 * 4 * 4], 4, 4, image::ExtendedColorType::Rgba8)
+        .unwrap();
+    g[6..8].copy_from_slice(&SIDE.to_le_bytes());
+    g[8..10].copy_from_slice(&SIDE.to_le_bytes());
+    let mut at = 13;
+    if g[10] & 0x80 != 0 {
+        at += 3 << ((g[10] & 7) + 1);
+    }
+    while g[at] == 0x21 {
+        at += 2;
+        while g[at] != 0 {
+            at += usize::from(g[at]) + 1;
+        }
+        at += 1;
+    }
+    assert_eq!(g[at], 0x2C, "image descriptor");
+    g[at + 5..at + 7].copy_from_slice(&SIDE.to_le_bytes());
+    g[at + 7..at + 9].copy_from_slice(&SIDE.to_le_bytes());
+    std::fs::write(dir.join("bomb.gif"), &g).unwrap();
+}
+
 /// A folder with every kind of bad and unusual image next to a good one.
 fn bad_dataset(dir: &Path) {
     let photo = util::data().join("images/pelican.jpeg");
@@ -68,6 +131,7 @@ fn bad_dataset(dir: &Path) {
     );
     std::fs::copy(fixture("cmyk.jpg"), dir.join("cmyk.jpg")).unwrap();
     std::fs::copy(fixture("exif-rotated.jpg"), dir.join("exif-rotated.jpg")).unwrap();
+    bombs(dir, &good);
 }
 
 #[test]
@@ -94,7 +158,7 @@ engine = ["tract"]
     let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("4 undecodable images"),
+        String::from_utf8_lossy(&out.stdout).contains("7 undecodable images"),
         "{}",
         text(&out)
     );
@@ -103,7 +167,7 @@ engine = ["tract"]
     let rows = read_table(&store, "images").all().unwrap();
     assert_eq!(
         rows.num_rows(),
-        10,
+        13,
         "every image file has a row (notes.txt is not one)"
     );
     let ids = strings(&rows, "image_id");
@@ -122,6 +186,9 @@ engine = ["tract"]
         ("truncated.jpg", "truncated JPEG"),
         ("not-an-image.jpg", "not an image"),
         ("dangling.jpg", "cannot read file"),
+        ("bomb.jpg", "declares 65000x65000 pixels"),
+        ("bomb.png", "declares 65000x65000 pixels"),
+        ("bomb.gif", "declares 65000x65000 pixels"),
     ] {
         assert_eq!(status[by_id[id]].as_deref(), Some("failed"), "{id}");
         assert!(reason(id).contains(needle), "{id}: {}", reason(id));
@@ -150,7 +217,7 @@ engine = ["tract"]
     let errors = read_table(&store, "errors").all().unwrap();
     let failed: std::collections::BTreeSet<String> =
         strings(&errors, "image_id").into_iter().flatten().collect();
-    assert_eq!(failed.len(), 4, "{failed:?}");
+    assert_eq!(failed.len(), 7, "{failed:?}");
     assert!(
         strings(&errors, "stage")
             .iter()

@@ -145,9 +145,46 @@ fn an_image_the_engine_rejects_is_an_error_row_and_the_cell_goes_on() {
     assert_eq!(failed.value(0), 1);
 }
 
-/// An ONNX graph with an operator no engine knows: it parses, so the sweep starts, and each
-/// engine's refusal becomes that cell's recorded failure.
-fn unknown_op_model(path: &std::path::Path) {
+/// A sweep over data/'s photos with one model file and the given `[environments]` lines.
+fn model_sweep(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+    environments: &str,
+) -> std::path::PathBuf {
+    let name = model.file_stem().unwrap().to_string_lossy();
+    util::write_sweep(
+        dir,
+        &format!(
+            "store = \"store\"\n[dataset]\nimages = \"{{data}}/images\"\n[[model]]\n\
+             name = \"{name}\"\npath = \"{}\"\npreset = \"unit\"\n[environments]\n{environments}\n",
+            model.display()
+        ),
+    )
+}
+
+/// Runs `collect` over data/'s photos with `model` on ORT and tract: the sweep file and the run.
+fn collect_on_both_engines(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+) -> (std::path::PathBuf, std::process::Output) {
+    util::ort_library("1.32.0");
+    let sweep = model_sweep(
+        dir,
+        model,
+        "engine = [\"ort\", \"tract\"]\nort_library = [\"1.32.0\"]",
+    );
+    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    (sweep, out)
+}
+
+/// Writes an ONNX model of one graph: `nodes` from `input` (float, shape `input_dims`) to
+/// `logits` (shape `output_dims`).
+fn onnx_model(
+    path: &std::path::Path,
+    nodes: Vec<tract_onnx::pb::NodeProto>,
+    input_dims: &[i64],
+    output_dims: &[i64],
+) {
     use prost::Message;
     use tract_onnx::pb;
     let tensor = |name: &str, dims: &[i64]| pb::ValueInfoProto {
@@ -177,14 +214,9 @@ fn unknown_op_model(path: &std::path::Path) {
         }],
         graph: Some(pb::GraphProto {
             name: "g".into(),
-            node: vec![pb::NodeProto {
-                op_type: "NoSuchOperator".into(),
-                input: vec!["input".into()],
-                output: vec!["logits".into()],
-                ..Default::default()
-            }],
-            input: vec![tensor("input", &[1, 3, 224, 224])],
-            output: vec![tensor("logits", &[1, 1000])],
+            node: nodes,
+            input: vec![tensor("input", input_dims)],
+            output: vec![tensor("logits", output_dims)],
             ..Default::default()
         }),
         ..Default::default()
@@ -192,31 +224,95 @@ fn unknown_op_model(path: &std::path::Path) {
     std::fs::write(path, model.encode_to_vec()).unwrap();
 }
 
+fn node(op: &str, input: &str, output: &str) -> tract_onnx::pb::NodeProto {
+    tract_onnx::pb::NodeProto {
+        op_type: op.into(),
+        input: vec![input.into()],
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+/// An ONNX graph with an operator no engine knows: it parses, so the sweep starts, and each
+/// engine's refusal becomes that cell's recorded failure.
+fn unknown_op_model(path: &std::path::Path) {
+    onnx_model(
+        path,
+        vec![node("NoSuchOperator", "input", "logits")],
+        &[1, 3, 224, 224],
+        &[1, 1000],
+    );
+}
+
+/// A model that answers NaN for every class of every image: sqrt(-mean(pixels)).
+fn nan_model(path: &std::path::Path) {
+    onnx_model(
+        path,
+        vec![
+            node("GlobalAveragePool", "input", "pooled"),
+            node("Flatten", "pooled", "flat"),
+            node("Neg", "flat", "negative"),
+            node("Sqrt", "negative", "logits"),
+        ],
+        &[1, 3, 32, 32],
+        &[1, 3],
+    );
+}
+
+#[test]
+fn nan_scores_are_errors_never_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("nan.onnx");
+    nan_model(&model);
+    let (sweep, out) = collect_on_both_engines(dir.path(), &model);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let store = dir.path().join("store");
+    let outputs = read_table(&store, "outputs").all();
+    assert_eq!(
+        outputs.map_or(0, |b| b.num_rows()),
+        0,
+        "a NaN row was stored as a prediction"
+    );
+    let errors = read_table(&store, "errors").all().unwrap();
+    let stages = strings(&errors, "stage");
+    let messages = strings(&errors, "message");
+    let photos = std::fs::read_dir(util::data().join("images"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "jpeg" || x == "jpg" || x == "png")
+        })
+        .count();
+    assert_eq!(errors.num_rows(), 2 * photos, "one per image and engine");
+    for (stage, message) in stages.iter().zip(&messages) {
+        assert_eq!(stage.as_deref(), Some("output"));
+        let m = message.as_deref().unwrap();
+        assert!(m.contains("non-finite output: 3 NaN and 0 infinite"), "{m}");
+    }
+    let results = cell_results(&store);
+    for engine in ["ort", "tract"] {
+        let (status, error, _) = &results[engine];
+        assert_eq!(status, "failed", "{engine}");
+        assert!(
+            error.as_deref().unwrap().contains("NaN"),
+            "{engine}: {error:?}"
+        );
+    }
+    // A resume finds nothing left to run: the failed images are done, as failures.
+    let again = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    let errors = read_table(&store, "errors").all().unwrap();
+    assert_eq!(errors.num_rows(), 2 * photos, "{}", text(&again));
+}
+
 #[test]
 fn a_model_no_engine_can_load_fails_its_cells_with_the_engines_words() {
-    util::ort_library("1.32.0");
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("odd.onnx");
     unknown_op_model(&model);
-    let sweep = util::write_sweep(
-        dir.path(),
-        &format!(
-            r#"
-store = "store"
-[dataset]
-images = "{{data}}/images"
-[[model]]
-name = "odd"
-path = "{}"
-preset = "unit"
-[environments]
-engine = ["ort", "tract"]
-ort_library = ["1.32.0"]
-"#,
-            model.display()
-        ),
-    );
-    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    let (_, out) = collect_on_both_engines(dir.path(), &model);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let results = cell_results(&dir.path().join("store"));
     for engine in ["ort", "tract"] {
@@ -260,4 +356,24 @@ fn a_batch_the_model_cannot_take_fails_every_image_of_that_cell_only() {
         }
     }
     assert_eq!(read_table(&store, "errors").rows(), 8);
+}
+
+#[test]
+fn a_model_declaring_a_huge_input_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("huge.onnx");
+    onnx_model(
+        &model,
+        vec![node("Identity", "input", "logits")],
+        &[1, 3, 65000, 65000],
+        &[1, 1000],
+    );
+    let sweep = model_sweep(dir.path(), &model, "engine = [\"tract\"]");
+    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let all = text(&out);
+    assert!(all.contains("huge.onnx"), "{all}");
+    assert!(all.contains("input size 65000"), "{all}");
+    assert!(all.contains("outside the 8..=4096"), "{all}");
+    assert!(!dir.path().join("store").join("outputs").exists(), "{all}");
 }

@@ -128,7 +128,7 @@ pub fn status(store: &Store, plan: &Plan) -> Result<HashMap<String, CellStatus>>
     }
     let columns = [col::CELL_ID, col::IMAGE_ID, col::STAGE];
     for batch in store.scan(mine(Table::Errors), &columns, 8192) {
-        add_done(&batch?, &mut out, Some(stage::INFERENCE));
+        add_done(&batch?, &mut out, Some(&[stage::INFERENCE, stage::OUTPUT]));
     }
     Ok(out)
 }
@@ -136,7 +136,7 @@ pub fn status(store: &Store, plan: &Plan) -> Result<HashMap<String, CellStatus>>
 fn add_done(
     batch: &arrow::record_batch::RecordBatch,
     out: &mut HashMap<String, CellStatus>,
-    only_stage: Option<&str>,
+    only_stages: Option<&[&str]>,
 ) {
     let (Some(cells), Some(images)) = (
         batch
@@ -152,8 +152,8 @@ fn add_done(
         .column_by_name(col::STAGE)
         .and_then(|c| c.as_string_opt::<i32>());
     for row in 0..batch.num_rows() {
-        if let (Some(want), Some(stages)) = (only_stage, stages)
-            && stages.value(row) != want
+        if let (Some(want), Some(stages)) = (only_stages, stages)
+            && !want.contains(&stages.value(row))
         {
             continue;
         }

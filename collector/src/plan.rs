@@ -315,6 +315,18 @@ fn plan_model(spec: &ModelSpec) -> Result<ModelPlan> {
             ));
         }
     };
+    if !crate::sweep::INPUT_SIZES.contains(&size) {
+        return Err(Error::input(
+            &spec.path,
+            format!(
+                "model {}: input size {size} (from {}) is outside the {}..={} deltann runs",
+                spec.name,
+                info.input_shape(),
+                crate::sweep::INPUT_SIZES.start(),
+                crate::sweep::INPUT_SIZES.end()
+            ),
+        ));
+    }
     let mut preprocess = Preprocess::from_preset(spec.preset, size);
     preprocess.layout = layout;
     if let Some(v) = o.crop {

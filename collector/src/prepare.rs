@@ -38,8 +38,10 @@ use crate::preprocess::{self, ImageInfo, Preprocess};
 use crate::protocol;
 use crate::records::{ErrorRow, ImageRow};
 
-/// Images decoded at once, in parallel: bounds memory to this many decoded images.
+/// Images decoded at once, in parallel (fewer when they are large: see [`Budget`]).
 const DECODE_BATCH: usize = 16;
+/// Memory for the pixels of the images being decoded at once.
+const DECODE_BUDGET: u64 = 1 << 30;
 /// Images per cache chunk: a crash while preparing loses at most this many images' work.
 pub const CHUNK_IMAGES: usize = 256;
 /// Footer key listing the image ids a cache chunk holds, in order.
@@ -180,6 +182,7 @@ pub fn prepare(
 
     let mut undecodable = 0;
     let mut decoded_now = 0;
+    let budget = Budget::new(DECODE_BUDGET);
     for (chunk_index, chunk) in hashed.chunks(CHUNK_IMAGES).enumerate() {
         let missing: Vec<usize> = (0..geometries.len())
             .filter(
@@ -216,7 +219,7 @@ pub fn prepare(
                 .par_iter()
                 .map(|(img, read_error)| {
                     let path = dataset.root.join(&img.id);
-                    decode_one(&path, read_error.as_deref(), &wanted)
+                    decode_one(&path, read_error.as_deref(), &wanted, &budget)
                 })
                 .collect();
             for (offset, ((img, _), result)) in batch.iter().zip(results).enumerate() {
@@ -306,7 +309,67 @@ struct Decoded {
     pixels: Vec<Option<std::result::Result<Vec<u8>, String>>>,
 }
 
-fn decode_one(path: &Path, read_error: Option<&str>, recipes: &[&Preprocess]) -> Decoded {
+/// Memory shared by the decodes running at once: each waits until its estimated peak fits, so
+/// that a batch of large photos decodes a few at a time instead of adding up. A decode larger
+/// than the whole budget runs alone.
+struct Budget {
+    total: u64,
+    used: std::sync::Mutex<u64>,
+    freed: std::sync::Condvar,
+}
+
+/// Bytes of a [`Budget`] held until dropped.
+struct Grant<'a> {
+    budget: &'a Budget,
+    bytes: u64,
+}
+
+impl Budget {
+    fn new(total: u64) -> Self {
+        Self {
+            total,
+            used: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn acquire(&self, bytes: u64) -> Grant<'_> {
+        let mut used = self
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *used > 0 && used.saturating_add(bytes) > self.total {
+            used = self
+                .freed
+                .wait(used)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *used += bytes;
+        Grant {
+            budget: self,
+            bytes,
+        }
+    }
+}
+
+impl Drop for Grant<'_> {
+    fn drop(&mut self) {
+        let mut used = self
+            .budget
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *used -= self.bytes;
+        self.budget.freed.notify_all();
+    }
+}
+
+fn decode_one(
+    path: &Path,
+    read_error: Option<&str>,
+    recipes: &[&Preprocess],
+    budget: &Budget,
+) -> Decoded {
     let fail = |e: String, bytes| Decoded {
         info: Err(e),
         bytes,
@@ -315,13 +378,32 @@ fn decode_one(path: &Path, read_error: Option<&str>, recipes: &[&Preprocess]) ->
     if let Some(e) = read_error {
         return fail(e.to_string(), 0);
     }
+    let limits = preprocess::DecodeLimits::default();
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > limits.max_file_bytes => {
+            return fail(
+                format!(
+                    "file of {} bytes, more than the {} deltann reads for one image",
+                    m.len(),
+                    limits.max_file_bytes
+                ),
+                m.len(),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return fail(format!("cannot read file: {e}"), 0),
+    }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => return fail(format!("cannot read file: {e}"), 0),
     };
     let len = bytes.len() as u64;
-    match preprocess::decode(&bytes) {
-        Ok((rgb, info)) => Decoded {
+    let decoded = preprocess::read_header(&bytes, &limits).and_then(|header| {
+        let grant = budget.acquire(header.peak_bytes());
+        header.decode().map(|d| (d, grant))
+    });
+    match decoded {
+        Ok(((rgb, info), _grant)) => Decoded {
             info: Ok(info),
             bytes: len,
             pixels: recipes

@@ -243,14 +243,87 @@ pub struct ImageInfo {
     pub exif_orientation: Option<u8>,
 }
 
-/// Decodes image bytes to 8-bit RGB with the EXIF orientation applied.
+/// Bounds on what one image may cost, so that no file can exhaust memory. A decompression bomb
+/// (a small file whose header declares an enormous image) is refused from its header, before
+/// anything is allocated for its pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// The largest file read, in bytes.
+    pub max_file_bytes: u64,
+    /// The most pixels (width x height) an image may have, decoded or resized.
+    pub max_pixels: u64,
+    /// The most bytes the decoder may allocate for one image's pixels.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    /// 256 MiB files, 64 megapixels (8000 x 8000: beyond the photographs of any image dataset,
+    /// far beyond any model's input), 512 MiB of decoded pixels (64 MP of 16-bit RGBA).
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 256 << 20,
+            max_pixels: 64_000_000,
+            max_alloc: 512 << 20,
+        }
+    }
+}
+
+/// An image whose header has been read and checked against [`DecodeLimits`], not yet decoded.
+pub struct Header<'a> {
+    decoder: Box<dyn ImageDecoder + 'a>,
+    format: image::ImageFormat,
+    orientation: Option<image::metadata::Orientation>,
+    exif_orientation: Option<u8>,
+    width: u32,
+    height: u32,
+}
+
+impl Header<'_> {
+    /// Bytes a decode holds at its peak: the decoded pixels, their 8-bit RGB copy, and a rotated
+    /// copy when the EXIF orientation asks for one.
+    pub fn peak_bytes(&self) -> u64 {
+        let rgb = 3 * u64::from(self.width) * u64::from(self.height);
+        self.decoder.total_bytes().saturating_add(2 * rgb)
+    }
+
+    /// Decodes to 8-bit RGB with the EXIF orientation applied.
+    ///
+    /// # Errors
+    /// Returns a human-readable reason for truncated or corrupt data.
+    pub fn decode(self) -> Result<(RgbImage, ImageInfo), String> {
+        let format = self.format;
+        let mut img = DynamicImage::from_decoder(self.decoder)
+            .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
+        let color = format!("{:?}", img.color());
+        if let Some(o) = self.orientation {
+            img.apply_orientation(o);
+        }
+        let info = ImageInfo {
+            format: Some(format!("{format:?}")),
+            width: self.width,
+            height: self.height,
+            color,
+            exif_orientation: self.exif_orientation,
+        };
+        Ok((img.to_rgb8(), info))
+    }
+}
+
+/// Reads an image's header and checks it against `limits`.
 ///
 /// # Errors
-/// Returns a human-readable reason for unknown formats, truncated or corrupt data, and images
-/// beyond the decoder's memory limits.
-pub fn decode(bytes: &[u8]) -> Result<(RgbImage, ImageInfo), String> {
+/// Returns a human-readable reason for files beyond the limits, unknown formats and headers that
+/// cannot be read.
+pub fn read_header<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<Header<'a>, String> {
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".into());
+    }
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(format!(
+            "file of {} bytes, more than the {} deltann reads for one image",
+            bytes.len(),
+            limits.max_file_bytes
+        ));
     }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -266,25 +339,51 @@ pub fn decode(bytes: &[u8]) -> Result<(RgbImage, ImageInfo), String> {
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(format!(
+            "{format:?} header declares {width}x{height} pixels, more than the {} deltann \
+             decodes (a decompression bomb, or an image far larger than any model input)",
+            limits.max_pixels
+        ));
+    }
+    let mut alloc = image::Limits::default();
+    alloc.max_alloc = Some(limits.max_alloc);
+    alloc
+        .reserve(decoder.total_bytes())
+        .and_then(|()| decoder.set_limits(alloc))
+        .map_err(|e| {
+            format!(
+                "{format:?} {width}x{height} {:?} needs {} bytes of pixels, more than the {} \
+                 deltann allows one image ({e})",
+                decoder.color_type(),
+                decoder.total_bytes(),
+                limits.max_alloc
+            )
+        })?;
     let orientation = decoder.orientation().ok();
     let exif_orientation = orientation
         .map(image::metadata::Orientation::to_exif)
         .filter(|&o| o != 1 || decoder_has_exif(&mut decoder));
-    let (width, height) = decoder.dimensions();
-    let mut img = DynamicImage::from_decoder(decoder)
-        .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
-    let color = format!("{:?}", img.color());
-    if let Some(o) = orientation {
-        img.apply_orientation(o);
-    }
-    let info = ImageInfo {
-        format: Some(format!("{format:?}")),
+    Ok(Header {
+        decoder: Box::new(decoder),
+        format,
+        orientation,
+        exif_orientation,
         width,
         height,
-        color,
-        exif_orientation,
-    };
-    Ok((img.to_rgb8(), info))
+    })
+}
+
+/// Decodes image bytes to 8-bit RGB with the EXIF orientation applied, within the default
+/// [`DecodeLimits`].
+///
+/// # Errors
+/// Returns a human-readable reason for unknown formats, truncated or corrupt data, and images
+/// beyond the limits.
+pub fn decode(bytes: &[u8]) -> Result<(RgbImage, ImageInfo), String> {
+    read_header(bytes, &DecodeLimits::default())?.decode()
 }
 
 /// Whether an end-of-image marker (FF D9) follows the last start-of-scan marker (FF DA). Inside
@@ -329,17 +428,23 @@ pub fn crop(img: &RgbImage, p: &Preprocess, out: &mut Vec<u8>) -> Result<(), Str
     }
     let short = p.resize_short();
     // torchvision: the long side is int(short * long / short_side), truncated.
-    let (nw, nh) = if w <= h {
-        (
-            short,
-            (f64::from(short) * f64::from(h) / f64::from(w)) as u32,
-        )
-    } else {
-        (
-            (f64::from(short) * f64::from(w) / f64::from(h)) as u32,
-            short,
-        )
+    let long = |long_side: u32, short_side: u32| {
+        f64::from(short) * f64::from(long_side) / f64::from(short_side)
     };
+    let (fw, fh) = if w <= h {
+        (f64::from(short), long(h, w))
+    } else {
+        (long(w, h), f64::from(short))
+    };
+    // A sliver (1 x 60000 pixels) resizes to an enormous image: refuse it before allocating.
+    let max = DecodeLimits::default().max_pixels as f64;
+    if fw * fh > max {
+        return Err(format!(
+            "resizing {w}x{h} to a short side of {short} would make {fw:.0}x{fh:.0} pixels, more \
+             than the {max} deltann allows one image"
+        ));
+    }
+    let (nw, nh) = (fw as u32, fh as u32);
     let resized;
     let src: &[u8] = if (nw, nh) == (w, h) {
         img.as_raw()
@@ -501,6 +606,17 @@ mod tests {
         assert!(decode(&jpeg).is_ok());
         let err = decode(&jpeg[..jpeg.len() - 40]).unwrap_err();
         assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn a_sliver_is_refused_before_its_resize_is_allocated() {
+        // 1 x 60000 pixels resize to 256 x 15,360,000 for a 224 crop: 11 GB.
+        let sliver = RgbImage::new(1, 60_000);
+        let p = Preprocess::from_preset(Preset::Unit, 224);
+        let err = crop(&sliver, &p, &mut Vec::new()).unwrap_err();
+        assert!(err.contains("more than the"), "{err}");
+        // An ordinary elongated image still resizes.
+        assert!(crop(&gradient(900, 300), &p, &mut Vec::new()).is_ok());
     }
 
     #[test]

@@ -164,19 +164,8 @@ impl<'a> OutputSink<'a> {
                 } else {
                     errors.value(row)
                 };
-                let message = if multi_rep {
-                    format!("repetition {}: {message}", reps.value(row))
-                } else {
-                    message.to_string()
-                };
-                self.errors.push(ErrorRow::new(
-                    Some(&self.cell.id),
-                    id,
-                    stage::INFERENCE,
-                    &message,
-                ));
-                self.failed.insert(id.to_string());
-                self.first_error.get_or_insert(message);
+                let rep = multi_rep.then(|| reps.value(row));
+                self.fail_image(id, rep, stage::INFERENCE, message.to_string());
                 continue;
             }
             let values = logits.value(row);
@@ -184,6 +173,11 @@ impl<'a> OutputSink<'a> {
                 .as_primitive_opt::<Float32Type>()
                 .ok_or_else(|| bad(protocol::LOGITS))?;
             let values = values.values();
+            if let Some(problem) = unusable(values, self.cell.model.num_classes()) {
+                let rep = multi_rep.then(|| reps.value(row));
+                self.fail_image(id, rep, stage::OUTPUT, problem);
+                continue;
+            }
             let ranked = outputs::rank(values, self.cell.model.spec.output.into());
             self.rows.push(&OutputRow {
                 cell_id: &self.cell.id,
@@ -229,6 +223,18 @@ impl<'a> OutputSink<'a> {
         Ok(completed.len())
     }
 
+    /// Records that one image (one repetition of it, in a cell with several) failed at `stage`.
+    fn fail_image(&mut self, id: &str, rep: Option<i32>, stage: &'static str, message: String) {
+        let message = match rep {
+            Some(rep) => format!("repetition {rep}: {message}"),
+            None => message,
+        };
+        self.errors
+            .push(ErrorRow::new(Some(&self.cell.id), id, stage, &message));
+        self.failed.insert(id.to_string());
+        self.first_error.get_or_insert(message);
+    }
+
     /// Commits what is pending: errors first, then the outputs part.
     ///
     /// # Errors
@@ -257,5 +263,45 @@ impl<'a> OutputSink<'a> {
             rows: self.committed_rows,
             first_error: self.first_error,
         })
+    }
+}
+
+/// Why an output row cannot be stored as a prediction: NaN or infinite scores have no ranking
+/// that two CPUs agree on (a NaN's place depends on the comparison the code happens to use), and
+/// a row of the wrong length is not the model's answer.
+fn unusable(values: &[f32], classes: Option<usize>) -> Option<String> {
+    if let Some(n) = classes
+        && values.len() != n
+    {
+        return Some(format!(
+            "output row of {} values, but the model declares {n} classes",
+            values.len()
+        ));
+    }
+    let nan = values.iter().filter(|v| v.is_nan()).count();
+    let inf = values.iter().filter(|v| v.is_infinite()).count();
+    (nan + inf > 0).then(|| {
+        format!(
+            "non-finite output: {nan} NaN and {inf} infinite of {} scores",
+            values.len()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unusable;
+
+    #[test]
+    fn only_finite_rows_of_the_declared_length_are_predictions() {
+        assert_eq!(unusable(&[0.1, 2.0, -3.0], Some(3)), None);
+        assert_eq!(unusable(&[0.1, 2.0, -3.0], None), None);
+        let short = unusable(&[0.1, 2.0], Some(1000)).unwrap();
+        assert!(
+            short.contains("2 values") && short.contains("1000 classes"),
+            "{short}"
+        );
+        let odd = unusable(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0], Some(4)).unwrap();
+        assert!(odd.contains("1 NaN and 2 infinite of 4"), "{odd}");
     }
 }

@@ -376,13 +376,15 @@ impl Sweep {
         let threads = non_empty("threads", env.threads, vec![1]).map_err(bad)?;
         let batch_size = non_empty("batch_size", env.batch_size, vec![1]).map_err(bad)?;
         let repetitions = non_empty("repetitions", env.repetitions, vec![1]).map_err(bad)?;
-        for (key, values) in [
-            ("threads", &threads),
-            ("batch_size", &batch_size),
-            ("repetitions", &repetitions),
+        for (key, values, max) in [
+            ("threads", &threads, MAX_THREADS),
+            ("batch_size", &batch_size, MAX_BATCH_SIZE),
+            ("repetitions", &repetitions, MAX_REPETITIONS),
         ] {
-            if values.contains(&0) {
-                return Err(bad(format!("environments.{key} values must be at least 1")));
+            if let Some(v) = values.iter().find(|&&v| v == 0 || v > max) {
+                return Err(bad(format!(
+                    "environments.{key} = {v}: values must be in 1..={max}"
+                )));
             }
         }
         let ort_library = if engines.contains(&EngineKind::Ort) {
@@ -438,11 +440,22 @@ impl Sweep {
     }
 }
 
+/// Image input sizes deltann runs (a side of 4096 is 50 MB of float32 per image).
+pub const INPUT_SIZES: std::ops::RangeInclusive<u32> = 8..=4096;
+/// Upper bounds on environment values whose product sizes memory and run time.
+const MAX_BATCH_SIZE: u32 = 1024;
+const MAX_REPETITIONS: u32 = 1000;
+const MAX_THREADS: u32 = 1024;
+
 fn check_overrides(name: &str, o: &PreprocessOverrides) -> Result<(), String> {
     if let Some(size) = o.size
-        && !(8..=8192).contains(&size)
+        && !INPUT_SIZES.contains(&size)
     {
-        return Err(format!("model {name}: size {size} is outside 8..=8192"));
+        return Err(format!(
+            "model {name}: size {size} is outside {}..={}",
+            INPUT_SIZES.start(),
+            INPUT_SIZES.end()
+        ));
     }
     if let Some(crop) = o.crop
         && !(crop > 0.0 && crop <= 1.0)
@@ -657,7 +670,22 @@ engine = ["tract"]
             (
                 "engine = [\"tract\"]",
                 "engine = [\"tract\"]\nthreads = [0]",
-                "at least 1",
+                "threads = 0: values must be in 1..=1024",
+            ),
+            (
+                "engine = [\"tract\"]",
+                "engine = [\"tract\"]\nbatch_size = [1, 100000]",
+                "batch_size = 100000",
+            ),
+            (
+                "engine = [\"tract\"]",
+                "engine = [\"tract\"]\nrepetitions = [4000000000]",
+                "repetitions = 4000000000",
+            ),
+            (
+                "preset = \"torchvision\"",
+                "preset = \"torchvision\"\nsize = 65000",
+                "size 65000 is outside 8..=4096",
             ),
             ("engine = [\"tract\"]", "engine = []", "is empty"),
             (

@@ -249,7 +249,11 @@ fn run_batch(
         };
         let rep = i32::try_from(rep).unwrap_or(i32::MAX);
         match result {
-            Ok(output) if rows > 0 && output.values.len() % rows == 0 => {
+            Ok(output)
+                if rows > 0
+                    && output.values.len() % rows == 0
+                    && output.shape.first().is_none_or(|&n| n == rows) =>
+            {
                 let nanos = i64::try_from(output.elapsed.as_nanos()).unwrap_or(i64::MAX);
                 let per_row = output.values.len() / rows;
                 for (r, id) in ids.iter().enumerate() {
@@ -266,7 +270,7 @@ fn run_batch(
             }
             Ok(output) => {
                 let e = format!(
-                    "output shape {:?} does not split into {rows} rows",
+                    "output shape {:?} does not split into the {rows} rows sent",
                     output.shape
                 );
                 for id in ids.iter() {

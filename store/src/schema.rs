@@ -130,6 +130,9 @@ pub mod stage {
     pub const PREPROCESS: &str = "preprocess";
     /// The engine failed on this image (the cell went on with the others).
     pub const INFERENCE: &str = "inference";
+    /// The engine answered, but not with a usable output row: NaN or infinite scores (whose
+    /// ranking would differ between CPUs), or a row of the wrong length. Not in `outputs`.
+    pub const OUTPUT: &str = "output";
 }
 
 /// The Arrow type of every timestamp column: microseconds, UTC.
