@@ -16,7 +16,7 @@ use deltann_store::Table;
 
 use crate::derived::DerivedTable;
 use crate::error::{Error, Result};
-use crate::provider::{PairsTable, Source, StoreTable};
+use crate::provider::{PairsTable, Pin, SharedPin, Source, StoreTable};
 
 /// Views registered next to the tables. Kept here, in SQL, so `\d` shows what they are.
 pub const VIEWS: [(&str, &str); 2] = [
@@ -44,11 +44,13 @@ pub struct Output {
     pub elapsed: Duration,
 }
 
-/// A SQL session over one store.
+/// A SQL session over one store. It runs one statement at a time; all the tables a statement
+/// reads see one snapshot of the store.
 pub struct Session {
     ctx: SessionContext,
     root: PathBuf,
     allow_write: bool,
+    pin: SharedPin,
 }
 
 impl std::fmt::Debug for Session {
@@ -83,6 +85,7 @@ impl Session {
         // (one image in every cell) are pruned by row-group statistics either way.
         let config = SessionConfig::new().with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
+        let pin = SharedPin::default();
         let sources = Table::ALL
             .into_iter()
             .map(Source::Store)
@@ -90,17 +93,18 @@ impl Session {
         for source in sources {
             ctx.register_table(
                 source.name(),
-                Arc::new(StoreTable::new(root.to_path_buf(), source)),
+                Arc::new(StoreTable::new(root.to_path_buf(), source, pin.clone())),
             )?;
         }
         ctx.register_table(
             PairsTable::NAME,
-            Arc::new(PairsTable::new(root.to_path_buf())),
+            Arc::new(PairsTable::new(root.to_path_buf(), pin.clone())),
         )?;
         let session = Self {
             ctx,
             root: root.to_path_buf(),
             allow_write,
+            pin,
         };
         let rt = runtime()?;
         for (name, sql) in VIEWS {
@@ -135,7 +139,26 @@ impl Session {
     pub async fn run(&self, sql: &str) -> Result<Vec<Output>> {
         let mut out = Vec::new();
         for statement in Self::parse(sql)? {
-            out.push(self.run_statement(statement).await?);
+            Pin::begin(&self.pin, None);
+            let result = self.run_statement(statement).await;
+            Pin::end(&self.pin);
+            out.push(result?);
+        }
+        Ok(out)
+    }
+
+    /// Runs every statement of `sql` on a given snapshot of the store (for example one taken
+    /// earlier, or a view of some of its parts) instead of the manifest as it is now.
+    ///
+    /// # Errors
+    /// As [`Session::run`].
+    pub async fn run_on(&self, snapshot: &deltann_store::Store, sql: &str) -> Result<Vec<Output>> {
+        let mut out = Vec::new();
+        for statement in Self::parse(sql)? {
+            Pin::begin(&self.pin, Some(snapshot.clone()));
+            let result = self.run_statement(statement).await;
+            Pin::end(&self.pin);
+            out.push(result?);
         }
         Ok(out)
     }

@@ -1,8 +1,9 @@
 //! A DataFusion table over a store table's committed parts.
 //!
-//! The file list comes from the manifest, re-read at every scan: a query sees exactly the parts
-//! committed when it starts, never a file still being written, and a query run next to a live
-//! `collect` sees its progress. Partition values (`model`, `engine` for `outputs`) come from the
+//! The file list comes from the manifest: a statement sees exactly the parts committed when it
+//! starts, never a file still being written, and a query run next to a live `collect` sees its
+//! progress. Every table of one statement reads one snapshot of the manifest (see [`Pin`]): a
+//! join of `cells_latest` and `outputs` cannot see a cell finished without its last part. Partition values (`model`, `engine` for `outputs`) come from the
 //! part paths; equality and IN filters on them prune files before anything is opened, and every
 //! other filter is left to DataFusion's Parquet pushdown (row-group statistics, page index).
 //! The derived tables (`comparisons`, `cell_images`) are served the same way from the derived
@@ -10,8 +11,8 @@
 //! from the derived state itself.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
@@ -52,6 +53,62 @@ impl Source {
     }
 }
 
+/// The snapshot of the store's manifest (and of the derived state) that the tables of one
+/// statement share, taken when the first of them is scanned. Outside a statement (`active`
+/// false) every scan reads the manifest afresh.
+#[derive(Debug, Default)]
+pub struct Pin {
+    active: bool,
+    store: Option<Store>,
+    derived: Option<crate::derived::State>,
+}
+
+/// A session's [`Pin`], shared by its tables.
+pub type SharedPin = Arc<Mutex<Pin>>;
+
+impl Pin {
+    /// Starts a statement: its first scan takes the snapshot, or `store` when given.
+    pub fn begin(pin: &SharedPin, store: Option<Store>) {
+        let mut p = pin.lock().unwrap_or_else(PoisonError::into_inner);
+        *p = Pin {
+            active: true,
+            store,
+            derived: None,
+        };
+    }
+
+    /// Ends a statement.
+    pub fn end(pin: &SharedPin) {
+        *pin.lock().unwrap_or_else(PoisonError::into_inner) = Pin::default();
+    }
+
+    fn store(pin: &SharedPin, root: &Path) -> DfResult<Store> {
+        let mut p = pin.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = &p.store {
+            return Ok(s.clone());
+        }
+        let store = Store::open(root).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if p.active {
+            p.store = Some(store.clone());
+        }
+        Ok(store)
+    }
+
+    fn derived(pin: &SharedPin, root: &Path) -> DfResult<crate::derived::State> {
+        let mut p = pin.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = &p.derived {
+            return Ok(s.clone());
+        }
+        let state = crate::derived::State::load(root)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .unwrap_or_default();
+        if p.active {
+            p.derived = Some(state.clone());
+        }
+        Ok(state)
+    }
+}
+
 /// One table of a store, as DataFusion sees it.
 #[derive(Debug)]
 pub struct StoreTable {
@@ -60,11 +117,12 @@ pub struct StoreTable {
     file_schema: SchemaRef,
     schema: SchemaRef,
     partition_keys: Vec<String>,
+    pin: SharedPin,
 }
 
 impl StoreTable {
-    /// The table `table` of the store at `root`.
-    pub fn new(root: PathBuf, table: Source) -> Self {
+    /// The table `table` of the store at `root`, reading the snapshot `pin` holds.
+    pub fn new(root: PathBuf, table: Source, pin: SharedPin) -> Self {
         let (file_schema, keys) = match table {
             Source::Store(t) => (deltann_store::schema::schema(t), t.partition_keys()),
             Source::Derived(t) => (t.schema(), &[][..]),
@@ -86,6 +144,7 @@ impl StoreTable {
             file_schema,
             schema: Arc::new(Schema::new(fields)),
             partition_keys,
+            pin,
         }
     }
 
@@ -94,9 +153,7 @@ impl StoreTable {
         let table = match self.table {
             Source::Store(t) => t,
             Source::Derived(t) => {
-                let state = crate::derived::State::load(&self.root)
-                    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
-                    .unwrap_or_default();
+                let state = Pin::derived(&self.pin, &self.root)?;
                 return Ok(state
                     .parts_of(t)
                     .map(|p| {
@@ -105,8 +162,7 @@ impl StoreTable {
                     .collect());
             }
         };
-        let store = Store::open(&self.root)
-            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let store = Pin::store(&self.pin, &self.root)?;
         let wanted = partition_constraints(filters, &self.partition_keys);
         let mut out = Vec::new();
         for part in store.parts(table) {
@@ -252,15 +308,16 @@ impl TableProvider for StoreTable {
 #[derive(Debug)]
 pub struct PairsTable {
     root: PathBuf,
+    pin: SharedPin,
 }
 
 impl PairsTable {
     /// The SQL name.
     pub const NAME: &'static str = "pairs";
 
-    /// The `pairs` table of the store at `root`.
-    pub fn new(root: PathBuf) -> Self {
-        Self { root }
+    /// The `pairs` table of the store at `root`, reading the snapshot `pin` holds.
+    pub fn new(root: PathBuf, pin: SharedPin) -> Self {
+        Self { root, pin }
     }
 
     /// Its columns.
@@ -278,10 +335,7 @@ impl PairsTable {
 
     fn batch(&self) -> DfResult<RecordBatch> {
         use datafusion::arrow::array::{Int32Array, Int64Array, StringArray};
-        let external = |e: crate::error::Error| DataFusionError::External(Box::new(e));
-        let state = crate::derived::State::load(&self.root)
-            .map_err(external)?
-            .unwrap_or_default();
+        let state = Pin::derived(&self.pin, &self.root)?;
         let p = &state.pairs;
         let count = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let numbers = (0..p.len())

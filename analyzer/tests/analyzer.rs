@@ -281,6 +281,58 @@ fn check_gates_on_flip_rate_and_slowdown() {
 }
 
 #[test]
+fn every_table_of_a_statement_reads_one_snapshot() {
+    let dir = small_store();
+    let root = dir.path().join("s");
+    let store = Store::open(&root).unwrap();
+    let session = Session::open(&root, false).unwrap();
+    // The store as it stood two thirds of the way through its commits, as a statement started
+    // during a live `collect` would see it while its later scans could see more.
+    let earlier = Store::from_entries(
+        root.clone(),
+        store.entries()[..store.entries().len() * 2 / 3].to_vec(),
+    );
+    let rows = |s: &Store, t: Table| s.parts(t).map(|p| p.rows).sum::<u64>();
+    assert!(rows(&earlier, Table::Outputs) < rows(&store, Table::Outputs));
+    let sql = "SELECT (SELECT count(*) FROM outputs) AS outputs, \
+                      (SELECT count(*) FROM cells) AS cells, \
+                      (SELECT count(*) FROM outputs o JOIN cells_latest c USING (cell_id)) AS joined";
+    let counts = |out: Vec<deltann_analyzer::context::Output>| -> String {
+        format::render(&out[0].batches, PrintFormat::Csv, None).unwrap()
+    };
+    let rt = deltann_analyzer::context::runtime().unwrap();
+    let pinned = counts(rt.block_on(session.run_on(&earlier, sql)).unwrap());
+    // Every output row of a finished cell joins its `cells` row, in the snapshot as in the store.
+    let finished: u64 = earlier
+        .parts(Table::Outputs)
+        .filter(|p| {
+            earlier
+                .parts(Table::Cells)
+                .any(|c| c.cell_id.is_some() && c.cell_id == p.cell_id)
+        })
+        .map(|p| p.rows)
+        .sum();
+    assert_eq!(
+        pinned,
+        format!(
+            "outputs,cells,joined\n{},{},{finished}",
+            rows(&earlier, Table::Outputs),
+            rows(&earlier, Table::Cells)
+        )
+    );
+    let now = counts(session.run_blocking(sql).unwrap());
+    assert_eq!(
+        now,
+        format!(
+            "outputs,cells,joined\n{},{},{}",
+            rows(&store, Table::Outputs),
+            rows(&store, Table::Cells),
+            rows(&store, Table::Outputs)
+        )
+    );
+}
+
+#[test]
 fn sql_sees_committed_parts_with_partitions() {
     let dir = small_store();
     let root = dir.path().join("s");
