@@ -12,5 +12,6 @@ mod isolation;
 mod ort_versions;
 mod reference;
 mod resume;
+mod store_health;
 mod tui_tmux;
 mod util;

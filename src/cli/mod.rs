@@ -8,6 +8,7 @@ mod progress;
 mod query;
 mod report;
 mod sql;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,9 @@ pub enum Command {
     Diff(DiffArgs),
     /// Browse a store in the terminal: heatmap, disagreements, images, performance, SQL.
     Tui(TuiArgs),
+    /// Check a store's parts against its manifest (verify), or drop the unreadable ones (repair).
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Run one cell for `collect` (speaks the worker protocol of docs/ENGINES.md on stdin/stdout).
     #[command(hide = true)]
     Worker,
@@ -208,6 +212,28 @@ pub struct SqlArgs {
     /// Allow statements that write files (INSERT, COPY TO).
     #[arg(long)]
     pub allow_write: bool,
+}
+
+/// `deltann store ...`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Check every committed part: present, of its listed size, its bytes hashing to the
+    /// manifest's checksum, its footer counting the listed rows; list stray files. Read-only;
+    /// exit 0 when sound, 1 when a part is damaged.
+    Verify(StorePathArgs),
+    /// Recover the store (as the next `collect` would: unfinished files deleted, the part a
+    /// crash can leave adopted, strays quarantined), then drop the manifest entries of damaged
+    /// parts, moving their files to STORE/_quarantine/. Every readable part stays; a later
+    /// `collect` re-runs the images whose rows were dropped.
+    Repair(StorePathArgs),
+}
+
+/// The store a `deltann store` command works on.
+#[derive(Debug, clap::Args)]
+pub struct StorePathArgs {
+    /// The result store.
+    #[arg(value_parser = existing_store)]
+    pub store: PathBuf,
 }
 
 /// Arguments of `deltann analyze`.
@@ -453,6 +479,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Query(a) => query::run(&a),
         Command::Sql(a) => sql::run(&a),
         Command::Analyze(a) => analyze::run(&a),
+        Command::Store(StoreCommand::Verify(a)) => store::verify(&a.store),
+        Command::Store(StoreCommand::Repair(a)) => store::repair(&a.store),
         Command::Report(a) => report::report(&a),
         Command::Check(a) => report::check(&a),
         Command::Diff(a) => report::diff(&a),

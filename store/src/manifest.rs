@@ -43,6 +43,10 @@ pub struct PartEntry {
     pub run_id: Option<String>,
     /// Commit time, microseconds since the Unix epoch.
     pub committed_at_us: i64,
+    /// xxh3-64 of the file's bytes, 16 hex digits (absent in entries written before checksums;
+    /// `deltann store verify` checks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xxh3: Option<String>,
 }
 
 /// What reading a manifest found.
@@ -95,6 +99,28 @@ pub fn read(path: &Path) -> Result<ManifestRead> {
         out.valid_len += n as u64;
     }
     Ok(out)
+}
+
+/// Replaces the manifest with `entries` (a temporary file, fsync, rename); returns its length.
+/// The caller holds the store's write lock and fsyncs the directory.
+///
+/// # Errors
+/// Fails when the temporary file cannot be written or renamed.
+pub fn rewrite(path: &Path, entries: &[PartEntry]) -> Result<u64> {
+    let mut text = String::new();
+    for entry in entries {
+        text.push_str(
+            &serde_json::to_string(entry)
+                .map_err(|e| Error::Invalid(format!("cannot encode manifest entry: {e}")))?,
+        );
+        text.push('\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut file = File::create(&tmp).io("create", &tmp)?;
+    file.write_all(text.as_bytes()).io("write", &tmp)?;
+    file.sync_all().io("fsync", &tmp)?;
+    std::fs::rename(&tmp, path).io("rename", path)?;
+    Ok(text.len() as u64)
 }
 
 /// An open manifest for appending.
@@ -210,6 +236,7 @@ mod tests {
             cell_id: Some("c".into()),
             run_id: None,
             committed_at_us: 1,
+            xxh3: None,
         }
     }
 

@@ -251,6 +251,7 @@ impl StoreWriter {
             file: File::create(&tmp_path).io("create", &tmp_path)?,
             path: tmp_path.clone(),
             faults: self.faults.clone(),
+            hash: xxhash_rust::xxh3::Xxh3::new(),
         };
         let footer = serde_json::to_string(&FooterMeta {
             table,
@@ -306,6 +307,7 @@ impl StoreWriter {
                     .io("fsync", &tmp_path)
             })
             .and_then(|()| fs::metadata(&tmp_path).io("stat", &tmp_path));
+        let xxh3 = checksum_hex(writer.inner().hash.digest());
         drop(writer);
         let bytes = match finished {
             Ok(m) => m.len(),
@@ -337,6 +339,7 @@ impl StoreWriter {
             meta,
             rows,
             bytes,
+            xxh3,
             tmp_path,
         };
         let visible = self.make_visible(&mut inner, finished, seq);
@@ -371,6 +374,7 @@ impl StoreWriter {
             cell_id: part.meta.cell_id,
             run_id: part.meta.run_id,
             committed_at_us: crate::now_micros(),
+            xxh3: Some(part.xxh3),
         };
         inner.manifest.append(&entry)?;
         inner.entries.push(entry.clone());
@@ -383,6 +387,52 @@ impl StoreWriter {
             Some(_) => Err(faults::error(step, path)),
             None => Ok(()),
         }
+    }
+
+    /// Drops the manifest entries of listed parts that cannot be read (missing, truncated,
+    /// checksum or footer wrong), moving what is left of their files to `_quarantine/`. Every
+    /// sound part stays; sequence numbers are not reused. The manifest is rewritten whole (a
+    /// temporary file, fsync, rename), so a crash leaves the old one or the new one.
+    ///
+    /// # Errors
+    /// Fails when a file cannot be moved or the manifest cannot be rewritten.
+    pub fn repair(&self) -> Result<Vec<crate::verify::Damaged>> {
+        use crate::verify::{Damaged, Depth, check_part};
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| Error::Invalid("store writer poisoned by a panic".into()))?;
+        let damaged: Vec<Damaged> = inner
+            .entries
+            .iter()
+            .filter_map(|e| {
+                check_part(&self.root, e, Depth::Full).map(|problem| Damaged {
+                    entry: e.clone(),
+                    problem,
+                })
+            })
+            .collect();
+        if damaged.is_empty() {
+            return Ok(damaged);
+        }
+        for d in &damaged {
+            if self.root.join(&d.entry.path).exists() {
+                quarantine(&self.root, &d.entry.path)?;
+            }
+        }
+        let dropped: HashSet<u64> = damaged.iter().map(|d| d.entry.seq).collect();
+        let keep: Vec<PartEntry> = inner
+            .entries
+            .iter()
+            .filter(|e| !dropped.contains(&e.seq))
+            .cloned()
+            .collect();
+        let path = self.root.join(layout::MANIFEST_FILE);
+        let len = manifest::rewrite(&path, &keep)?;
+        sync_dir(&self.root)?;
+        inner.manifest = ManifestWriter::open(&path, len)?.with_faults(self.faults.clone());
+        inner.entries = keep;
+        Ok(damaged)
     }
 
     /// Writes `batches` as one part of `table` and commits it.
@@ -411,6 +461,7 @@ struct Finished {
     meta: PartMeta,
     rows: u64,
     bytes: u64,
+    xxh3: String,
     tmp_path: PathBuf,
 }
 
@@ -420,6 +471,8 @@ struct PartFile {
     file: File,
     path: PathBuf,
     faults: Option<Arc<dyn Faults>>,
+    /// The checksum of the bytes written so far (the Parquet writer only appends).
+    hash: xxhash_rust::xxh3::Xxh3,
 }
 
 impl Write for PartFile {
@@ -434,7 +487,9 @@ impl Write for PartFile {
             }
             return Err(faults::error(Step::PartWrite, &self.path));
         }
-        self.file.write(buf)
+        let n = self.file.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -575,6 +630,27 @@ pub(crate) fn check_format(root: &Path) -> Result<()> {
     }
 }
 
+/// A checksum as manifest entries hold it.
+pub(crate) fn checksum_hex(digest: u64) -> String {
+    format!("{digest:016x}")
+}
+
+/// The xxh3-64 of a file's bytes, read in blocks.
+pub(crate) fn file_checksum(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut file = File::open(path).io("open", path)?;
+    let mut hash = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).io("read", path)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    Ok(checksum_hex(hash.digest()))
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).io("fsync", dir)
 }
@@ -603,7 +679,8 @@ fn create_dirs(root: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn collect_parts(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+/// Every `.parquet` file under `dir`, relative to `root`.
+pub(crate) fn collect_parts(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     if !dir.is_dir() {
         return Ok(());
     }
@@ -671,6 +748,7 @@ fn adopt(root: &Path, rel: &str, next: u64) -> Result<PartEntry> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    let xxh3 = file_checksum(&path)?;
     Ok(PartEntry {
         seq,
         table: footer.table,
@@ -680,6 +758,7 @@ fn adopt(root: &Path, rel: &str, next: u64) -> Result<PartEntry> {
         cell_id: footer.meta.cell_id,
         run_id: footer.meta.run_id,
         committed_at_us,
+        xxh3: Some(xxh3),
     })
 }
 
