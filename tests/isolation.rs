@@ -185,42 +185,16 @@ fn onnx_model(
     input_dims: &[i64],
     output_dims: &[i64],
 ) {
+    use deltann_collector::model::{float_tensor_info as tensor, model_of};
     use prost::Message;
     use tract_onnx::pb;
-    let tensor = |name: &str, dims: &[i64]| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| pb::tensor_shape_proto::Dimension {
-                            denotation: String::new(),
-                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(*d)),
-                        })
-                        .collect(),
-                }),
-            })),
-        }),
+    let model = model_of(pb::GraphProto {
+        name: "g".into(),
+        node: nodes,
+        input: vec![tensor("input", input_dims)],
+        output: vec![tensor("logits", output_dims)],
         ..Default::default()
-    };
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(pb::GraphProto {
-            name: "g".into(),
-            node: nodes,
-            input: vec![tensor("input", input_dims)],
-            output: vec![tensor("logits", output_dims)],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    });
     std::fs::write(path, model.encode_to_vec()).unwrap();
 }
 

@@ -124,17 +124,29 @@ pub fn write_line<T: Serialize>(out: &mut impl Write, message: &T) -> std::io::R
     out.flush()
 }
 
+/// The longest protocol line read (the messages are a few hundred bytes; this bounds what a
+/// broken worker printing without newlines can make the collector hold).
+pub const MAX_LINE: u64 = 1 << 20;
+
 /// Reads one JSON-line message. `Ok(None)` at end of stream.
 ///
 /// # Errors
-/// Fails on I/O errors and on a line that is not the expected message (the error quotes the line,
-/// which usually shows what a misbehaving library printed to stdout).
+/// Fails on I/O errors, on a line longer than [`MAX_LINE`], and on a line that is not the
+/// expected message (the error quotes the line, which usually shows what a misbehaving library
+/// printed to stdout).
 pub fn read_line<T: for<'de> Deserialize<'de>>(
     input: &mut impl BufRead,
 ) -> std::io::Result<Option<T>> {
     let mut line = String::new();
-    if input.read_line(&mut line)? == 0 {
+    let read = std::io::Read::take(&mut *input, MAX_LINE).read_line(&mut line)?;
+    if read == 0 {
         return Ok(None);
+    }
+    if !line.ends_with('\n') && read as u64 == MAX_LINE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("protocol message longer than {MAX_LINE} bytes"),
+        ));
     }
     serde_json::from_str(line.trim_end())
         .map(Some)
@@ -145,4 +157,23 @@ pub fn read_line<T: for<'de> Deserialize<'de>>(
                 format!("expected a protocol message, got {shown:?}: {e}"),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_without_end_is_refused_at_the_limit() {
+        let done = serde_json::to_string(&Done::default()).unwrap();
+        let mut ok = std::io::Cursor::new(format!("{done}\n"));
+        assert!(read_line::<Done>(&mut ok).unwrap().is_some());
+        assert!(read_line::<Done>(&mut ok).unwrap().is_none());
+        // A library printing megabytes without a newline to the worker's stdout.
+        let flood = vec![b'x'; 3 * MAX_LINE as usize];
+        let mut input = std::io::Cursor::new(flood);
+        let err = read_line::<Done>(&mut input).unwrap_err().to_string();
+        assert!(err.contains("longer than"), "{err}");
+        assert_eq!(input.position(), MAX_LINE, "read no further than the limit");
+    }
 }

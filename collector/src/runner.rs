@@ -144,6 +144,9 @@ pub fn probe(
 /// Input batches for a worker; an `Err` stops the cell (the input could not be read).
 pub type Inputs = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 
+/// Result batches read from a worker but not yet taken by the sink.
+const RESULTS_IN_FLIGHT: usize = 4;
+
 /// Runs one request on a fresh worker. `on_message` sees `Ready` first, then each result batch;
 /// if it fails, the worker is killed and the error returned (that is a collector failure, such as
 /// the store becoming unwritable, not a cell failure).
@@ -169,7 +172,9 @@ pub fn run(
             }
         };
 
-    let (tx, rx) = mpsc::channel::<Msg>();
+    // Bounded: a worker that outruns the sink (which commits to disk) waits for it, rather than
+    // piling result batches up in memory.
+    let (tx, rx) = mpsc::sync_channel::<Msg>(RESULTS_IN_FLIGHT);
     let request_for_feeder = request.clone();
     let feed_tx = tx.clone();
     let feeder = std::thread::spawn(move || feed(stdin, &request_for_feeder, inputs, &feed_tx));
@@ -240,6 +245,8 @@ pub fn run(
         }
     }
 
+    // Nothing more is received: threads still sending get an error instead of waiting forever.
+    drop(rx);
     // A clean end is followed by exit; anything else gets the worker killed now.
     let status = if out.done.is_some() || (out.ready.as_ref().is_some_and(|r| !r.ok)) {
         wait_with_timeout(&mut child, Duration::from_secs(10))
@@ -296,7 +303,7 @@ fn feed(
     stdin: std::process::ChildStdin,
     request: &Request,
     inputs: Inputs,
-    tx: &mpsc::Sender<Msg>,
+    tx: &mpsc::SyncSender<Msg>,
 ) {
     let mut out = BufWriter::with_capacity(1 << 20, stdin);
     if protocol::write_line(&mut out, request).is_err() || request.probe {
@@ -323,7 +330,7 @@ fn feed(
     let _ = writer.finish();
 }
 
-fn read_stdout(stdout: std::process::ChildStdout, tx: &mpsc::Sender<Msg>, probe: bool) {
+fn read_stdout(stdout: std::process::ChildStdout, tx: &mpsc::SyncSender<Msg>, probe: bool) {
     let mut input = BufReader::with_capacity(1 << 20, stdout);
     let ready: Ready = match protocol::read_line(&mut input) {
         Ok(Some(r)) => r,
