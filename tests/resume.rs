@@ -239,3 +239,98 @@ ort_library = ["1.32.0"]
     assert_eq!(read_table(&store, "images").rows(), 800);
     assert_eq!(read_table(&store, "outputs").rows(), 800);
 }
+
+/// Kills `collect` and its workers (the whole process group) with SIGKILL.
+fn kill_group(child: &mut std::process::Child) {
+    let group = format!("-{}", child.id());
+    let _ = std::process::Command::new("kill")
+        .args(["-9", "--", &group])
+        .status();
+    let _ = child.wait();
+}
+
+#[test]
+fn random_kills_with_two_jobs_lose_nothing_and_double_nothing() {
+    use std::os::unix::process::CommandExt;
+    util::ort_library("1.32.0");
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = data_sweep(
+        dir.path(),
+        r#"
+engine = ["ort", "tract"]
+ort_library = ["1.32.0"]
+tract_plan = ["decluttered", "optimized"]
+threads = [1, 2]
+repetitions = [2]
+"#,
+    );
+    let store = dir.path().join("store");
+    let (cells, images, reps) = (6, 8, 2);
+    let args = [
+        "collect",
+        "--quiet",
+        "-j",
+        "2",
+        "--part-rows",
+        "2",
+        sweep.to_str().unwrap(),
+    ];
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut kills = 0;
+    for _ in 0..5 {
+        let mut child = util::deltann()
+            .args(args)
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Anywhere: preparing the tensor cache, in cells, in commits.
+        std::thread::sleep(Duration::from_millis(rng.u64(10..1500)));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        kill_group(&mut child);
+        kills += 1;
+        // Whatever the instant, every part the manifest lists is complete and readable.
+        let out = util::run(&["store", "verify", store.to_str().unwrap()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "after kill {kills}: {}",
+            text(&out)
+        );
+    }
+    assert!(kills >= 3, "the sweep ended before the kills ({kills})");
+    let out = util::run(&args);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let outputs = read_table(&store, "outputs").all().unwrap();
+    let keys: Vec<(String, String, i32)> = strings(&outputs, "cell_id")
+        .into_iter()
+        .zip(strings(&outputs, "image_id"))
+        .zip(ints(&outputs, "repetition"))
+        .map(|((c, i), r)| (c.unwrap(), i.unwrap(), r.unwrap()))
+        .collect();
+    let distinct: BTreeSet<_> = keys.iter().cloned().collect();
+    assert_eq!(
+        keys.len(),
+        distinct.len(),
+        "duplicate rows after {kills} kills"
+    );
+    assert_eq!(
+        keys.len(),
+        cells * images * reps,
+        "rows lost after {kills} kills"
+    );
+    let cells_table = read_table(&store, "cells").all().unwrap();
+    let ok: BTreeSet<String> = strings(&cells_table, "cell_id")
+        .into_iter()
+        .zip(strings(&cells_table, "status"))
+        .filter(|(_, s)| s.as_deref() == Some("ok"))
+        .map(|(c, _)| c.unwrap())
+        .collect();
+    assert_eq!(ok.len(), cells);
+    let out = util::run(&["store", "verify", store.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
