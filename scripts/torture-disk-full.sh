@@ -39,10 +39,14 @@ sweep "$disk/store" > "$work/full.toml"
 
 "$bin" collect --quiet "$work/reference.toml" >/dev/null
 
-# Leave about 1.6 MB free: the tensor cache and the first cell fit, the second does not.
-dd if=/dev/zero of="$disk/filler" bs=1k count=2400 status=none
-if "$bin" collect --quiet --part-rows 4 "$work/full.toml" >"$work/full.log" 2>&1; then
-  echo "torture-disk-full: collect did not run out of space (the tmpfs is too large)" >&2
+# Fill the disk once the first outputs part is committed: the sweep is then inside its first
+# cell (tract's decluttered plan, about 4 s), and its next write fails.
+"$bin" collect --quiet --part-rows 4 "$work/full.toml" >"$work/full.log" 2>&1 &
+pid=$!
+until grep -qs '"table":"outputs"' "$disk/store/_manifest.jsonl"; do sleep 0.05; done
+dd if=/dev/zero of="$disk/filler" bs=64k status=none 2>/dev/null || true
+if wait "$pid"; then
+  echo "torture-disk-full: collect finished before the disk filled" >&2
   exit 1
 fi
 echo "collect on a full disk stopped with:"
