@@ -11,6 +11,7 @@ bin="$(realpath "$1")"
 src="$(realpath "$2")"
 work="$3"
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 command -v tmux >/dev/null || { echo "live: tmux not installed, skipped"; exit 0; }
 rm -rf "$work"
 mkdir -p "$work"
@@ -37,23 +38,11 @@ done
 [ "$(shown)" = "$start" ] || { echo "live: the TUI never showed $start parts"; exit 1; }
 echo "TUI up on $start parts"
 
-cat > "$work/sweep.toml" <<TOML
-store = "$store"
-warmup = 1
-[dataset]
-images = "$(pwd)/data/images"
-labels = "$(pwd)/data/labels.csv"
-[[model]]
-name = "efficientnet-lite0"
-path = "$(pwd)/data/efficientnet-lite0.onnx"
-preset = "tf127"
-[environments]
-engine = ["ort"]
+data_sweep "$store" 1 'engine = ["ort"]
 ort_library = ["1.32.0"]
 ort_optimization = ["disabled", "basic", "all"]
 threads = [1]
-repetitions = [60]
-TOML
+repetitions = [60]' > "$work/sweep.toml"
 "$bin" collect --quiet --part-rows "${LIVE_PART_ROWS:-80}" "$work/sweep.toml" > "$work/collect.log" 2>&1 &
 collector=$!
 

@@ -8,6 +8,7 @@
 # Needs: root (to mount a tmpfs), python3 with duckdb, data/ (the embedded photos and model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 bin="$(pwd)/${1:-target/debug/deltann}"
 [ -x "$bin" ] || cargo build --bin deltann
 python3 -c 'import duckdb' 2>/dev/null || { echo "torture-disk-full: needs duckdb (pip install duckdb)" >&2; exit 2; }
@@ -18,21 +19,9 @@ mount -t tmpfs -o size=4m tmpfs "$disk" || { echo "torture-disk-full: cannot mou
 trap 'umount "$disk" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 sweep() { # $1: store directory
-  cat <<EOF
-store = "$1"
-warmup = 0
-[dataset]
-images = "$(pwd)/data/images"
-labels = "$(pwd)/data/labels.csv"
-[[model]]
-name = "efficientnet-lite0"
-path = "$(pwd)/data/efficientnet-lite0.onnx"
-preset = "tf127"
-[environments]
-engine = ["tract"]
+  data_sweep "$1" 0 'engine = ["tract"]
 tract_plan = ["decluttered", "optimized"]
-repetitions = [2]
-EOF
+repetitions = [2]'
 }
 sweep "$work/reference" > "$work/reference.toml"
 sweep "$disk/store" > "$work/full.toml"

@@ -10,6 +10,7 @@
 # Needs: python3 with duckdb (pip install duckdb), data/ (the embedded photos and model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 kills="${1:-50}"
 bin="${2:-target/debug/deltann}"
 [ -x "$bin" ] || cargo build --bin deltann
@@ -20,23 +21,11 @@ trap 'rm -rf "$work"' EXIT
 
 # 6 cells x 8 photos x 3 repetitions = 144 rows; tract's decluttered plan is slow enough that
 # kills land inside cells.
-cat > "$work/sweep.toml" <<EOF
-store = "store"
-warmup = 0
-[dataset]
-images = "$(pwd)/data/images"
-labels = "$(pwd)/data/labels.csv"
-[[model]]
-name = "efficientnet-lite0"
-path = "$(pwd)/data/efficientnet-lite0.onnx"
-preset = "tf127"
-[environments]
-engine = ["ort", "tract"]
+data_sweep store 0 'engine = ["ort", "tract"]
 ort_library = ["1.32.0"]
 tract_plan = ["decluttered", "optimized"]
 threads = [1, 2]
-repetitions = [3]
-EOF
+repetitions = [3]' > "$work/sweep.toml"
 expected=144
 
 # DuckDB, not deltann: every listed part readable with its listed rows; exactly one output row

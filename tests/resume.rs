@@ -87,8 +87,16 @@ repetitions = [3]
         assert!(store.join(path).is_file(), "{path} vanished from disk");
     }
 
-    // Exactly one row per (cell, image, repetition), read by arrow-rs from the files on disk.
-    let outputs = read_table(&store, "outputs").all().unwrap();
+    assert_one_row_each(&store, cells * images * reps, cells);
+    // The interrupted cell was finished by a second attempt.
+    let cells_table = read_table(&store, "cells").all().unwrap();
+    assert!(ints(&cells_table, "attempt").iter().all(|a| *a == Some(1)));
+}
+
+/// Exactly `rows` output rows, one per (cell, image, repetition), read by arrow-rs from the files
+/// on disk, and `cells` cells whose status is ok.
+fn assert_one_row_each(store: &std::path::Path, rows: usize, cells: usize) {
+    let outputs = read_table(store, "outputs").all().unwrap();
     let keys: Vec<(String, String, i32)> = strings(&outputs, "cell_id")
         .into_iter()
         .zip(strings(&outputs, "image_id"))
@@ -97,10 +105,8 @@ repetitions = [3]
         .collect();
     let distinct: BTreeSet<_> = keys.iter().cloned().collect();
     assert_eq!(keys.len(), distinct.len(), "duplicate rows after resume");
-    assert_eq!(keys.len(), cells * images * reps);
-
-    // Each cell is ok, and the interrupted one was finished by a second attempt.
-    let cells_table = read_table(&store, "cells").all().unwrap();
+    assert_eq!(keys.len(), rows, "rows lost");
+    let cells_table = read_table(store, "cells").all().unwrap();
     let ok: BTreeSet<String> = strings(&cells_table, "cell_id")
         .into_iter()
         .zip(strings(&cells_table, "status"))
@@ -108,7 +114,6 @@ repetitions = [3]
         .map(|(c, _)| c.unwrap())
         .collect();
     assert_eq!(ok.len(), cells);
-    assert!(ints(&cells_table, "attempt").iter().all(|a| *a == Some(1)));
 }
 
 /// Every file under `dir` whose name starts with `chunk-` and ends with `.arrow`, with its size
@@ -305,32 +310,7 @@ repetitions = [2]
     let out = util::run(&args);
     assert!(out.status.success(), "{}", text(&out));
 
-    let outputs = read_table(&store, "outputs").all().unwrap();
-    let keys: Vec<(String, String, i32)> = strings(&outputs, "cell_id")
-        .into_iter()
-        .zip(strings(&outputs, "image_id"))
-        .zip(ints(&outputs, "repetition"))
-        .map(|((c, i), r)| (c.unwrap(), i.unwrap(), r.unwrap()))
-        .collect();
-    let distinct: BTreeSet<_> = keys.iter().cloned().collect();
-    assert_eq!(
-        keys.len(),
-        distinct.len(),
-        "duplicate rows after {kills} kills"
-    );
-    assert_eq!(
-        keys.len(),
-        cells * images * reps,
-        "rows lost after {kills} kills"
-    );
-    let cells_table = read_table(&store, "cells").all().unwrap();
-    let ok: BTreeSet<String> = strings(&cells_table, "cell_id")
-        .into_iter()
-        .zip(strings(&cells_table, "status"))
-        .filter(|(_, s)| s.as_deref() == Some("ok"))
-        .map(|(c, _)| c.unwrap())
-        .collect();
-    assert_eq!(ok.len(), cells);
+    assert_one_row_each(&store, cells * images * reps, cells);
     let out = util::run(&["store", "verify", store.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
