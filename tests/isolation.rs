@@ -25,25 +25,53 @@ fn cell_results(store: &std::path::Path) -> BTreeMap<String, (String, Option<Str
         .collect()
 }
 
-#[test]
-fn an_aborting_worker_fails_only_its_cell_and_keeps_its_results() {
+/// Runs `collect` over data/'s photos on ORT and tract with a fault injected into the workers.
+fn collect_with_fault(
+    dir: &std::path::Path,
+    fault: &str,
+    args: &[&str],
+) -> (std::path::PathBuf, std::process::Output) {
     util::ort_library("1.32.0");
-    let dir = tempfile::tempdir().unwrap();
     let sweep = data_sweep(
-        dir.path(),
+        dir,
         "engine = [\"ort\", \"tract\"]\nort_library = [\"1.32.0\"]",
     );
     let out = util::deltann()
-        .args([
-            "collect",
-            "--quiet",
-            "--part-rows",
-            "1",
-            sweep.to_str().unwrap(),
-        ])
-        .env("DELTANN_FAULT", "abort-after=3")
+        .args(["collect", "--quiet"])
+        .args(args)
+        .arg(&sweep)
+        .env("DELTANN_FAULT", fault)
         .output()
         .unwrap();
+    (sweep, out)
+}
+
+#[test]
+fn a_worker_naming_images_it_was_not_sent_fails_its_cell_and_the_sweep_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, out) = collect_with_fault(dir.path(), "stray-id-after=2", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let store = dir.path().join("store");
+    let results = cell_results(&store);
+    assert_eq!(results.len(), 2, "both cells ran and have their row");
+    for (engine, (status, error, images_ok)) in &results {
+        assert_eq!(status, "failed", "{engine}");
+        let error = error.as_deref().unwrap();
+        assert!(
+            error.contains("worker protocol error: result for unknown image `never-sent/"),
+            "{engine}: {error}"
+        );
+        assert_eq!(
+            *images_ok, 2,
+            "{engine}: the two batches before it were kept"
+        );
+    }
+}
+
+#[test]
+fn an_aborting_worker_fails_only_its_cell_and_keeps_its_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sweep, out) = collect_with_fault(dir.path(), "abort-after=3", &["--part-rows", "1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("SIGABRT"), "{stdout}");

@@ -579,7 +579,8 @@ pub fn cached(store: &Store, options: &Options, use_cache: bool) -> Result<Analy
             analysis,
         };
         if let Ok(text) = serde_json::to_vec(&cached) {
-            let tmp = path.with_extension("json.tmp");
+            // Per process: two readers refreshing the cache at once must not write one file.
+            let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
             let _ = std::fs::create_dir_all(path.parent().unwrap_or(store.root()));
             if std::fs::write(&tmp, text).is_ok() {
                 let _ = std::fs::rename(&tmp, &path);

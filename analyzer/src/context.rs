@@ -177,6 +177,22 @@ impl Session {
                  need --allow-write"
             )));
         }
+        // Views are the session's own; other DDL reads files outside the store (CREATE EXTERNAL
+        // TABLE) or unregisters its tables (DROP TABLE outputs), which the TUI's screens use.
+        if !self.allow_write
+            && let datafusion::logical_expr::LogicalPlan::Ddl(ddl) = &plan
+            && !matches!(
+                ddl,
+                datafusion::logical_expr::DdlStatement::CreateView(_)
+                    | datafusion::logical_expr::DdlStatement::DropView(_)
+            )
+        {
+            return Err(Error::ReadOnly(format!(
+                "{} is refused in a read-only session (views are allowed); it needs \
+                 --allow-write",
+                ddl.name()
+            )));
+        }
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema = Arc::clone(df.schema().inner());
         let mut batches = df.collect().await?;

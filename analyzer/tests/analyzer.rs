@@ -391,11 +391,23 @@ fn writes_are_refused_unless_allowed() {
         .run_blocking(&copy)
         .unwrap();
     assert!(target.exists());
-    // Views and in-memory DDL are fine in a read-only session.
-    Session::open(&root, false)
-        .unwrap()
-        .run_blocking("CREATE VIEW v AS SELECT 1 AS x; SELECT * FROM v;")
+    // Views are fine in a read-only session; tables from elsewhere and dropping the store's are not.
+    let session = Session::open(&root, false).unwrap();
+    session
+        .run_blocking("CREATE VIEW v AS SELECT 1 AS x; SELECT * FROM v; DROP VIEW v;")
         .unwrap();
+    for ddl in [
+        format!(
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}'",
+            target.display()
+        ),
+        "DROP TABLE outputs".to_string(),
+        "CREATE TABLE m AS SELECT 1 AS x".to_string(),
+    ] {
+        let err = session.run_blocking(&ddl).unwrap_err().to_string();
+        assert!(err.contains("read-only"), "{ddl}: {err}");
+    }
+    assert!(session.run_blocking("SELECT count(*) FROM outputs").is_ok());
 }
 
 #[test]

@@ -477,6 +477,9 @@ fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
     let mut sink = OutputSink::new(ctx.store, cell, ctx.run_id, ctx.facts, sink_config)?;
     let mut load_ms = None;
     let mut mismatch = None;
+    // A worker that breaks the protocol (a result for an image it was not sent, a malformed
+    // batch) fails its cell; the sweep goes on. Store errors still stop the sweep.
+    let mut protocol_error = None;
     let run = runner::run(
         &ctx.options.worker,
         &request,
@@ -493,14 +496,23 @@ fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
                         ));
                     }
                 }
-                Event::Results(batch) => {
-                    let n = sink.push(batch)?;
-                    ctx.observer.cell_advanced(cell, n);
-                }
+                Event::Results(batch) => match sink.push(batch) {
+                    Ok(n) => ctx.observer.cell_advanced(cell, n),
+                    Err(Error::Worker(e)) => {
+                        protocol_error = Some(format!("worker protocol error: {e}"));
+                        return Err(Error::Worker(e));
+                    }
+                    Err(e) => return Err(e),
+                },
             }
             Ok(())
         },
-    )?;
+    );
+    let run = match run {
+        Ok(run) => run,
+        Err(_) if protocol_error.is_some() => runner::WorkerRun::default(),
+        Err(e) => return Err(e),
+    };
     let written = sink.finish()?;
 
     // The summary covers everything committed for the cell, earlier attempts included.
@@ -509,7 +521,7 @@ fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
         .difference(&images_ok)
         .count();
     let latency = stats::summarize(&latencies);
-    let failure = mismatch.or(run.failure).or_else(|| {
+    let failure = mismatch.or(protocol_error).or(run.failure).or_else(|| {
         // A cell whose every image failed did not run, whatever the worker's exit.
         (images_ok.is_empty() && images_failed > 0).then(|| {
             format!(

@@ -55,7 +55,8 @@ impl Dataset {
         }
         let mut files = Vec::new();
         let mut skipped_files = 0;
-        walk(root, root, &mut files, &mut skipped_files)?;
+        let mut seen = std::collections::HashSet::new();
+        walk(root, root, &mut files, &mut skipped_files, &mut seen)?;
         files.sort();
         if files.is_empty() {
             return Err(Error::input(
@@ -113,17 +114,34 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>, skipped: &mut usize) -> Result<()> {
-    let entries = std::fs::read_dir(dir).io("list", dir)?;
+/// Lists image files under `dir`, following symbolic links to folders but entering each real
+/// folder once (`seen`: canonical paths), so a link loop ends and no image is listed twice.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<String>,
+    skipped: &mut usize,
+    seen: &mut std::collections::HashSet<PathBuf>,
+) -> Result<()> {
+    let real = std::fs::canonicalize(dir).io("resolve", dir)?;
+    if !seen.insert(real) {
+        return Ok(());
+    }
+    let mut entries = std::fs::read_dir(dir)
+        .io("list", dir)?
+        .collect::<std::io::Result<Vec<_>>>()
+        .io("list", dir)?;
+    // Real entries before symbolic links, each in name order: a folder reached both ways is
+    // listed under its real path, whatever order the file system lists it in.
+    entries.sort_by_key(|e| (e.path().is_symlink(), e.file_name()));
     for entry in entries {
-        let entry = entry.io("list", dir)?;
         let path = entry.path();
         let name = entry.file_name();
         if name.to_string_lossy().starts_with('.') {
             continue;
         }
         if path.is_dir() {
-            walk(root, &path, out, skipped)?;
+            walk(root, &path, out, skipped, seen)?;
         } else if is_image(&path) {
             if let Ok(rel) = path.strip_prefix(root) {
                 out.push(deltann_store::layout::relative_string(rel));
@@ -234,6 +252,19 @@ mod tests {
         assert_eq!(ds.skipped_files, 1);
         assert_eq!(ds.unmatched_labels, 1);
         assert_eq!(ds.labelled(), 2);
+    }
+
+    #[test]
+    fn a_symlink_loop_ends_and_lists_each_image_once() {
+        let dir = setup();
+        let imgs = dir.path().join("imgs");
+        std::os::unix::fs::symlink(&imgs, imgs.join("sub/loop")).unwrap();
+        std::os::unix::fs::symlink(imgs.join("sub"), imgs.join("again")).unwrap();
+        let mut s = spec(dir.path());
+        s.labels = None;
+        let ds = Dataset::load(&s).unwrap();
+        let ids: Vec<_> = ds.images.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, vec!["a.PNG", "b.jpg", "sub/c.jpeg"]);
     }
 
     #[test]

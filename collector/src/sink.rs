@@ -150,12 +150,20 @@ impl<'a> OutputSink<'a> {
             .and_then(|c| c.as_string_opt::<i32>())
             .ok_or_else(|| bad(protocol::ERROR))?;
 
+        // Checked before any row is taken: a batch is every repetition of its images, and it is
+        // stored whole or not at all.
+        if let Some(id) = (0..batch.num_rows())
+            .map(|row| ids.value(row))
+            .find(|id| !self.images.contains_key(*id))
+        {
+            return Err(Error::Worker(format!("result for unknown image `{id}`")));
+        }
         let mut completed = HashSet::new();
         let multi_rep = self.cell.repetitions > 1;
         for row in 0..batch.num_rows() {
             let id = ids.value(row);
             let Some(facts) = self.images.get(id) else {
-                return Err(Error::Worker(format!("result for unknown image `{id}`")));
+                continue;
             };
             completed.insert(id);
             if logits.is_null(row) {

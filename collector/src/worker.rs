@@ -25,7 +25,8 @@ use crate::engine::{self, Engine};
 use crate::protocol::{self, Done, PROTOCOL_VERSION, Ready, Request};
 
 /// Environment variable that injects failures, for testing isolation and timeouts:
-/// `abort-after=N`, `exit-after=N`, `hang-after=N` (after N batches), `fail-image=ID`.
+/// `abort-after=N`, `exit-after=N`, `hang-after=N` (after N batches), `fail-image=ID`,
+/// `stray-id-after=N` (batch N's results name images the collector never sent).
 pub const FAULT_ENV: &str = "DELTANN_FAULT";
 
 #[derive(Debug, Default)]
@@ -34,6 +35,7 @@ struct Faults {
     exit_after: Option<u64>,
     hang_after: Option<u64>,
     fail_image: Option<String>,
+    stray_id_after: Option<u64>,
 }
 
 impl Faults {
@@ -49,6 +51,7 @@ impl Faults {
                 "exit-after" => faults.exit_after = value.parse().ok(),
                 "hang-after" => faults.hang_after = value.parse().ok(),
                 "fail-image" => faults.fail_image = Some(value.to_string()),
+                "stray-id-after" => faults.stray_id_after = value.parse().ok(),
                 _ => {}
             }
         }
@@ -171,6 +174,11 @@ pub fn serve<R: Read + Send + 'static, W: Write>(input: R, output: W) -> Result<
             batches == 0,
             &faults,
         )?;
+        let results = if faults.stray_id_after == Some(batches) {
+            stray_ids(&results)?
+        } else {
+            results
+        };
         writer
             .write(&results)
             .and_then(|()| writer.flush())
@@ -188,6 +196,22 @@ pub fn serve<R: Read + Send + 'static, W: Write>(input: R, output: W) -> Result<
         peak_rss_kib: crate::host::peak_rss_kib(),
     };
     protocol::write_line(&mut out, &done).map_err(|e| format!("writing done: {e}"))
+}
+
+/// The same results under image ids that were never sent (an injected protocol violation).
+fn stray_ids(results: &RecordBatch) -> Result<RecordBatch, String> {
+    let index = results
+        .schema()
+        .index_of(protocol::IMAGE_ID)
+        .map_err(|e| e.to_string())?;
+    let ids = results.column(index).as_string::<i32>();
+    let renamed: arrow::array::StringArray = ids
+        .iter()
+        .map(|id| id.map(|id| format!("never-sent/{id}")))
+        .collect();
+    let mut columns = results.columns().to_vec();
+    columns[index] = std::sync::Arc::new(renamed);
+    RecordBatch::try_new(results.schema(), columns).map_err(|e| e.to_string())
 }
 
 fn run_batch(

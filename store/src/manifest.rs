@@ -73,20 +73,21 @@ pub fn read(path: &Path) -> Result<ManifestRead> {
     };
     let mut reader = BufReader::new(file);
     let mut out = ManifestRead::default();
-    let mut line = String::new();
+    let mut line = Vec::new();
     let mut line_no = 0;
     loop {
         line.clear();
-        let n = reader.read_line(&mut line).io("read", path)?;
+        // Bytes, not text: a torn tail can end inside a multi-byte character.
+        let n = reader.read_until(b'\n', &mut line).io("read", path)?;
         if n == 0 {
             break;
         }
         line_no += 1;
-        if !line.ends_with('\n') {
+        if line.last() != Some(&b'\n') {
             out.torn_tail = true;
             break;
         }
-        match serde_json::from_str::<PartEntry>(line.trim_end()) {
+        match serde_json::from_slice::<PartEntry>(line.trim_ascii_end()) {
             Ok(entry) => out.entries.push(entry),
             Err(e) => {
                 return Err(Error::Manifest {
@@ -263,6 +264,28 @@ mod tests {
         let read2 = read(&path).unwrap();
         assert_eq!(read2.entries, vec![entry(1), entry(2), entry(3)]);
         assert!(!read2.torn_tail);
+    }
+
+    #[test]
+    fn a_torn_tail_cut_inside_a_character_is_still_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        let mut e = entry(1);
+        e.cell_id = Some("caf\u{e9}".into());
+        let good = serde_json::to_string(&entry(2)).unwrap();
+        let torn = serde_json::to_string(&e).unwrap();
+        let cut = torn.find('\u{e9}').unwrap() + 1; // half of the two-byte character
+        let mut bytes = format!("{good}\n").into_bytes();
+        bytes.extend_from_slice(&torn.as_bytes()[..cut]);
+        std::fs::write(&path, &bytes).unwrap();
+        let read = read(&path).unwrap();
+        assert_eq!(read.entries, vec![entry(2)]);
+        assert!(read.torn_tail);
+        // Invalid bytes in a complete line are damage, reported with the line.
+        bytes.extend_from_slice(b"\n");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = super::read(&path).unwrap_err().to_string();
+        assert!(err.contains("m.jsonl:2"), "{err}");
     }
 
     #[test]
