@@ -28,18 +28,7 @@ repetitions = [3]
     let reps = 3;
 
     // Each image's three repetitions are one part (--part-rows 3), so parts appear steadily.
-    let mut child = util::deltann()
-        .args([
-            "collect",
-            "--quiet",
-            "--part-rows",
-            "3",
-            sweep.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = util::spawn_collect(&sweep, 3);
     let started = Instant::now();
     let mut killed_at = None;
     let mut finished_early = None;

@@ -59,6 +59,17 @@ pub fn deltann() -> Command {
     Command::new(env!("CARGO_BIN_EXE_deltann"))
 }
 
+/// Starts `deltann collect --quiet --part-rows N SWEEP` in the background, its output discarded.
+pub fn spawn_collect(sweep: &Path, part_rows: usize) -> std::process::Child {
+    deltann()
+        .args(["collect", "--quiet", "--part-rows", &part_rows.to_string()])
+        .arg(sweep)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start deltann collect")
+}
+
 /// Runs `deltann` with `args`, returning its output.
 pub fn run(args: &[&str]) -> Output {
     deltann().args(args).output().expect("run deltann")
