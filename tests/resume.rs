@@ -208,6 +208,14 @@ ort_library = ["1.32.0"]
     );
     // Let a rename in flight at the kill settle, then take what survived.
     let before = chunks(&cache);
+    // Whatever the kill left half-written, plus one planted: the resume removes them.
+    let geometry = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(geometry.join("chunk-000099.arrow.tmp"), b"half").unwrap();
 
     let out = util::run(&[
         "collect",
@@ -218,6 +226,12 @@ ort_library = ["1.32.0"]
     assert!(out.status.success(), "{}", text(&out));
     let after = chunks(&cache);
     assert_eq!(after.len(), 4, "{after:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(&geometry)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     // Every chunk completed before the kill was kept as it was, not decoded again.
     for (name, meta) in &before {
         assert_eq!(after.get(name), Some(meta), "{name} was rewritten");

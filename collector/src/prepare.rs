@@ -167,6 +167,14 @@ pub fn prepare(
     for g in &geometries {
         let dir = geometry_dir(g);
         std::fs::create_dir_all(&dir).io("create", &dir)?;
+        // A chunk being written when an earlier run died: never complete, never read. (This
+        // process holds the store's lock, so no other writer is mid-chunk.)
+        for entry in std::fs::read_dir(&dir).io("list", &dir)? {
+            let path = entry.io("list", &dir)?.path();
+            if path.to_string_lossy().ends_with(".arrow.tmp") {
+                std::fs::remove_file(&path).io("remove", &path)?;
+            }
+        }
     }
     let chunk_path = |g: &Preprocess, i: usize| geometry_dir(g).join(format!("chunk-{i:06}.arrow"));
     let chunks = hashed.len().div_ceil(CHUNK_IMAGES);
