@@ -48,6 +48,8 @@ pub const PART_META_KEY: &str = "deltann.part";
 
 /// Rows per row group in `outputs` parts: bounds the writer's buffer to a few MB with full logits.
 pub const OUTPUTS_ROW_GROUP_ROWS: usize = 1024;
+/// A row group is closed once this many bytes are buffered, whatever its row count.
+pub const ROW_GROUP_BYTES: usize = 16 << 20;
 
 /// What a part says about itself, beyond its table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -524,10 +526,19 @@ impl PartWriter {
     /// # Errors
     /// Fails on a schema mismatch or a write error.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.writer.write(batch).map_err(|source| Error::Parquet {
+        let parquet = |source| Error::Parquet {
             path: self.tmp_path.clone(),
             source,
-        })?;
+        };
+        self.writer.write(batch).map_err(parquet)?;
+        // Row groups are bounded by bytes as well as rows: a model with tens of thousands of
+        // classes would otherwise buffer a thousand rows of full logits per cell.
+        if self.writer.in_progress_size() >= ROW_GROUP_BYTES {
+            self.writer.flush().map_err(|source| Error::Parquet {
+                path: self.tmp_path.clone(),
+                source,
+            })?;
+        }
         self.rows += batch.num_rows() as u64;
         Ok(())
     }
@@ -908,6 +919,48 @@ mod tests {
         );
         assert!(root.join("_quarantine/errors/part-000009.parquet").exists());
         assert_eq!(w.snapshot().parts(Table::Errors).count(), 0);
+    }
+
+    #[test]
+    fn wide_rows_close_row_groups_by_bytes() {
+        use arrow::array::{Float32Array, ListArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let dir = tempfile::tempdir().unwrap();
+        let (w, _) = StoreWriter::open(dir.path()).unwrap();
+        let mut part = w
+            .begin(Table::Errors, Partition::none(), PartMeta::default())
+            .unwrap();
+        // Rows of 100,000 distinct floats (400 KB each, plain encoding), as a model with that
+        // many classes would give: 100 rows are 40 MB, far below 1024 rows.
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "v",
+            DataType::new_list(DataType::Float32, true),
+            false,
+        )]));
+        let plain = WriterProperties::builder()
+            .set_dictionary_enabled(false)
+            .build();
+        part.writer = ArrowWriter::try_new(
+            part.writer.into_inner().unwrap(),
+            schema.clone(),
+            Some(plain),
+        )
+        .unwrap();
+        for row in 0..100u32 {
+            let values = Float32Array::from_iter_values(
+                (0..100_000u32).map(|i| f32::from(u16::try_from(i % 60_000).unwrap()) + row as f32),
+            );
+            let list = ListArray::new(
+                Arc::new(Field::new("item", DataType::Float32, true)),
+                arrow::buffer::OffsetBuffer::from_lengths([100_000]),
+                Arc::new(values),
+                None,
+            );
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(list)]).unwrap();
+            part.write(&batch).unwrap();
+        }
+        let groups = part.writer.flushed_row_groups().len();
+        assert!(groups >= 2, "{groups} row groups closed");
     }
 
     #[test]
