@@ -16,6 +16,15 @@ use super::progress::Progress;
 
 pub fn run(args: &CollectArgs) -> anyhow::Result<ExitCode> {
     let (sweep, store) = super::load_sweep(&args.sweep, args.store.as_deref())?;
+    let existing = store.ancestors().find(|p| p.exists());
+    if let Some(kind) = existing.and_then(deltann_store::layout::network_file_system) {
+        eprintln!(
+            "deltann: warning: the store {} is on a network file system ({kind}): its lock and \
+             crash safety assume a local disk (see RELIABILITY.md); collect to a local disk and \
+             copy the store",
+            store.display()
+        );
+    }
     let options = CollectOptions {
         store: store.clone(),
         worker: WorkerCommand::current_exe().context("cannot locate the deltann executable")?,

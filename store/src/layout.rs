@@ -169,6 +169,34 @@ pub fn part_file_name(seq: u64, tag: &str) -> String {
     }
 }
 
+/// The kind of network file system `path` lives on, if it is one deltann can recognise (by the
+/// file system's magic number). The store's guarantees (one writer through `flock`, durable
+/// commits through fsync and rename) assume a local file system; on NFS, SMB, CIFS or FUSE
+/// mounts they depend on the server and its configuration.
+pub fn network_file_system(path: &Path) -> Option<&'static str> {
+    let stat = rustix::fs::statfs(path).ok()?;
+    // `f_type`'s width differs between platforms (i64 here, u32 or i32 elsewhere).
+    #[allow(clippy::useless_conversion)]
+    file_system_kind(i64::from(stat.f_type))
+}
+
+/// The network file system a `statfs` magic number names (`None` for local ones).
+pub fn file_system_kind(magic: i64) -> Option<&'static str> {
+    match magic {
+        0x6969 => Some("NFS"),
+        0x517B => Some("SMB"),
+        0xFE53_4D42 => Some("SMB2"),
+        0xFF53_4D42 => Some("CIFS"),
+        0x6573_5546 => Some("FUSE (sshfs, s3fs, ...)"),
+        0x00C3_6400 => Some("Ceph"),
+        0x5346_414F => Some("AFS"),
+        0x0102_1997 => Some("9P"),
+        0x0BD0_0BD0 => Some("Lustre"),
+        0x4750_4653 => Some("GPFS"),
+        _ => None,
+    }
+}
+
 /// Parses the sequence number back out of a part file name.
 pub fn part_seq(file_name: &str) -> Option<u64> {
     let rest = file_name.strip_prefix("part-")?.strip_suffix(".parquet")?;
@@ -185,6 +213,16 @@ pub fn relative_string(path: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn network_file_systems_are_recognised_by_magic() {
+        assert_eq!(super::file_system_kind(0x6969), Some("NFS"));
+        assert_eq!(super::file_system_kind(0xFF53_4D42), Some("CIFS"));
+        assert_eq!(super::file_system_kind(0xEF53), None); // ext4
+        assert_eq!(super::file_system_kind(0x0102_1994), None); // tmpfs
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(super::network_file_system(dir.path()), None);
+    }
+
     use super::*;
 
     #[test]
