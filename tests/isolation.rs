@@ -25,6 +25,17 @@ fn cell_results(store: &std::path::Path) -> BTreeMap<String, (String, Option<Str
         .collect()
 }
 
+/// Runs `collect --retry-failed` on a sweep, which must succeed.
+fn retry_failed(sweep: &std::path::Path) {
+    let out = util::run(&[
+        "collect",
+        "--quiet",
+        "--retry-failed",
+        sweep.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// Runs `collect` over data/'s photos on ORT and tract with a fault injected into the workers.
 fn collect_with_fault(
     dir: &std::path::Path,
@@ -97,13 +108,7 @@ fn an_aborting_worker_fails_only_its_cell_and_keeps_its_results() {
     let again = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--retry-failed"));
-    let retry = util::run(&[
-        "collect",
-        "--quiet",
-        "--retry-failed",
-        sweep.to_str().unwrap(),
-    ]);
-    assert!(retry.status.success(), "{}", text(&retry));
+    retry_failed(&sweep);
     assert_eq!(read_table(&store, "outputs").rows(), 2 * 8);
     let cells = read_table(&store, "cells").all().unwrap();
     let attempts = crate::util::ints(&cells, "attempt");
@@ -171,6 +176,23 @@ fn an_image_the_engine_rejects_is_an_error_row_and_the_cell_goes_on() {
         .unwrap()
         .as_primitive::<Int64Type>();
     assert_eq!(failed.value(0), 1);
+
+    // A plain rerun has nothing to do; --retry-failed runs the rejected image again (attempt 2),
+    // and now that the engine takes it, the cell has every image.
+    let again = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(read_table(&store, "outputs").rows(), 7 * 2);
+    retry_failed(&sweep);
+    assert_eq!(read_table(&store, "outputs").rows(), 8 * 2);
+    let cells = read_table(&store, "cells").all().unwrap();
+    let attempts = crate::util::ints(&cells, "attempt");
+    let failed = cells
+        .column_by_name("images_failed")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let latest = (0..cells.num_rows()).max_by_key(|&i| attempts[i]).unwrap();
+    assert_eq!(attempts[latest], Some(2));
+    assert_eq!(failed.value(latest), 0, "the retried image succeeded");
 }
 
 /// A sweep over data/'s photos with one model file and the given `[environments]` lines.

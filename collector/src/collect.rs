@@ -61,6 +61,8 @@ pub struct CellStatus {
     pub error: Option<String>,
     /// Images with committed results or committed engine errors.
     pub done: HashSet<String>,
+    /// Images with committed results (`--retry-failed` runs the others again).
+    pub with_results: HashSet<String>,
 }
 
 impl CellStatus {
@@ -161,6 +163,10 @@ fn add_done(
             && let Some(s) = out.get_mut(cells.value(row))
         {
             s.done.insert(images.value(row).to_string());
+            // Rows of `outputs` (no stage filter) are results; `errors` rows are not.
+            if only_stages.is_none() {
+                s.with_results.insert(images.value(row).to_string());
+            }
         }
     }
 }
@@ -288,11 +294,17 @@ pub fn collect(
     let mut todo = Vec::new();
     for cell in &plan.cells {
         let st = &statuses[&cell.id];
+        // With --retry-failed, images whose only record is an engine error run again too.
+        let done = if options.retry_failed {
+            &st.with_results
+        } else {
+            &st.done
+        };
         let remaining: HashSet<String> = dataset
             .images
             .iter()
             .map(|i| &i.id)
-            .filter(|id| !st.done.contains(*id) && !undecodable_known.contains(*id))
+            .filter(|id| !done.contains(*id) && !undecodable_known.contains(*id))
             .cloned()
             .collect();
         let failed = st.status.as_deref() == Some(status::FAILED);

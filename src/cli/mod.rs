@@ -93,7 +93,8 @@ pub struct CollectArgs {
     /// Fail a cell that takes longer than this many seconds in all.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub cell_timeout: Option<u64>,
-    /// Run the remaining images of failed cells again, as a new attempt.
+    /// Run failed cells again, and every image the engine rejected (an `inference` or `output`
+    /// row in `errors`) in any cell, as a new attempt.
     #[arg(long)]
     pub retry_failed: bool,
     /// Commit an outputs part every this many rows...
