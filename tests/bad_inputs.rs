@@ -130,6 +130,9 @@ fn bad_dataset(dir: &Path) {
     let photo = util::data().join("images/pelican.jpeg");
     let good = std::fs::read(&photo).unwrap();
     std::fs::write(dir.join("good.jpeg"), &good).unwrap();
+    // The same photo under a name that is not UTF-8 (Latin-1 "café").
+    let latin1 = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"caf\xe9.jpeg");
+    std::fs::write(dir.join(latin1), &good).unwrap();
     std::fs::write(dir.join("empty.jpg"), b"").unwrap();
     std::fs::write(dir.join("truncated.jpg"), &good[..good.len() / 3]).unwrap();
     std::fs::write(
@@ -208,7 +211,7 @@ engine = ["tract"]
     let rows = read_table(&store, "images").all().unwrap();
     assert_eq!(
         rows.num_rows(),
-        15,
+        16,
         "every image file has a row (notes.txt is not one)"
     );
     let ids = strings(&rows, "image_id");
@@ -238,6 +241,7 @@ engine = ["tract"]
     }
     for id in [
         "good.jpeg",
+        "caf\\xE9.jpeg",
         "gray.png",
         "alpha.png",
         "deep.png",
@@ -271,7 +275,7 @@ engine = ["tract"]
         .into_iter()
         .flatten()
         .collect();
-    assert_eq!(ran.len(), 6);
+    assert_eq!(ran.len(), 7);
     assert!(ran.is_disjoint(&failed));
 
     // The same photo as gray, alpha and 16-bit: alpha and 16-bit lose nothing, so they classify
@@ -281,7 +285,7 @@ engine = ["tract"]
         .zip(ints(&outputs, "top1"))
         .map(|(i, t)| (i.unwrap(), t.unwrap()))
         .collect();
-    for id in ["good.jpeg", "alpha.png", "deep.png"] {
+    for id in ["good.jpeg", "caf\\xE9.jpeg", "alpha.png", "deep.png"] {
         assert_eq!(top1[id], 144, "{id}");
     }
 }

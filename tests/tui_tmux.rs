@@ -87,8 +87,10 @@ fn tui_in_a_real_terminal() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
 
-    // The overview: heatmap and the attribution table.
-    let screen = tmux.wait_for("Flip rate: family0");
+    // The overview: heatmap and the attribution table (which may be drawn a moment after the
+    // heatmap, while the status line still says the analysis is loading: wait for both).
+    tmux.wait_for("Flip rate: family0");
+    let screen = tmux.wait_for("precision");
     assert!(
         screen.contains("What explains the flips") && screen.contains("precision"),
         "{screen}"

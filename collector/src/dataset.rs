@@ -53,7 +53,7 @@ impl Dataset {
         if !root.is_dir() {
             return Err(Error::input(root, "images folder does not exist"));
         }
-        let mut files = Vec::new();
+        let mut files: Vec<(String, PathBuf)> = Vec::new();
         let mut skipped_files = 0;
         let mut seen = std::collections::HashSet::new();
         walk(root, root, &mut files, &mut skipped_files, &mut seen)?;
@@ -75,8 +75,7 @@ impl Dataset {
         let mut matched = 0;
         let mut images: Vec<ImageEntry> = files
             .into_iter()
-            .map(|id| {
-                let path = root.join(&id);
+            .map(|(id, path)| {
                 let label = canonical(&path).and_then(|p| labels.get(&p).copied());
                 matched += usize::from(label.is_some());
                 ImageEntry { id, path, label }
@@ -119,7 +118,7 @@ fn is_image(path: &Path) -> bool {
 fn walk(
     root: &Path,
     dir: &Path,
-    out: &mut Vec<String>,
+    out: &mut Vec<(String, PathBuf)>,
     skipped: &mut usize,
     seen: &mut std::collections::HashSet<PathBuf>,
 ) -> Result<()> {
@@ -144,13 +143,32 @@ fn walk(
             walk(root, &path, out, skipped, seen)?;
         } else if is_image(&path) {
             if let Ok(rel) = path.strip_prefix(root) {
-                out.push(deltann_store::layout::relative_string(rel));
+                out.push((image_id(rel), path.clone()));
             }
         } else {
             *skipped += 1;
         }
     }
     Ok(())
+}
+
+/// An image's id: its path relative to the dataset folder, `/`-separated. Bytes of a name that are
+/// not UTF-8 are written `\xNN`, so the id stays unique and the file is still read by its real
+/// path.
+fn image_id(rel: &Path) -> String {
+    let mut id = String::new();
+    for (i, component) in rel.components().enumerate() {
+        if i > 0 {
+            id.push('/');
+        }
+        for chunk in component.as_os_str().as_encoded_bytes().utf8_chunks() {
+            id.push_str(chunk.valid());
+            for b in chunk.invalid() {
+                id.push_str(&format!("\\x{b:02X}"));
+            }
+        }
+    }
+    id
 }
 
 fn canonical(path: &Path) -> Option<PathBuf> {
@@ -252,6 +270,20 @@ mod tests {
         assert_eq!(ds.skipped_files, 1);
         assert_eq!(ds.unmatched_labels, 1);
         assert_eq!(ds.labelled(), 2);
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_gets_an_escaped_id_and_keeps_its_path() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = setup();
+        let name = std::ffi::OsStr::from_bytes(b"caf\xe9.jpg");
+        std::fs::write(dir.path().join("imgs").join(name), b"x").unwrap();
+        let mut s = spec(dir.path());
+        s.labels = None;
+        let ds = Dataset::load(&s).unwrap();
+        let img = ds.images.iter().find(|i| i.id.starts_with("caf")).unwrap();
+        assert_eq!(img.id, "caf\\xE9.jpg");
+        assert!(img.path.is_file(), "{}", img.path.display());
     }
 
     #[test]

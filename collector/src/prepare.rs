@@ -51,6 +51,8 @@ const IDS_KEY: &str = "deltann.image_ids";
 #[derive(Clone, Debug)]
 pub struct PreparedImage {
     pub id: String,
+    /// Where the file is read from (its id may escape bytes of a name that is not UTF-8).
+    pub path: PathBuf,
     pub sha256: String,
     pub label: Option<i32>,
 }
@@ -113,6 +115,7 @@ pub fn prepare(
             (
                 PreparedImage {
                     id: img.id.clone(),
+                    path: img.path.clone(),
                     sha256,
                     label: img.label,
                 },
@@ -128,7 +131,7 @@ pub fn prepare(
             && *old != img.sha256
         {
             return Err(Error::input(
-                &dataset.root.join(&img.id),
+                &img.path,
                 format!(
                     "this image changed since the store recorded it (sha256 {}… then, {}… now); \
                      use a new store, or restore the file",
@@ -226,7 +229,7 @@ pub fn prepare(
             let results: Vec<Decoded> = batch
                 .par_iter()
                 .map(|(img, read_error)| {
-                    let path = dataset.root.join(&img.id);
+                    let path = img.path.clone();
                     decode_one(&path, read_error.as_deref(), &wanted, &budget)
                 })
                 .collect();
@@ -236,7 +239,7 @@ pub fn prepare(
                 let error = result.info.as_ref().err().cloned();
                 undecodable += usize::from(error.is_some());
                 if is_new {
-                    let path = dataset.root.join(&img.id);
+                    let path = img.path.clone();
                     image_rows.push(ImageRow::new(
                         &img.id,
                         &dataset.root,
