@@ -16,7 +16,9 @@ use super::progress::Progress;
 
 pub fn run(args: &CollectArgs) -> anyhow::Result<ExitCode> {
     let (sweep, store) = super::load_sweep(&args.sweep, args.store.as_deref())?;
-    let existing = store.ancestors().find(|p| p.exists());
+    // The store may not exist yet: ask about its nearest existing ancestor.
+    let absolute = std::path::absolute(&store).unwrap_or_else(|_| store.clone());
+    let existing = absolute.ancestors().find(|p| p.exists());
     if let Some(kind) = existing.and_then(deltann_store::layout::network_file_system) {
         eprintln!(
             "deltann: warning: the store {} is on a network file system ({kind}): its lock and \

@@ -53,17 +53,9 @@ pub struct Damaged {
     pub problem: Problem,
 }
 
-/// How thoroughly to check a part.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Depth {
-    /// Existence and size (a stat): cheap enough before every read.
-    Size,
-    /// Also the checksum of every byte and the footer's row count.
-    Full,
-}
-
-/// Checks one listed part; `None` when it is sound.
-pub fn check_part(root: &Path, entry: &PartEntry, depth: Depth) -> Option<Problem> {
+/// Checks one listed part (present, its size, its checksum when listed, its footer's row count);
+/// `None` when it is sound.
+pub fn check_part(root: &Path, entry: &PartEntry) -> Option<Problem> {
     let path = root.join(&entry.path);
     let found = match std::fs::metadata(&path) {
         Ok(m) => m.len(),
@@ -74,9 +66,6 @@ pub fn check_part(root: &Path, entry: &PartEntry, depth: Depth) -> Option<Proble
             listed: entry.bytes,
             found,
         });
-    }
-    if depth == Depth::Size {
-        return None;
     }
     if let Some(listed) = &entry.xxh3 {
         match crate::writer::file_checksum(&path) {
@@ -143,7 +132,7 @@ pub fn verify(root: &Path) -> Result<Verified> {
         out.parts += 1;
         out.bytes += entry.bytes;
         out.without_checksum += usize::from(entry.xxh3.is_none());
-        if let Some(problem) = check_part(root, entry, Depth::Full) {
+        if let Some(problem) = check_part(root, entry) {
             out.damaged.push(Damaged {
                 entry: entry.clone(),
                 problem,

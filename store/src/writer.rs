@@ -399,7 +399,7 @@ impl StoreWriter {
     /// # Errors
     /// Fails when a file cannot be moved or the manifest cannot be rewritten.
     pub fn repair(&self) -> Result<Vec<crate::verify::Damaged>> {
-        use crate::verify::{Damaged, Depth, check_part};
+        use crate::verify::{Damaged, check_part};
         let mut inner = self
             .inner
             .lock()
@@ -408,7 +408,7 @@ impl StoreWriter {
             .entries
             .iter()
             .filter_map(|e| {
-                check_part(&self.root, e, Depth::Full).map(|problem| Damaged {
+                check_part(&self.root, e).map(|problem| Damaged {
                     entry: e.clone(),
                     problem,
                 })
