@@ -195,6 +195,48 @@ fn an_image_the_engine_rejects_is_an_error_row_and_the_cell_goes_on() {
     assert_eq!(failed.value(latest), 0, "the retried image succeeded");
 }
 
+#[test]
+fn a_failed_repetition_commits_in_one_group_with_the_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = data_sweep(dir.path(), "engine = [\"tract\"]\nrepetitions = [2]");
+    let out = util::deltann()
+        .args(["collect", "--quiet", sweep.to_str().unwrap()])
+        .env("DELTANN_FAULT", "fail-image=coffee.png,fail-rep=1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let store = dir.path().join("store");
+    let errors = read_table(&store, "errors").all().unwrap();
+    assert_eq!(errors.num_rows(), 1, "repetition 1 only");
+    assert!(
+        strings(&errors, "message")[0]
+            .as_deref()
+            .unwrap()
+            .starts_with("repetition 1:")
+    );
+    assert_eq!(read_table(&store, "outputs").rows(), 8 * 2 - 1);
+
+    // In the manifest (read as plain JSON), the errors part and the outputs part holding the
+    // image's good repetition are one group: consecutive lines, marked 0 and 1 of 2.
+    let text = std::fs::read_to_string(store.join("_manifest.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = lines.iter().position(|v| v["table"] == "errors").unwrap();
+    let (errs, outs) = (&lines[at], &lines[at + 1]);
+    assert_eq!(errs["group"], serde_json::json!({"index": 0, "len": 2}));
+    assert_eq!(outs["group"], serde_json::json!({"index": 1, "len": 2}));
+    assert_eq!(outs["table"], "outputs");
+    assert_eq!(errs["cell_id"], outs["cell_id"]);
+    assert_eq!(
+        errs["seq"].as_u64().unwrap() + 1,
+        outs["seq"].as_u64().unwrap()
+    );
+    // Parts without errors stand alone.
+    assert!(lines.iter().filter(|v| v["group"].is_null()).count() >= 3);
+}
+
 /// A sweep over data/'s photos with one model file and the given `[environments]` lines.
 fn model_sweep(
     dir: &std::path::Path,

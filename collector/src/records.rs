@@ -11,7 +11,7 @@ use arrow::array::{
     RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
 use deltann_store::schema::{self, status};
-use deltann_store::{PartMeta, Partition, StoreWriter, Table};
+use deltann_store::{PartMeta, PartWriter, Partition, StoreWriter, Table};
 
 use crate::error::Result;
 use crate::host::Host;
@@ -42,20 +42,37 @@ pub fn commit<R: Record>(
     run_id: &str,
     rows: &[R],
 ) -> Result<()> {
+    if let Some(part) = part(store, cell_id, run_id, rows)? {
+        store.commit(part)?;
+    }
+    Ok(())
+}
+
+/// Writes `rows` into a part that is not yet committed (nothing when empty), for a caller that
+/// commits it together with others ([`StoreWriter::commit_group`]).
+///
+/// # Errors
+/// Fails when the part cannot be written.
+pub fn part<R: Record>(
+    store: &StoreWriter,
+    cell_id: Option<&str>,
+    run_id: &str,
+    rows: &[R],
+) -> Result<Option<PartWriter>> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let batch = R::batch(rows, run_id)?;
-    store.write_part(
+    let mut part = store.begin(
         R::TABLE,
         Partition::none(),
         PartMeta {
             cell_id: cell_id.map(str::to_string),
             run_id: Some(run_id.to_string()),
         },
-        &[batch],
     )?;
-    Ok(())
+    part.write(&batch)?;
+    Ok(Some(part))
 }
 
 fn text<'a>(values: impl IntoIterator<Item = &'a str>) -> ArrayRef {

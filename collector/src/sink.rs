@@ -3,8 +3,9 @@
 //! Rows accumulate in Arrow builders and go to the open part in batches; the part is committed
 //! when it holds `part_rows` rows or has been open `part_age`, always on a boundary between input
 //! batches, so all repetitions of an image commit together and a resumed cell can skip exactly
-//! the images it finds. Per-image engine errors go to `errors`, committed just before the outputs
-//! part they belong with. Memory is bounded by one part's row groups, whatever the dataset size.
+//! the images it finds. Per-image engine errors go to `errors`, in a part committed together
+//! with the outputs part they belong with (one group: both visible or neither), so a crash
+//! cannot keep the good repetitions of an image and lose the failed one, or the reverse. Memory is bounded by one part's row groups, whatever the dataset size.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -243,18 +244,23 @@ impl<'a> OutputSink<'a> {
         self.first_error.get_or_insert(message);
     }
 
-    /// Commits what is pending: errors first, then the outputs part.
+    /// Commits what is pending, the errors and the outputs part as one group.
     ///
     /// # Errors
     /// Fails when the store cannot be written.
     pub fn commit(&mut self) -> Result<()> {
         let errors = std::mem::take(&mut self.errors);
-        records::commit(self.store, Some(&self.cell.id), self.run_id, &errors)?;
-        if let Some(part) = self.part.take() {
-            let rows = part.rows();
-            self.store.commit(part)?;
-            self.committed_rows += rows;
-        }
+        let mut parts = Vec::with_capacity(2);
+        parts.extend(records::part(
+            self.store,
+            Some(&self.cell.id),
+            self.run_id,
+            &errors,
+        )?);
+        let rows = self.part.as_ref().map_or(0, PartWriter::rows);
+        parts.extend(self.part.take());
+        self.store.commit_group(parts)?;
+        self.committed_rows += rows;
         self.part_opened = Instant::now();
         Ok(())
     }

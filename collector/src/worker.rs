@@ -25,8 +25,8 @@ use crate::engine::{self, Engine};
 use crate::protocol::{self, Done, PROTOCOL_VERSION, Ready, Request};
 
 /// Environment variable that injects failures, for testing isolation and timeouts:
-/// `abort-after=N`, `exit-after=N`, `hang-after=N` (after N batches), `fail-image=ID`,
-/// `stray-id-after=N` (batch N's results name images the collector never sent).
+/// `abort-after=N`, `exit-after=N`, `hang-after=N` (after N batches), `fail-image=ID` (with
+/// `fail-rep=R`: only its repetition R), `stray-id-after=N` (batch N's results name images the collector never sent).
 pub const FAULT_ENV: &str = "DELTANN_FAULT";
 
 #[derive(Debug, Default)]
@@ -35,6 +35,7 @@ struct Faults {
     exit_after: Option<u64>,
     hang_after: Option<u64>,
     fail_image: Option<String>,
+    fail_rep: Option<usize>,
     stray_id_after: Option<u64>,
 }
 
@@ -51,6 +52,7 @@ impl Faults {
                 "exit-after" => faults.exit_after = value.parse().ok(),
                 "hang-after" => faults.hang_after = value.parse().ok(),
                 "fail-image" => faults.fail_image = Some(value.to_string()),
+                "fail-rep" => faults.fail_rep = value.parse().ok(),
                 "stray-id-after" => faults.stray_id_after = value.parse().ok(),
                 _ => {}
             }
@@ -268,8 +270,8 @@ fn run_batch(
     let mut out = ResultBuilder::with_capacity(rows * reps);
     for rep in 0..reps {
         let result = match &injected {
-            Some(e) => Err(e.clone()),
-            None => engine.run(input, rows),
+            Some(e) if faults.fail_rep.is_none_or(|r| r == rep) => Err(e.clone()),
+            _ => engine.run(input, rows),
         };
         let rep = i32::try_from(rep).unwrap_or(i32::MAX);
         match result {

@@ -6,6 +6,11 @@
 //! ignore it and the next writer truncates it, then recovery re-adopts the part it described from
 //! the part's own footer metadata (see [`crate::writer`]).
 //!
+//! Parts that must become visible together (the outputs of a batch and the errors of its failed
+//! repetitions) are a *group*: their lines go down in one write, each tagged with its place in
+//! the group, and a reader takes a group only whole. A crash in the middle of the write leaves
+//! complete lines of an incomplete group, which readers treat exactly like a torn line.
+//!
 //! A failed append (a full disk mid-line) is cut back at once, so that a later append cannot glue
 //! a good line onto half of one. After a failed fsync nothing more is appended: the kernel may
 //! have dropped the dirty pages, so whether the last line is durable is unknown, and only the
@@ -47,6 +52,17 @@ pub struct PartEntry {
     /// `deltann store verify` checks it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xxh3: Option<String>,
+    /// The part's place in a group of parts committed together, if it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+}
+
+/// A part's place in a group of parts that become visible together: members have consecutive
+/// sequence numbers, `index` 0 to `len - 1`, and consecutive manifest lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub index: u32,
+    pub len: u32,
 }
 
 /// What reading a manifest found.
@@ -66,15 +82,29 @@ pub struct ManifestRead {
 /// Fails when the file cannot be read, or when a complete (newline-terminated) line is not a valid
 /// entry: that is damage, not a torn write, and is reported rather than skipped.
 pub fn read(path: &Path) -> Result<ManifestRead> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ManifestRead::default()),
-        Err(e) => return Err(e).io("open", path),
-    };
-    let mut reader = BufReader::new(file);
+    match File::open(path) {
+        Ok(file) => parse(BufReader::new(file), path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ManifestRead::default()),
+        Err(e) => Err(e).io("open", path),
+    }
+}
+
+/// Reads manifest lines from `reader`; `path` names the manifest in errors.
+///
+/// # Errors
+/// As [`read`]; also when the lines of a group are out of order.
+pub fn parse(mut reader: impl BufRead, path: &Path) -> Result<ManifestRead> {
     let mut out = ManifestRead::default();
+    // The lines of a group read so far, and their length: visible only once the group is whole.
+    let mut group: Vec<PartEntry> = Vec::new();
+    let mut group_bytes = 0;
     let mut line = Vec::new();
     let mut line_no = 0;
+    let damaged = |line: usize, reason: String| Error::Manifest {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
     loop {
         line.clear();
         // Bytes, not text: a torn tail can end inside a multi-byte character.
@@ -87,31 +117,64 @@ pub fn read(path: &Path) -> Result<ManifestRead> {
             out.torn_tail = true;
             break;
         }
-        match serde_json::from_slice::<PartEntry>(line.trim_ascii_end()) {
-            Ok(entry) => out.entries.push(entry),
-            Err(e) => {
-                return Err(Error::Manifest {
-                    path: path.to_path_buf(),
-                    line: line_no,
-                    reason: e.to_string(),
-                });
+        let entry = serde_json::from_slice::<PartEntry>(line.trim_ascii_end())
+            .map_err(|e| damaged(line_no, e.to_string()))?;
+        let expected = group.first().map(|first| Group {
+            index: u32::try_from(group.len()).unwrap_or(u32::MAX),
+            len: first.group.map_or(0, |g| g.len),
+        });
+        match (entry.group, expected) {
+            (None, None) => {
+                out.entries.push(entry);
+                out.valid_len += n as u64;
+            }
+            (Some(g), None) if g.index == 0 && g.len > 0 => {
+                group_bytes = n as u64;
+                group.push(entry);
+            }
+            (Some(g), Some(want))
+                if g == want && group.last().is_some_and(|p| p.seq + 1 == entry.seq) =>
+            {
+                group_bytes += n as u64;
+                group.push(entry);
+            }
+            (got, want) => {
+                return Err(damaged(
+                    line_no,
+                    format!("group member {got:?} where {want:?} was due"),
+                ));
             }
         }
-        out.valid_len += n as u64;
+        if group
+            .first()
+            .and_then(|first| first.group)
+            .is_some_and(|g| group.len() == g.len as usize)
+        {
+            out.entries.append(&mut group);
+            out.valid_len += group_bytes;
+        }
     }
+    // Complete lines of an incomplete group: what a crash inside the group's write leaves.
+    out.torn_tail |= !group.is_empty();
     Ok(out)
 }
 
 /// Replaces the manifest with `entries` (a temporary file, fsync, rename); returns its length.
-/// The caller holds the store's write lock and fsyncs the directory.
+/// The caller holds the store's write lock and fsyncs the directory. The new manifest appears
+/// whole, so its entries carry no group marks (a group that lost a damaged member stays
+/// readable).
 ///
 /// # Errors
 /// Fails when the temporary file cannot be written or renamed.
 pub fn rewrite(path: &Path, entries: &[PartEntry]) -> Result<u64> {
     let mut text = String::new();
     for entry in entries {
+        let entry = PartEntry {
+            group: None,
+            ..entry.clone()
+        };
         text.push_str(
-            &serde_json::to_string(entry)
+            &serde_json::to_string(&entry)
                 .map_err(|e| Error::Invalid(format!("cannot encode manifest entry: {e}")))?,
         );
         text.push('\n');
@@ -174,20 +237,34 @@ impl ManifestWriter {
     /// Appends one entry and makes it durable before returning.
     ///
     /// # Errors
+    /// As [`ManifestWriter::append_all`].
+    pub fn append(&mut self, entry: &PartEntry) -> Result<()> {
+        self.append_all(std::slice::from_ref(entry))
+    }
+
+    /// Appends entries in one write (a group's lines land together) and makes them durable
+    /// before returning.
+    ///
+    /// # Errors
     /// Fails when the write or the fsync fails. A failed write is cut back to the last complete
     /// line; after a failed fsync (or a failed cut) every later append is refused.
-    pub fn append(&mut self, entry: &PartEntry) -> Result<()> {
+    pub fn append_all(&mut self, entries: &[PartEntry]) -> Result<()> {
         if let Some(reason) = &self.failed {
             return Err(Error::Stopped {
                 path: self.path.clone(),
                 reason: reason.clone(),
             });
         }
-        let mut line = serde_json::to_string(entry)
-            .map_err(|e| Error::Invalid(format!("cannot encode manifest entry: {e}")))?;
-        line.push('\n');
-        let bytes = line.as_bytes();
-        // One write call for the whole line: with O_APPEND it lands contiguously.
+        let mut lines = String::new();
+        for entry in entries {
+            lines.push_str(
+                &serde_json::to_string(entry)
+                    .map_err(|e| Error::Invalid(format!("cannot encode manifest entry: {e}")))?,
+            );
+            lines.push('\n');
+        }
+        let bytes = lines.as_bytes();
+        // One write call for all the lines: with O_APPEND they land contiguously.
         let written = match self.fault(Step::ManifestWrite) {
             None => self.file.write_all(bytes),
             Some(fault) => {
@@ -238,6 +315,52 @@ mod tests {
             run_id: None,
             committed_at_us: 1,
             xxh3: None,
+            group: None,
+        }
+    }
+
+    #[test]
+    fn a_group_is_visible_only_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        let member = |seq, index| PartEntry {
+            group: Some(Group { index, len: 2 }),
+            ..entry(seq)
+        };
+        let mut w = ManifestWriter::open(&path, 0).unwrap();
+        w.append(&entry(1)).unwrap();
+        w.append_all(&[member(2, 0), member(3, 1)]).unwrap();
+        let whole = read(&path).unwrap();
+        assert_eq!(whole.entries, vec![entry(1), member(2, 0), member(3, 1)]);
+        assert!(!whole.torn_tail);
+
+        // A crash inside the group's write: its first line complete, the second torn or absent.
+        let bytes = std::fs::read(&path).unwrap();
+        let first_end = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
+        let member_end =
+            first_end + bytes[first_end..].iter().position(|b| *b == b'\n').unwrap() + 1;
+        for cut in [member_end, member_end + 5] {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let torn = read(&path).unwrap();
+            assert_eq!(torn.entries, vec![entry(1)], "cut at {cut}");
+            assert!(torn.torn_tail);
+            assert_eq!(torn.valid_len, first_end as u64);
+        }
+
+        // Complete lines out of order are damage, not a torn write.
+        let line = |e: &PartEntry| serde_json::to_string(e).unwrap() + "\n";
+        for bad in [
+            line(&member(2, 1)),
+            line(&member(2, 0)) + &line(&entry(3)),
+            line(&member(2, 0)) + &line(&member(4, 1)),
+            line(&PartEntry {
+                group: Some(Group { index: 0, len: 0 }),
+                ..entry(2)
+            }),
+        ] {
+            std::fs::write(&path, line(&entry(1)) + &bad).unwrap();
+            let err = read(&path).unwrap_err().to_string();
+            assert!(err.contains("group member"), "{err}");
         }
     }
 

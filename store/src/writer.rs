@@ -10,6 +10,11 @@
 //! 3. a torn manifest line: ignored by readers, cut off by the next writer, whose recovery then
 //!    adopts the part as in 2.
 //!
+//! Parts that belong together (a batch's outputs and the errors of its failed repetitions) commit
+//! as a group ([`StoreWriter::commit_group`]): each member's footer names its place in the group,
+//! all are renamed, and then their manifest lines go down in one write. Recovery adopts a group
+//! only when every member is there; readers take a group's lines only whole.
+//!
 //! So a crash loses at most the part being written, and since a part's identity (sequence number,
 //! cell) is fixed before rename, nothing is ever committed twice. One writer at a time: the writer
 //! holds an exclusive lock on `_lock` for its whole life.
@@ -40,11 +45,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, IoContext, Result};
 use crate::faults::{self, Fault, Faults, Step};
 use crate::layout::{self, Partition, Table};
-use crate::manifest::{self, ManifestWriter, PartEntry};
+use crate::manifest::{self, Group, ManifestWriter, PartEntry};
 use crate::reader::Store;
 
 /// Footer key under which a part records what its manifest entry would say.
 pub const PART_META_KEY: &str = "deltann.part";
+/// Footer key under which a member of a group records its place in it ([`manifest::Group`]).
+pub const GROUP_KEY: &str = "deltann.group";
 
 /// Rows per row group in `outputs` parts: bounds the writer's buffer to a few MB with full logits.
 pub const OUTPUTS_ROW_GROUP_ROWS: usize = 1024;
@@ -184,17 +191,61 @@ impl StoreWriter {
         orphans.retain(|rel| !known.contains(rel));
         orphans.sort_by_key(|rel| part_seq_of(rel));
         // A crash (or a writer stopped by a failed commit) leaves at most the part with the next
-        // sequence number; older deltann versions could leave a run of them.
+        // sequence number, or the members of the next group; older deltann versions could leave
+        // a run of single parts. A group is adopted whole or not at all.
         let mut next_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0) + 1;
-        for rel in orphans {
-            match adopt(root, &rel, next_seq) {
-                Ok(entry) => {
-                    manifest.append(&entry)?;
-                    entries.push(entry);
-                    recovery.adopted.push(rel);
-                    next_seq += 1;
+        let mut pending = orphans.into_iter().peekable();
+        while let Some(rel) = pending.next() {
+            let mut members = vec![(rel.clone(), adopt(root, &rel, next_seq))];
+            if let Some(Ok(first)) = members.first().map(|(_, a)| a)
+                && let Some(group) = first.group
+                && group.index == 0
+            {
+                for index in 1..group.len {
+                    let Some(rel) =
+                        pending.next_if(|r| part_seq_of(r) == next_seq + u64::from(index))
+                    else {
+                        break;
+                    };
+                    let adopted = adopt(root, &rel, next_seq + u64::from(index)).and_then(|e| {
+                        if e.group
+                            == Some(Group {
+                                index,
+                                len: group.len,
+                            })
+                        {
+                            Ok(e)
+                        } else {
+                            Err(Error::Invalid(format!(
+                                "{rel}: not member {index} of its group"
+                            )))
+                        }
+                    });
+                    members.push((rel, adopted));
                 }
-                Err(_) => {
+            }
+            let whole = members.iter().all(|(_, a)| a.is_ok())
+                && match members
+                    .first()
+                    .and_then(|(_, a)| a.as_ref().ok())
+                    .and_then(|e| e.group)
+                {
+                    None => true,
+                    Some(g) => g.index == 0 && members.len() == g.len as usize,
+                };
+            if whole {
+                let adopted: Vec<PartEntry> = members
+                    .iter()
+                    .filter_map(|(_, a)| a.as_ref().ok().cloned())
+                    .collect();
+                manifest.append_all(&adopted)?;
+                next_seq += adopted.len() as u64;
+                entries.extend(adopted);
+                recovery
+                    .adopted
+                    .extend(members.into_iter().map(|(rel, _)| rel));
+            } else {
+                for (rel, _) in members {
                     quarantine(root, &rel)?;
                     recovery.quarantined.push(rel);
                 }
@@ -284,103 +335,122 @@ impl StoreWriter {
     /// Fails on any I/O error; the part then stays invisible (at worst it is adopted by the next
     /// writer's recovery, which is correct because it is complete once renamed).
     pub fn commit(&self, part: PartWriter) -> Result<Option<PartEntry>> {
-        let PartWriter {
-            table,
-            partition,
-            meta,
-            tmp_path,
-            mut writer,
-            rows,
-        } = part;
-        if rows == 0 {
-            drop(writer);
-            fs::remove_file(&tmp_path).io("remove", &tmp_path)?;
-            return Ok(None);
-        }
-        let finished = writer
-            .finish()
-            .map_err(|source| Error::Parquet {
-                path: tmp_path.clone(),
-                source,
-            })
-            .and_then(|_| {
-                self.fault(Step::PartSync, &tmp_path)
-                    .and_then(|()| writer.inner().file.sync_all())
-                    .io("fsync", &tmp_path)
-            })
-            .and_then(|()| fs::metadata(&tmp_path).io("stat", &tmp_path));
-        let xxh3 = checksum_hex(writer.inner().hash.digest());
-        drop(writer);
-        let bytes = match finished {
-            Ok(m) => m.len(),
-            Err(e) => {
-                // Nothing is visible yet: drop the file (recovery would, too) and go on.
-                let _ = fs::remove_file(&tmp_path);
-                return Err(e);
-            }
-        };
+        Ok(self.commit_group(vec![part])?.pop())
+    }
 
-        // The sequence number is taken, and the rename and append done, under the lock, so the
+    /// Makes parts visible together or not at all, by the steps of [`StoreWriter::commit`]:
+    /// every member is closed and fsynced first, then all are renamed, then their manifest lines
+    /// are appended in one write. Empty parts are discarded; the entries of the others are
+    /// returned in order. A crash at any instant leaves the whole group or none of it to readers
+    /// and to recovery.
+    ///
+    /// # Errors
+    /// As [`StoreWriter::commit`], for any member.
+    pub fn commit_group(&self, parts: Vec<PartWriter>) -> Result<Vec<PartEntry>> {
+        let mut kept = Vec::with_capacity(parts.len());
+        for part in parts {
+            if part.rows == 0 {
+                let tmp_path = part.tmp_path.clone();
+                drop(part);
+                fs::remove_file(&tmp_path).io("remove", &tmp_path)?;
+            } else {
+                kept.push(part);
+            }
+        }
+        let len = u32::try_from(kept.len())
+            .map_err(|_| Error::Invalid(format!("a group of {} parts", kept.len())))?;
+        let mut finished: Vec<Finished> = Vec::with_capacity(kept.len());
+        let mut pending = kept.into_iter().enumerate();
+        while let Some((index, part)) = pending.next() {
+            let group = (len > 1).then_some(Group {
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                len,
+            });
+            match finish(part, group, self) {
+                Ok(done) => finished.push(done),
+                Err(e) => {
+                    // Nothing is visible yet: drop every member's file (recovery would, too).
+                    for done in &finished {
+                        let _ = fs::remove_file(&done.tmp_path);
+                    }
+                    for (_, rest) in pending {
+                        let tmp_path = rest.tmp_path.clone();
+                        drop(rest);
+                        let _ = fs::remove_file(&tmp_path);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        // Sequence numbers are taken, and the renames and append done, under the lock, so the
         // manifest's order is the order in which parts became visible.
         let mut inner = self
             .inner
             .lock()
             .map_err(|_| Error::Invalid("store writer poisoned by a panic".into()))?;
         if let Some(reason) = &inner.failed {
-            let _ = fs::remove_file(&tmp_path);
+            for done in &finished {
+                let _ = fs::remove_file(&done.tmp_path);
+            }
             return Err(Error::Stopped {
                 path: self.root.clone(),
                 reason: reason.clone(),
             });
         }
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
-        let finished = Finished {
-            table,
-            partition,
-            meta,
-            rows,
-            bytes,
-            xxh3,
-            tmp_path,
-        };
-        let visible = self.make_visible(&mut inner, finished, seq);
+        let first = inner.next_seq;
+        inner.next_seq += finished.len() as u64;
+        let visible = self.make_visible(&mut inner, finished, first);
         if let Err(e) = &visible {
             inner.failed = Some(e.to_string());
         }
-        visible.map(Some)
+        visible
     }
 
-    /// Renames a finished part into place and records it: the steps after which a failure leaves
-    /// the part's fate to recovery.
-    fn make_visible(&self, inner: &mut Inner, part: Finished, seq: u64) -> Result<PartEntry> {
-        let dir = self.root.join(part.table.name()).join(part.partition.dir());
-        create_dirs(&self.root, &dir)?;
-        let tag = part.meta.cell_id.as_deref().unwrap_or_default();
-        let final_path = dir.join(layout::part_file_name(seq, tag));
-        self.fault(Step::Rename, &final_path)
-            .and_then(|()| fs::rename(&part.tmp_path, &final_path))
-            .io("rename into place", &final_path)?;
-        self.fault(Step::DirSync, &dir).io("fsync", &dir)?;
-        sync_dir(&dir)?;
-        let rel = final_path
-            .strip_prefix(&self.root)
-            .map(layout::relative_string)
-            .map_err(|_| Error::Invalid(format!("{} escaped the store", final_path.display())))?;
-        let entry = PartEntry {
-            seq,
-            table: part.table,
-            path: rel,
-            rows: part.rows,
-            bytes: part.bytes,
-            cell_id: part.meta.cell_id,
-            run_id: part.meta.run_id,
-            committed_at_us: crate::now_micros(),
-            xxh3: Some(part.xxh3),
-        };
-        inner.manifest.append(&entry)?;
-        inner.entries.push(entry.clone());
-        Ok(entry)
+    /// Renames finished parts into place and records them: the steps after which a failure
+    /// leaves the parts' fate to recovery.
+    fn make_visible(
+        &self,
+        inner: &mut Inner,
+        parts: Vec<Finished>,
+        first: u64,
+    ) -> Result<Vec<PartEntry>> {
+        let mut entries = Vec::with_capacity(parts.len());
+        for (seq, part) in (first..).zip(parts) {
+            let dir = self.root.join(part.table.name()).join(part.partition.dir());
+            create_dirs(&self.root, &dir)?;
+            let tag = part.meta.cell_id.as_deref().unwrap_or_default();
+            let final_path = dir.join(layout::part_file_name(seq, tag));
+            self.fault(Step::Rename, &final_path)
+                .and_then(|()| fs::rename(&part.tmp_path, &final_path))
+                .io("rename into place", &final_path)?;
+            self.fault(Step::DirSync, &dir).io("fsync", &dir)?;
+            sync_dir(&dir)?;
+            let rel = final_path
+                .strip_prefix(&self.root)
+                .map(layout::relative_string)
+                .map_err(|_| {
+                    Error::Invalid(format!("{} escaped the store", final_path.display()))
+                })?;
+            entries.push(PartEntry {
+                seq,
+                table: part.table,
+                path: rel,
+                rows: part.rows,
+                bytes: part.bytes,
+                cell_id: part.meta.cell_id,
+                run_id: part.meta.run_id,
+                committed_at_us: crate::now_micros(),
+                xxh3: Some(part.xxh3),
+                group: part.group,
+            });
+        }
+        inner.manifest.append_all(&entries)?;
+        inner.entries.extend(entries.iter().cloned());
+        Ok(entries)
     }
 
     /// An injected failure at `step`, if the writer has faults and one is due.
@@ -461,10 +531,60 @@ struct Finished {
     table: Table,
     partition: Partition,
     meta: PartMeta,
+    group: Option<Group>,
     rows: u64,
     bytes: u64,
     xxh3: String,
     tmp_path: PathBuf,
+}
+
+/// Closes a part's temporary file (its footer naming its `group`, if any) and fsyncs it. On an
+/// error the temporary file is removed: nothing of it was visible.
+fn finish(part: PartWriter, group: Option<Group>, store: &StoreWriter) -> Result<Finished> {
+    let PartWriter {
+        table,
+        partition,
+        meta,
+        tmp_path,
+        mut writer,
+        rows,
+    } = part;
+    if let Some(group) = group {
+        let value = format!(r#"{{"index":{},"len":{}}}"#, group.index, group.len);
+        writer.append_key_value_metadata(KeyValue::new(GROUP_KEY.into(), value));
+    }
+    let finished = writer
+        .finish()
+        .map_err(|source| Error::Parquet {
+            path: tmp_path.clone(),
+            source,
+        })
+        .and_then(|_| {
+            store
+                .fault(Step::PartSync, &tmp_path)
+                .and_then(|()| writer.inner().file.sync_all())
+                .io("fsync", &tmp_path)
+        })
+        .and_then(|()| fs::metadata(&tmp_path).io("stat", &tmp_path));
+    let xxh3 = checksum_hex(writer.inner().hash.digest());
+    drop(writer);
+    let bytes = match finished {
+        Ok(m) => m.len(),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+    };
+    Ok(Finished {
+        table,
+        partition,
+        meta,
+        group,
+        rows,
+        bytes,
+        xxh3,
+        tmp_path,
+    })
 }
 
 /// The temporary file of a part being written, with the writer's faults (if any) applied to
@@ -735,6 +855,18 @@ fn adopt(root: &Path, rel: &str, next: u64) -> Result<PartEntry> {
         .ok_or_else(|| Error::Invalid(format!("{rel}: no {PART_META_KEY} footer")))?;
     let footer: FooterMeta =
         serde_json::from_str(footer).map_err(|e| Error::Invalid(format!("{rel}: {e}")))?;
+    let group = match metadata
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kvs| kvs.iter().find(|kv| kv.key == GROUP_KEY))
+        .and_then(|kv| kv.value.as_deref())
+    {
+        Some(text) => Some(
+            serde_json::from_str::<Group>(text)
+                .map_err(|e| Error::Invalid(format!("{rel}: {GROUP_KEY}: {e}")))?,
+        ),
+        None => None,
+    };
     let seq = rel
         .rsplit('/')
         .next()
@@ -770,14 +902,21 @@ fn adopt(root: &Path, rel: &str, next: u64) -> Result<PartEntry> {
         run_id: footer.meta.run_id,
         committed_at_us,
         xxh3: Some(xxh3),
+        group,
     })
 }
 
 fn quarantine(root: &Path, rel: &str) -> Result<()> {
     let from = root.join(rel);
-    let to = root.join(layout::QUARANTINE_DIR).join(rel);
+    let mut to = root.join(layout::QUARANTINE_DIR).join(rel);
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).io("create", parent)?;
+    }
+    // A file quarantined earlier under the same name stays: the new one takes a suffix.
+    let mut n = 0;
+    while to.exists() {
+        n += 1;
+        to = root.join(layout::QUARANTINE_DIR).join(format!("{rel}.{n}"));
     }
     fs::rename(&from, &to).io("quarantine", &from)
 }

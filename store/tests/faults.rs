@@ -42,6 +42,23 @@ impl At {
     fn count(&self, step: Step) -> usize {
         self.seen[index(step)].load(Ordering::SeqCst)
     }
+
+    /// Every (step, fault, occurrence) of the steps this counter saw: plain failures of each
+    /// step, and half-written ones of the steps that write.
+    fn cases(&self) -> Vec<(Step, Fault, usize)> {
+        let mut cases = Vec::new();
+        for step in Step::ALL {
+            let kinds: &[Fault] = if step.writes() {
+                &[Fault::Fail, Fault::Torn]
+            } else {
+                &[Fault::Fail]
+            };
+            for &fault in kinds {
+                cases.extend((0..self.count(step)).map(|nth| (step, fault, nth)));
+            }
+        }
+        cases
+    }
 }
 
 fn index(step: Step) -> usize {
@@ -159,72 +176,63 @@ fn every_step_of_the_commit_protocol_fails_safely() {
     assert!(failed.is_none());
 
     let mut cases = 0;
-    for step in Step::ALL {
-        let kinds: &[Fault] = if step.writes() {
-            &[Fault::Fail, Fault::Torn]
-        } else {
-            &[Fault::Fail]
-        };
-        for &fault in kinds {
-            for nth in 0..counter.count(step) {
-                cases += 1;
-                let root = dir.path().join(format!("{step:?}-{fault:?}-{nth}"));
-                let faults = Arc::new(At::new(step, fault, nth));
-                let (done, failed) = run(&root, faults);
-                let at = format!("{step:?} {fault:?} #{nth}");
-                let (bad, error) = failed.unwrap_or_else(|| panic!("{at}: no commit failed"));
-                assert!(
-                    error.to_string().contains("fault injected"),
-                    "{at}: the error names its cause: {error}"
-                );
+    for (step, fault, nth) in counter.cases() {
+        cases += 1;
+        let root = dir.path().join(format!("{step:?}-{fault:?}-{nth}"));
+        let faults = Arc::new(At::new(step, fault, nth));
+        let (done, failed) = run(&root, faults);
+        let at = format!("{step:?} {fault:?} #{nth}");
+        let (bad, error) = failed.unwrap_or_else(|| panic!("{at}: no commit failed"));
+        assert!(
+            error.to_string().contains("fault injected"),
+            "{at}: the error names its cause: {error}"
+        );
 
-                // Recovery, then an independent read.
-                let (w, recovery) = StoreWriter::open(&root).unwrap();
-                let rows = read_back(&root);
-                for &i in &done {
-                    assert_eq!(
-                        rows.get(&format!("cell{i}")),
-                        Some(&(i + 1)),
-                        "{at}: part {i}"
-                    );
-                }
-                let extra: Vec<&String> = rows
-                    .keys()
-                    .filter(|c| !done.iter().any(|i| **c == format!("cell{i}")))
-                    .collect();
-                match extra.as_slice() {
-                    [] => {}
-                    // Only the failed part, complete, and only if it got as far as its rename.
-                    [cell] => {
-                        assert_eq!(**cell, format!("cell{bad}"), "{at}");
-                        assert_eq!(rows[*cell], bad + 1, "{at}: adopted in part");
-                        assert!(
-                            !matches!(step, Step::PartWrite | Step::PartSync | Step::Rename),
-                            "{at}: adopted a part that was never renamed"
-                        );
-                        // A failed manifest fsync leaves the line in place (its durability
-                        // unknown): the part is listed, not adopted.
-                        let adopted = usize::from(step != Step::ManifestSync);
-                        assert_eq!(recovery.adopted.len(), adopted, "{at}");
-                    }
-                    _ => panic!("{at}: rows of parts never committed: {extra:?}"),
-                }
-                assert!(recovery.quarantined.is_empty(), "{at}: {recovery:?}");
-                let tmp = std::fs::read_dir(root.join(layout::TMP_DIR))
-                    .unwrap()
-                    .count();
-                assert_eq!(tmp, 0, "{at}: temporary files left");
-
-                // The store goes on: the failed part again, then a clean reopen.
-                if !rows.contains_key(&format!("cell{bad}")) {
-                    commit(&w, bad).unwrap().unwrap();
-                }
-                drop(w);
-                let (_w, recovery) = StoreWriter::open(&root).unwrap();
-                assert!(recovery.is_clean(), "{at}: {recovery:?}");
-                assert_eq!(read_back(&root)[&format!("cell{bad}")], bad + 1, "{at}");
-            }
+        // Recovery, then an independent read.
+        let (w, recovery) = StoreWriter::open(&root).unwrap();
+        let rows = read_back(&root);
+        for &i in &done {
+            assert_eq!(
+                rows.get(&format!("cell{i}")),
+                Some(&(i + 1)),
+                "{at}: part {i}"
+            );
         }
+        let extra: Vec<&String> = rows
+            .keys()
+            .filter(|c| !done.iter().any(|i| **c == format!("cell{i}")))
+            .collect();
+        match extra.as_slice() {
+            [] => {}
+            // Only the failed part, complete, and only if it got as far as its rename.
+            [cell] => {
+                assert_eq!(**cell, format!("cell{bad}"), "{at}");
+                assert_eq!(rows[*cell], bad + 1, "{at}: adopted in part");
+                assert!(
+                    !matches!(step, Step::PartWrite | Step::PartSync | Step::Rename),
+                    "{at}: adopted a part that was never renamed"
+                );
+                // A failed manifest fsync leaves the line in place (its durability
+                // unknown): the part is listed, not adopted.
+                let adopted = usize::from(step != Step::ManifestSync);
+                assert_eq!(recovery.adopted.len(), adopted, "{at}");
+            }
+            _ => panic!("{at}: rows of parts never committed: {extra:?}"),
+        }
+        assert!(recovery.quarantined.is_empty(), "{at}: {recovery:?}");
+        let tmp = std::fs::read_dir(root.join(layout::TMP_DIR))
+            .unwrap()
+            .count();
+        assert_eq!(tmp, 0, "{at}: temporary files left");
+
+        // The store goes on: the failed part again, then a clean reopen.
+        if !rows.contains_key(&format!("cell{bad}")) {
+            commit(&w, bad).unwrap().unwrap();
+        }
+        drop(w);
+        let (_w, recovery) = StoreWriter::open(&root).unwrap();
+        assert!(recovery.is_clean(), "{at}: {recovery:?}");
+        assert_eq!(read_back(&root)[&format!("cell{bad}")], bad + 1, "{at}");
     }
     assert!(cases >= 6 * PARTS, "{cases} cases");
 }
@@ -335,4 +343,126 @@ fn verify_names_damaged_parts_and_repair_keeps_every_sound_one() {
     let after = verify::verify(root).unwrap();
     assert!(after.is_sound() && after.strays.is_empty(), "{after:?}");
     assert_eq!(after.parts, 2);
+}
+
+const GROUPS: usize = 3;
+
+/// Group `g`: parts `2g` and `2g + 1`, committed together.
+fn commit_pair(w: &StoreWriter, g: usize) -> deltann_store::Result<Vec<deltann_store::PartEntry>> {
+    let parts = [2 * g, 2 * g + 1]
+        .into_iter()
+        .map(|i| {
+            let mut part = w.begin(
+                Table::Errors,
+                Partition::none(),
+                PartMeta {
+                    cell_id: Some(format!("cell{i}")),
+                    run_id: Some("run".into()),
+                },
+            )?;
+            part.write(&batch(i))?;
+            Ok(part)
+        })
+        .collect::<deltann_store::Result<Vec<_>>>()?;
+    w.commit_group(parts)
+}
+
+#[test]
+fn a_group_commits_whole_or_not_at_all_under_every_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = Arc::new(At::new(Step::PartWrite, Fault::Fail, usize::MAX));
+    {
+        let (w, _) =
+            StoreWriter::open_with_faults(&dir.path().join("s"), Some(counter.clone())).unwrap();
+        for g in 0..GROUPS {
+            let entries = commit_pair(&w, g).unwrap();
+            assert_eq!(entries.len(), 2);
+            assert_eq!(entries[0].seq + 1, entries[1].seq);
+        }
+    }
+    let mut cases = 0;
+    for (step, fault, nth) in counter.cases() {
+        cases += 1;
+        let at = format!("{step:?} {fault:?} #{nth}");
+        let root = dir.path().join(format!("group-{step:?}-{fault:?}-{nth}"));
+        let faults = Arc::new(At::new(step, fault, nth));
+        let (w, _) = StoreWriter::open_with_faults(&root, Some(faults)).unwrap();
+        let mut done = Vec::new();
+        let mut failed = None;
+        for g in 0..GROUPS {
+            match commit_pair(&w, g) {
+                Ok(_) => done.push(g),
+                Err(_) if failed.is_none() => failed = Some(g),
+                Err(_) => {}
+            }
+        }
+        let bad = failed.unwrap_or_else(|| panic!("{at}: no commit failed"));
+        drop(w);
+        // Readers before recovery see whole groups only.
+        let before = manifest::read(&root.join(layout::MANIFEST_FILE)).unwrap();
+        assert_eq!(before.entries.len() % 2, 0, "{at}: {before:?}");
+
+        let (_w, recovery) = StoreWriter::open(&root).unwrap();
+        let rows = read_back(&root);
+        for g in 0..GROUPS {
+            let (a, b) = (format!("cell{}", 2 * g), format!("cell{}", 2 * g + 1));
+            assert_eq!(
+                rows.contains_key(&a),
+                rows.contains_key(&b),
+                "{at}: group {g} in part: {rows:?}"
+            );
+            if done.contains(&g) {
+                assert_eq!(rows.get(&a), Some(&(2 * g + 1)), "{at}");
+                assert_eq!(rows.get(&b), Some(&(2 * g + 2)), "{at}");
+            } else if g != bad {
+                assert!(!rows.contains_key(&a), "{at}: group {g} never committed");
+            }
+        }
+        // Only members of the failed group can be set aside.
+        for q in &recovery.quarantined {
+            assert!(
+                q.contains(&format!("cell{}", 2 * bad))
+                    || q.contains(&format!("cell{}", 2 * bad + 1)),
+                "{at}: quarantined {q}"
+            );
+        }
+    }
+    assert!(cases >= 6 * GROUPS, "{cases} cases");
+}
+
+#[test]
+fn recovery_adopts_a_renamed_group_whole_and_sets_a_half_one_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (w, _) = StoreWriter::open(root).unwrap();
+    commit(&w, 9).unwrap().unwrap();
+    let entries = commit_pair(&w, 0).unwrap();
+    drop(w);
+    // A crash after both renames, before the manifest append: the group's lines are missing.
+    let path = root.join(layout::MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let first_line = text.lines().next().unwrap();
+    std::fs::write(&path, format!("{first_line}\n")).unwrap();
+    let (w, recovery) = StoreWriter::open(root).unwrap();
+    assert_eq!(recovery.adopted.len(), 2, "{recovery:?}");
+    let read = manifest::read(&path).unwrap();
+    assert_eq!(
+        read.entries[1..]
+            .iter()
+            .map(|e| e.group)
+            .collect::<Vec<_>>(),
+        entries.iter().map(|e| e.group).collect::<Vec<_>>()
+    );
+    assert_eq!(read_back(root).len(), 3);
+    drop(w);
+
+    // A crash between the renames: the first member is in place, the second is not.
+    std::fs::write(&path, format!("{first_line}\n")).unwrap();
+    std::fs::remove_file(root.join(&entries[1].path)).unwrap();
+    let (_w, recovery) = StoreWriter::open(root).unwrap();
+    assert!(recovery.adopted.is_empty(), "{recovery:?}");
+    assert_eq!(recovery.quarantined, vec![entries[0].path.clone()]);
+    let rows = read_back(root);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows.contains_key("cell9"));
 }
