@@ -14,6 +14,8 @@ use std::io::{BufRead, Write};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
@@ -157,6 +159,92 @@ pub fn read_line<T: for<'de> Deserialize<'de>>(
                 format!("expected a protocol message, got {shown:?}: {e}"),
             )
         })
+}
+
+/// One thing decoded from a worker's standard output.
+#[derive(Debug)]
+pub enum Output {
+    Ready(Ready),
+    Results(RecordBatch),
+    Done(Done),
+    /// The stream ended or broke where it should not have; the reason (empty when the worker
+    /// wrote nothing at all). Nothing follows it.
+    Broken(String),
+}
+
+/// Decodes a worker's standard output in protocol order (Ready, result batches, Done), handing
+/// each piece to `emit` as it arrives; stops when `emit` returns false, after `Broken`, or after
+/// Ready alone for a `probe`. Whatever the bytes, it ends with a value, never a panic: the
+/// collector reads this from a process it does not trust.
+pub fn decode_output(mut input: impl BufRead, probe: bool, mut emit: impl FnMut(Output) -> bool) {
+    let ready: Ready = match read_line(&mut input) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            emit(Output::Broken(String::new()));
+            return;
+        }
+        Err(e) => {
+            emit(Output::Broken(format!("protocol error: {e}")));
+            return;
+        }
+    };
+    let ok = ready.ok && ready.protocol == PROTOCOL_VERSION;
+    let protocol = ready.protocol;
+    if !emit(Output::Ready(ready)) || !ok {
+        if protocol != PROTOCOL_VERSION {
+            emit(Output::Broken(format!(
+                "worker speaks protocol {protocol}, expected {PROTOCOL_VERSION}"
+            )));
+        }
+        return;
+    }
+    // Probes end after Ready.
+    if probe {
+        emit(Output::Done(Done::default()));
+        return;
+    }
+    {
+        let reader = match StreamReader::try_new(&mut input, None) {
+            Ok(r) => r,
+            Err(e) => {
+                emit(Output::Broken(format!("protocol error in results: {e}")));
+                return;
+            }
+        };
+        if reader.schema() != result_schema() {
+            emit(Output::Broken(format!(
+                "protocol error: result schema {:?} is not the protocol's",
+                reader.schema()
+            )));
+            return;
+        }
+        for batch in reader {
+            match batch {
+                Ok(b) => {
+                    if !emit(Output::Results(b)) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    emit(Output::Broken(format!("results stream broke: {e}")));
+                    return;
+                }
+            }
+        }
+    }
+    match read_line::<Done>(&mut input) {
+        Ok(Some(done)) => {
+            emit(Output::Done(done));
+        }
+        Ok(None) => {
+            emit(Output::Broken(
+                "worker ended without its final message".into(),
+            ));
+        }
+        Err(e) => {
+            emit(Output::Broken(format!("protocol error: {e}")));
+        }
+    }
 }
 
 #[cfg(test)]

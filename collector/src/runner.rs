@@ -13,7 +13,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 
@@ -331,73 +330,19 @@ fn feed(
 }
 
 fn read_stdout(stdout: std::process::ChildStdout, tx: &mpsc::SyncSender<Msg>, probe: bool) {
-    let mut input = BufReader::with_capacity(1 << 20, stdout);
-    let ready: Ready = match protocol::read_line(&mut input) {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            let _ = tx.send(Msg::Broken(String::new()));
-            return;
-        }
-        Err(e) => {
-            let _ = tx.send(Msg::Broken(format!("protocol error: {e}")));
-            return;
-        }
-    };
-    let ok = ready.ok && ready.protocol == PROTOCOL_VERSION;
-    let protocol = ready.protocol;
-    if tx.send(Msg::Ready(ready)).is_err() || !ok {
-        if protocol != PROTOCOL_VERSION {
-            let _ = tx.send(Msg::Broken(format!(
-                "worker speaks protocol {protocol}, expected {PROTOCOL_VERSION}"
-            )));
-        }
-        return;
-    }
-    // Probes end after Ready.
-    if probe {
-        let _ = tx.send(Msg::Done(Done::default()));
-        return;
-    }
-    {
-        let reader = match StreamReader::try_new(&mut input, None) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.send(Msg::Broken(format!("protocol error in results: {e}")));
-                return;
-            }
-        };
-        if reader.schema() != protocol::result_schema() {
-            let _ = tx.send(Msg::Broken(format!(
-                "protocol error: result schema {:?} is not the protocol's",
-                reader.schema()
-            )));
-            return;
-        }
-        for batch in reader {
-            match batch {
-                Ok(b) => {
-                    if tx.send(Msg::Results(b)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Msg::Broken(format!("results stream broke: {e}")));
-                    return;
-                }
-            }
-        }
-    }
-    match protocol::read_line::<Done>(&mut input) {
-        Ok(Some(done)) => {
-            let _ = tx.send(Msg::Done(done));
-        }
-        Ok(None) => {
-            let _ = tx.send(Msg::Broken("worker ended without its final message".into()));
-        }
-        Err(e) => {
-            let _ = tx.send(Msg::Broken(format!("protocol error: {e}")));
-        }
-    }
+    protocol::decode_output(
+        BufReader::with_capacity(1 << 20, stdout),
+        probe,
+        |message| {
+            let msg = match message {
+                protocol::Output::Ready(r) => Msg::Ready(r),
+                protocol::Output::Results(b) => Msg::Results(b),
+                protocol::Output::Done(d) => Msg::Done(d),
+                protocol::Output::Broken(why) => Msg::Broken(why),
+            };
+            tx.send(msg).is_ok()
+        },
+    );
 }
 
 fn tail(mut stderr: impl Read, keep: usize) -> String {

@@ -29,6 +29,11 @@ use clap::{Parser, Subcommand};
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
+    /// Read past damaged parts (deleted or cut short by hand, unreadable footer) instead of
+    /// stopping at the first: each is named on stderr and left out, as if never committed. For
+    /// commands that read a store; `deltann store repair` drops them for good.
+    #[arg(long, global = true)]
+    pub skip_damaged: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,7 +274,8 @@ per pair of cells of a model family and image) and `cell_images` (one row per ce
 plus running sums per pair and cell. Each committed `outputs` part is folded in once, in time
 proportional to the part; `report`, `check` and the TUI advance the state before reading, so
 running `analyze` is never required, only useful: `--follow` next to a long `collect` keeps the
-analysis current, and `--rebuild` recomputes everything (after deleting parts by hand, say).
+analysis current, and `--rebuild` recomputes everything. A state that folded parts the store no
+longer lists (dropped by `store repair`, or left out by `--skip-damaged`) is rebuilt by itself.
 
 Examples:
   deltann analyze results/demo
@@ -474,6 +480,9 @@ fn existing_file(s: &str) -> Result<PathBuf, String> {
 
 /// Runs the parsed command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.skip_damaged {
+        skip_damaged(&args.command)?;
+    }
     match args.command {
         Command::Plan(a) => plan::run(&a),
         Command::Collect(a) => collect::run(&a),
@@ -520,6 +529,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Makes every store snapshot of this process leave out damaged parts, and names those of the
+/// command's stores on stderr; refused for commands that write a store.
+fn skip_damaged(command: &Command) -> anyhow::Result<()> {
+    let stores: Vec<&std::path::Path> = match command {
+        Command::Query(a) => a.store.as_deref().into_iter().collect(),
+        Command::Sql(a) => vec![&a.store],
+        Command::Analyze(a) => vec![&a.store],
+        Command::Report(a) => vec![&a.store],
+        Command::Check(a) => vec![&a.store],
+        Command::Tui(a) => vec![&a.store],
+        Command::Diff(a) => vec![&a.store_a, &a.store_b],
+        Command::Plan(_) | Command::Collect(_) | Command::Store(_) | Command::Synth(_) => {
+            anyhow::bail!(
+                "--skip-damaged is for commands that read a store; to write into a store with \
+                 damaged parts, run `deltann store repair STORE` first"
+            )
+        }
+        Command::Worker => Vec::new(),
+    };
+    deltann_store::reader::skip_damaged(true);
+    for store in stores {
+        let (_, damaged) = deltann_store::Store::open_checked(store)?;
+        for d in damaged {
+            eprintln!(
+                "deltann: warning: {}: skipping damaged part {} ({}): its {} rows are left out; \
+                 `deltann store repair` drops it for good",
+                store.display(),
+                d.entry.path,
+                d.problem,
+                d.entry.rows
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Before SQL that reads the derived tables (`comparisons`, `cell_images`, `pairs`), folds in

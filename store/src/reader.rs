@@ -3,9 +3,17 @@
 //! A [`Store`] is a snapshot of the manifest: it lists committed parts only, so a reader running
 //! next to a live `collect` never sees a half-written file, and it streams rows part by part, row
 //! group by row group, so memory stays bounded whatever the store's size.
+//!
+//! A listed part that is damaged (deleted or cut short by hand, its footer unreadable) stops a
+//! reader with an error naming it, unless the process asked to skip such parts
+//! ([`skip_damaged`], the binary's `--skip-damaged`): then every snapshot leaves them out, as if
+//! they had never been committed, and [`Store::open_checked`] says which it left out. The
+//! check costs a `stat` and a footer read per part; bit rot inside a part's pages is found by
+//! `deltann store verify` (checksums), not here.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ProjectionMask;
@@ -14,6 +22,16 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use crate::error::{Error, Result};
 use crate::layout::{self, Table};
 use crate::manifest::{self, PartEntry};
+use crate::verify::{Damaged, check_part_quick};
+
+static SKIP_DAMAGED: AtomicBool = AtomicBool::new(false);
+
+/// Makes every later snapshot taken in this process ([`Store::open`]) leave out listed parts
+/// that are missing, of another size than listed, or whose footer cannot be read, instead of
+/// failing on them. Set once, by a binary, from its command line.
+pub fn skip_damaged(on: bool) {
+    SKIP_DAMAGED.store(on, Ordering::Relaxed);
+}
 
 /// A read-only snapshot of a store's committed parts.
 #[derive(Clone, Debug)]
@@ -23,11 +41,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store at `root` for reading.
+    /// Opens the store at `root` for reading (leaving out damaged parts when the process asked
+    /// to, see [`skip_damaged`]).
     ///
     /// # Errors
     /// Fails when `root` is not a deltann store or its manifest is damaged.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_checked(root).map(|(store, _)| store)
+    }
+
+    /// As [`Store::open`], also returning the damaged parts it left out (none unless the
+    /// process asked to skip them).
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_checked(root: &Path) -> Result<(Self, Vec<Damaged>)> {
         if !root.join(layout::FORMAT_FILE).is_file() {
             return Err(Error::NotAStore {
                 path: root.to_path_buf(),
@@ -36,7 +64,21 @@ impl Store {
         }
         crate::writer::check_format(root)?;
         let read = manifest::read(&root.join(layout::MANIFEST_FILE))?;
-        Ok(Self::from_entries(root.to_path_buf(), read.entries))
+        let mut entries = read.entries;
+        let mut damaged = Vec::new();
+        if SKIP_DAMAGED.load(Ordering::Relaxed) {
+            entries.retain(|entry| match check_part_quick(root, entry) {
+                None => true,
+                Some(problem) => {
+                    damaged.push(Damaged {
+                        entry: entry.clone(),
+                        problem,
+                    });
+                    false
+                }
+            });
+        }
+        Ok((Self::from_entries(root.to_path_buf(), entries), damaged))
     }
 
     /// A view of the store at `root` that holds only `entries`, in their order: what a reader

@@ -251,10 +251,17 @@ pub fn advance(
         })?;
     let _lock = lock(&dir)?;
     let mut report = Advance::default();
+    // A state that folded parts the store no longer lists (dropped by `store repair`, or left
+    // out as damaged by a reader asked to skip them) describes rows that are not there: it is
+    // rebuilt from what is. A part left out and later restored is then simply not yet folded.
+    let listed: HashSet<u64> = store.parts(Table::Outputs).map(|e| e.seq).collect();
     let loaded = if rebuild {
         None
     } else {
-        State::load(root).ok().flatten()
+        State::load(root)
+            .ok()
+            .flatten()
+            .filter(|s| s.folded.iter().all(|f| listed.contains(&f.seq)))
     };
     let mut state = match loaded {
         Some(s) => s,
