@@ -139,6 +139,37 @@ fn a_hanging_worker_is_killed_after_the_stall_timeout() {
 }
 
 #[test]
+fn a_process_the_worker_leaves_behind_holding_its_pipes_does_not_hang_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = data_sweep(dir.path(), "engine = [\"tract\"]");
+    let pidfile = dir.path().join("orphan.pid");
+    let out = util::deltann()
+        .args([
+            "collect",
+            "--quiet",
+            "--stall-timeout",
+            "2",
+            sweep.to_str().unwrap(),
+        ])
+        .env(
+            "DELTANN_FAULT",
+            format!("orphan-after=2,orphan-pidfile={}", pidfile.display()),
+        )
+        .output()
+        .unwrap();
+    // The orphan (`sleep 600`) still holds the worker's stdout and stderr when collect is done.
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let alive = std::path::Path::new("/proc").join(pid.trim()).exists();
+    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    assert!(alive, "the orphan ended before collect did");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let (status, error, images_ok) = &cell_results(&dir.path().join("store"))["tract"];
+    assert_eq!(status, "failed");
+    assert!(error.as_deref().unwrap().contains("timed out"), "{error:?}");
+    assert_eq!(*images_ok, 2);
+}
+
+#[test]
 fn an_image_the_engine_rejects_is_an_error_row_and_the_cell_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let sweep = data_sweep(dir.path(), "engine = [\"tract\"]\nrepetitions = [2]");

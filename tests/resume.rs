@@ -246,6 +246,15 @@ ort_library = ["1.32.0"]
     // Every image recorded once, every output row once.
     assert_eq!(read_table(&store, "images").rows(), 800);
     assert_eq!(read_table(&store, "outputs").rows(), 800);
+
+    // A run without --keep-tensors (here with nothing left to do) removes every cache, also
+    // those of recipes it does not use.
+    let other = cache.join("other-recipe-0123456789abcdef");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("chunk-000000.arrow"), b"old").unwrap();
+    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!cache.exists(), "{:?}", chunks(&cache));
 }
 
 /// Kills `collect` and its workers (the whole process group) with SIGKILL.

@@ -385,11 +385,15 @@ pub fn collect(
             observer,
         };
         outcomes = run_cells(&ctx, &todo)?;
-        if !options.keep_tensors {
-            for cache in prepared.caches.values() {
-                let _ = std::fs::remove_dir_all(&cache.dir);
-            }
-        }
+    }
+    // The run is complete: its caches, and those earlier runs kept (other recipes, datasets),
+    // go unless asked to stay. An interrupted run never gets here and keeps them for its resume.
+    if !options.keep_tensors {
+        let tensors = store
+            .root()
+            .join(deltann_store::layout::CACHE_DIR)
+            .join(crate::prepare::TENSOR_CACHE_DIR);
+        let _ = std::fs::remove_dir_all(&tensors);
     }
     let undecodable = match &prepared {
         Some(p) => p.undecodable,

@@ -57,6 +57,10 @@ pub struct PreparedImage {
     pub label: Option<i32>,
 }
 
+/// The tensor caches' directory under the store's `_cache/`: one folder per pixel geometry and
+/// dataset.
+pub const TENSOR_CACHE_DIR: &str = "tensors";
+
 /// The dataset, hashed and turned into tensor caches.
 #[derive(Debug)]
 pub struct Prepared {
@@ -153,7 +157,7 @@ pub fn prepare(
     let cache_dir = store
         .root()
         .join(deltann_store::layout::CACHE_DIR)
-        .join("tensors");
+        .join(TENSOR_CACHE_DIR);
     std::fs::create_dir_all(&cache_dir).io("create", &cache_dir)?;
 
     // One pixel cache per geometry; chunk i holds images [i * CHUNK_IMAGES, ...) of the dataset.

@@ -253,9 +253,12 @@ pub fn run(
         let _ = child.kill();
         child.wait().ok()
     };
-    let _ = feeder.join();
-    let _ = reader.join();
-    let stderr_text = stderr_tail.join().unwrap_or_default();
+    // The pipes close when the worker dies, unless a process it started still holds them: then
+    // the threads reading them are left to end when that process does.
+    let deadline = Instant::now() + THREAD_GRACE;
+    let _ = join_until(feeder, deadline);
+    let _ = join_until(reader, deadline);
+    let stderr_text = join_until(stderr_tail, deadline).unwrap_or_default();
 
     if let Some(e) = callback_error {
         return Err(e);
@@ -287,6 +290,21 @@ pub fn run(
         out.failure = Some(why);
     }
     Ok(out)
+}
+
+/// How long [`run`] waits for its pipe threads once the worker has ended.
+const THREAD_GRACE: Duration = Duration::from_secs(5);
+
+/// Joins `handle` if the thread ends by `deadline`; otherwise leaves it running detached (it
+/// owns nothing but its pipe) and returns `None`.
+fn join_until<T>(handle: std::thread::JoinHandle<T>, deadline: Instant) -> Option<T> {
+    while !handle.is_finished() {
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.join().ok()
 }
 
 /// What a worker says, as seen by [`run`]'s callback.

@@ -26,7 +26,9 @@ use crate::protocol::{self, Done, PROTOCOL_VERSION, Ready, Request};
 
 /// Environment variable that injects failures, for testing isolation and timeouts:
 /// `abort-after=N`, `exit-after=N`, `hang-after=N` (after N batches), `fail-image=ID` (with
-/// `fail-rep=R`: only its repetition R), `stray-id-after=N` (batch N's results name images the collector never sent).
+/// `fail-rep=R`: only its repetition R), `orphan-after=N` (start a process that keeps the
+/// worker's stdout and stderr open, write its pid to the file `orphan-pidfile=PATH`, then hang),
+/// `stray-id-after=N` (batch N's results name images the collector never sent).
 pub const FAULT_ENV: &str = "DELTANN_FAULT";
 
 #[derive(Debug, Default)]
@@ -36,6 +38,8 @@ struct Faults {
     hang_after: Option<u64>,
     fail_image: Option<String>,
     fail_rep: Option<usize>,
+    orphan_after: Option<u64>,
+    orphan_pidfile: Option<String>,
     stray_id_after: Option<u64>,
 }
 
@@ -53,6 +57,8 @@ impl Faults {
                 "hang-after" => faults.hang_after = value.parse().ok(),
                 "fail-image" => faults.fail_image = Some(value.to_string()),
                 "fail-rep" => faults.fail_rep = value.parse().ok(),
+                "orphan-after" => faults.orphan_after = value.parse().ok(),
+                "orphan-pidfile" => faults.orphan_pidfile = Some(value.to_string()),
                 "stray-id-after" => faults.stray_id_after = value.parse().ok(),
                 _ => {}
             }
@@ -69,7 +75,20 @@ impl Faults {
             eprintln!("deltann worker: injected exit after {done} batches");
             std::process::exit(3);
         }
-        if self.hang_after == Some(done) {
+        if self.orphan_after == Some(done) {
+            // A process the engine started (a compiler, a helper server) that outlives the
+            // worker with its output pipes open.
+            eprintln!("deltann worker: injected orphan after {done} batches");
+            if let Ok(child) = std::process::Command::new("sleep")
+                .arg("600")
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                && let Some(path) = &self.orphan_pidfile
+            {
+                let _ = std::fs::write(path, child.id().to_string());
+            }
+        }
+        if self.hang_after == Some(done) || self.orphan_after == Some(done) {
             eprintln!("deltann worker: injected hang after {done} batches");
             loop {
                 std::thread::sleep(Duration::from_secs(3600));

@@ -108,7 +108,8 @@ pub struct CollectArgs {
     /// ...or every this many seconds: at most this much work is lost to a crash.
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub part_seconds: u64,
-    /// Keep the preprocessed-tensor cache (STORE/_cache) after the run.
+    /// Keep the preprocessed-tensor caches (STORE/_cache/tensors) after the run. Without it, a
+    /// run that completes removes them all, its own and those earlier runs kept.
     #[arg(long)]
     pub keep_tensors: bool,
     /// No progress bar (cell lines still go to stderr).
