@@ -1,12 +1,21 @@
 //! Readers next to a live `collect`: `query` and `report` run in a loop while parts are committed,
-//! and every answer must be one some committed snapshot gives. The invariant checked: a cell with
+//! and the TUI (in tmux) follows the store, and every answer must be one some committed snapshot
+//! gives. The invariant checked: a cell with
 //! an `ok` row in `cells` has every one of its output rows (`images_ok` x repetitions), in the
 //! same statement; a reader that saw the manifest at two instants could see the cell finished
 //! without its last part.
 
 use std::time::{Duration, Instant};
 
+use crate::tui_tmux::Tmux;
 use crate::util::{self, data_sweep, text};
+
+/// The committed part count the TUI's status line shows (`STORE · N parts`), if idle.
+fn tui_parts(screen: &str) -> Option<usize> {
+    let line = screen.lines().rev().find(|l| l.contains(" parts "))?;
+    let before = line.split(" parts ").next()?;
+    before.rsplit(' ').next()?.parse().ok()
+}
 
 #[test]
 fn readers_in_a_loop_next_to_collect_see_only_committed_snapshots() {
@@ -23,10 +32,28 @@ fn readers_in_a_loop_next_to_collect_see_only_committed_snapshots() {
                WHERE c.status = 'ok' GROUP BY c.cell_id, c.images_ok";
     let started = Instant::now();
     let (mut queries, mut reports, mut finished_seen) = (0, 0, 0);
+    let mut tui: Option<Tmux> = None;
+    let mut tui_tried = false;
+    let mut tui_seen = Vec::new();
     while collect.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(120) {
         if !store.join("_manifest.jsonl").is_file() {
             std::thread::sleep(Duration::from_millis(20));
             continue;
+        }
+        if !tui_tried {
+            tui_tried = true;
+            let command = format!(
+                "DELTANN_TUI_IMAGES=halfblocks {} tui {}; echo TUI-EXIT-$?; sleep 60",
+                env!("CARGO_BIN_EXE_deltann"),
+                store.display()
+            );
+            tui = Tmux::start("concurrent", &command, 160, 40);
+        }
+        if let Some(t) = &tui {
+            let screen = t.capture();
+            assert!(!screen.contains(" error: "), "the TUI failed:\n{screen}");
+            assert!(!screen.contains("TUI-EXIT"), "the TUI ended:\n{screen}");
+            tui_seen.extend(tui_parts(&screen));
         }
         let out = util::run(&["query", &store_arg, sql, "--format", "csv"]);
         assert!(out.status.success(), "{}", text(&out));
@@ -57,6 +84,22 @@ fn readers_in_a_loop_next_to_collect_see_only_committed_snapshots() {
     );
     let status = collect.wait().unwrap();
     assert!(status.success(), "collect failed while read");
+    if let Some(t) = &tui {
+        // It follows the store to its last commit, never showing more than was committed, and
+        // its counts only grow.
+        let parts = std::fs::read_to_string(store.join("_manifest.jsonl"))
+            .unwrap()
+            .lines()
+            .count();
+        let screen = t.wait_for(&format!(" {parts} parts "));
+        assert!(!screen.contains(" error: "), "{screen}");
+        assert!(
+            tui_seen.iter().all(|&n| n <= parts),
+            "{tui_seen:?} of {parts}"
+        );
+        assert!(tui_seen.windows(2).all(|w| w[0] <= w[1]), "{tui_seen:?}");
+        eprintln!("the TUI showed part counts {tui_seen:?}, then {parts}");
+    }
     assert!(
         queries >= 5 && reports >= 1,
         "{queries} queries, {reports} reports"

@@ -8,11 +8,28 @@ use std::time::{Duration, Instant};
 
 use crate::util::{self, text};
 
-struct Tmux {
+/// A tmux server of its own (killed on drop) with one session, `t`.
+pub struct Tmux {
     socket: String,
 }
 
 impl Tmux {
+    /// A server on a socket named after this process and `tag`, running `command` in a
+    /// `width` x `height` window; `None` (saying so) where tmux is not installed.
+    pub fn start(tag: &str, command: &str, width: u16, height: u16) -> Option<Self> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            eprintln!("SKIPPED: tmux is not installed (apt-get install tmux)");
+            return None;
+        }
+        let tmux = Tmux {
+            socket: format!("deltann-{tag}-{}", std::process::id()),
+        };
+        let (w, h) = (width.to_string(), height.to_string());
+        let out = tmux.cmd(&["new-session", "-d", "-s", "t", "-x", &w, "-y", &h, command]);
+        assert!(out.status.success(), "{}", text(&out));
+        Some(tmux)
+    }
+
     fn cmd(&self, args: &[&str]) -> std::process::Output {
         Command::new("tmux")
             .arg("-L")
@@ -22,7 +39,7 @@ impl Tmux {
             .unwrap()
     }
 
-    fn capture(&self) -> String {
+    pub fn capture(&self) -> String {
         String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "t"]).stdout).into_owned()
     }
 
@@ -33,7 +50,7 @@ impl Tmux {
     }
 
     /// Waits until the screen shows `needle`, returning the screen.
-    fn wait_for(&self, needle: &str) -> String {
+    pub fn wait_for(&self, needle: &str) -> String {
         let started = Instant::now();
         loop {
             let screen = self.capture();
@@ -57,35 +74,19 @@ impl Drop for Tmux {
 
 #[test]
 fn tui_in_a_real_terminal() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("SKIPPED: tmux is not installed (apt-get install tmux)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
     let out = util::run(&["synth", "--small", store.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
 
-    let tmux = Tmux {
-        socket: format!("deltann-test-{}", std::process::id()),
-    };
     let command = format!(
         "DELTANN_TUI_IMAGES=halfblocks {} tui {}; echo TUI-EXIT-$?; sleep 60",
         env!("CARGO_BIN_EXE_deltann"),
         store.display()
     );
-    let out = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &command,
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let Some(tmux) = Tmux::start("tui", &command, 120, 40) else {
+        return;
+    };
 
     // The overview: heatmap and the attribution table (which may be drawn a moment after the
     // heatmap, while the status line still says the analysis is loading: wait for both).
@@ -154,36 +155,20 @@ fn tui_in_a_real_terminal() {
 
 #[test]
 fn sql_shell_in_a_real_terminal_keeps_history() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("SKIPPED: tmux is not installed (apt-get install tmux)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
     let out = util::run(&["synth", "--small", store.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let state = dir.path().join("state");
-    let tmux = Tmux {
-        socket: format!("deltann-sql-{}", std::process::id()),
-    };
     let command = format!(
         "XDG_STATE_HOME={} {} sql {}; echo SQL-EXIT-$?; sleep 60",
         state.display(),
         env!("CARGO_BIN_EXE_deltann"),
         store.display()
     );
-    let out = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &command,
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let Some(tmux) = Tmux::start("sql", &command, 120, 40) else {
+        return;
+    };
     tmux.wait_for("deltann>");
     // A statement over two lines: the prompt changes until the ';'.
     tmux.keys(&["-l", "SELECT count(*) AS n"]);
