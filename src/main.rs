@@ -28,10 +28,28 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("deltann: {err:#}");
+            eprintln!("deltann: {}", message(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, each said once: library errors name their file and include their
+/// cause's words, which the cause then repeats (a full disk read "No space left on device"
+/// three times), so a cause already said is left out.
+fn message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -40,4 +58,24 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_cause_is_said_once() {
+        let os = std::io::Error::from_raw_os_error(28);
+        let said = os.to_string();
+        let parquet = std::io::Error::other(format!("External: {said}"));
+        let err = anyhow::Error::new(os)
+            .context(parquet.to_string())
+            .context(format!("parquet /s/_tmp/p.tmp: {parquet}"))
+            .context("collecting cell abc");
+        let text = super::message(&err);
+        assert_eq!(text.matches(&said).count(), 1, "{text}");
+        assert!(
+            text.starts_with("collecting cell abc: parquet /s/_tmp/p.tmp: External: "),
+            "{text}"
+        );
+    }
 }

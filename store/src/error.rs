@@ -49,7 +49,7 @@ pub enum Error {
     /// (a failed rename, directory fsync, manifest append or manifest fsync): it commits nothing
     /// more, as SQLite stops after a failed fsync. The next writer's recovery settles the store.
     #[error(
-        "{}: this process commits nothing more after a failed commit ({reason}); nothing          committed is lost, and the next `deltann collect` on the store recovers it",
+        "{}: this process commits nothing more after a failed commit ({reason}); nothing committed is lost, and the next `deltann collect` on the store recovers it",
         path.display()
     )]
     Stopped { path: PathBuf, reason: String },
