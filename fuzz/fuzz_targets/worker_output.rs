@@ -1,0 +1,19 @@
+//! A worker's standard output (JSON lines around an Arrow IPC stream), as the collector decodes
+//! it from a process it does not trust: any bytes end in a value, never a panic.
+#![no_main]
+
+use deltann_collector::protocol::{self, Output};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|bytes: &[u8]| {
+    let probe = bytes.first().is_some_and(|b| b & 1 == 1);
+    let mut seen = 0usize;
+    protocol::decode_output(bytes, probe, |out| {
+        seen += 1;
+        if let Output::Results(batch) = &out {
+            assert_eq!(batch.schema(), protocol::result_schema());
+        }
+        true
+    });
+    assert!(seen >= 1, "every stream ends in at least one message");
+});
