@@ -10,15 +10,18 @@
 # and kept as a regression test (collector/tests/random_inputs.rs, store/src/manifest.rs).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
+# Seeds (fuzz/seeds/, committed): valid inputs to mutate from; the worker_output one is what a
+# worker prints for two images, one failed (written with pyarrow, as an external worker would).
 seconds=${1:-600}
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(sweep manifest worker_output image)
 
 cargo +nightly fuzz build --sanitizer none --debug-assertions
-cargo +nightly run --quiet --release --bin seeds
-mkdir -p corpus/sweep corpus/image
-cp ../data/sweep.toml corpus/sweep/
+for t in sweep manifest worker_output image; do mkdir -p "corpus/$t"; done
+cp seeds/sweep/* corpus/sweep/
+cp seeds/manifest/* corpus/manifest/
+cp seeds/worker_output/* corpus/worker_output/
 cp ../data/images/* corpus/image/
 
 for t in "${targets[@]}"; do
