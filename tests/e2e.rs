@@ -222,4 +222,13 @@ fn cell_ids_are_deterministic_and_sensitive_to_settings() {
     // Excluding a combination removes exactly that cell.
     let c = ids("engine = [\"tract\"]\nthreads = [1, 2]\nexclude = [{ threads = 2 }]");
     assert_eq!(c, vec![a[0].clone()]);
+    // An engine's settings multiply its own cells only; devices apply to the engines that run
+    // there, and CPU cells keep the ids they had before devices were a dimension.
+    let d = ids(
+        "engine = [\"tract\", \"openvino\"]\nthreads = [1]\nopenvino_hint = [\"latency\", \"throughput\"]",
+    );
+    assert_eq!(d.len(), 3, "{d:?}");
+    assert_eq!(d[0], a[0]);
+    let e = ids("engine = [\"tract\"]\nthreads = [1, 2]\ndevice = [\"cpu\", \"cuda\"]");
+    assert_eq!(e, a);
 }

@@ -54,6 +54,17 @@ pub fn ort_library(version: &str) -> PathBuf {
     lib
 }
 
+/// Installs a Python engine's environment (`deltann engines install`: pinned PyPI versions,
+/// once per machine, then reused), as the README's test command expects to be able to.
+pub fn python_engine(engine: &str) {
+    let out = run(&["engines", "install", engine]);
+    assert!(
+        out.status.success(),
+        "deltann engines install {engine} failed (needs PyPI): {}",
+        text(&out)
+    );
+}
+
 /// The `deltann` binary under test.
 pub fn deltann() -> Command {
     Command::new(env!("CARGO_BIN_EXE_deltann"))

@@ -200,6 +200,8 @@ fn running_cell(f: &derived::Folded, models: &HashMap<String, ModelFacts>) -> Ce
         engine_version: String::new(),
         ort_optimization: None,
         tract_plan: None,
+        device: String::new(),
+        engine_settings: None,
         threads: 0,
         batch_size: 0,
         repetitions: 0,
@@ -446,7 +448,21 @@ fn meant_faster(d: Dimension, a: &CellInfo, b: &CellInfo) -> Option<bool> {
                 |c: &CellInfo| c.precision.starts_with("int8") || c.precision.starts_with("uint8");
             int8(a).cmp(&int8(b))
         }
-        Dimension::Engine | Dimension::ResizeFilter => return None,
+        Dimension::EngineSettings => {
+            // Of the settings, only TVM's optimisation level has an intended speed order.
+            let tvm = |c: &CellInfo| {
+                c.engine_settings.as_deref().and_then(|s| {
+                    s.split(';')
+                        .find_map(|kv| kv.strip_prefix("tvm_opt_level="))
+                        .and_then(|v| v.parse::<i32>().ok())
+                })
+            };
+            match (tvm(a), tvm(b)) {
+                (Some(x), Some(y)) => x.cmp(&y),
+                _ => return None,
+            }
+        }
+        Dimension::Engine | Dimension::ResizeFilter | Dimension::Device => return None,
     };
     match cmp {
         std::cmp::Ordering::Less => Some(true),

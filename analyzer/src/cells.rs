@@ -27,15 +27,22 @@ pub enum Dimension {
     Threads,
     BatchSize,
     ResizeFilter,
+    /// CPU against CUDA.
+    Device,
+    /// A Python engine's own settings (torch precision and compiler, OpenVINO hints, TVM level
+    /// and passes).
+    EngineSettings,
 }
 
 impl Dimension {
     /// Every dimension, in report order.
-    pub const ALL: [Dimension; 7] = [
+    pub const ALL: [Dimension; 9] = [
         Dimension::Precision,
         Dimension::Engine,
         Dimension::EngineVersion,
         Dimension::Optimization,
+        Dimension::EngineSettings,
+        Dimension::Device,
         Dimension::Threads,
         Dimension::BatchSize,
         Dimension::ResizeFilter,
@@ -51,6 +58,8 @@ impl Dimension {
             Dimension::Threads => "threads",
             Dimension::BatchSize => "batch_size",
             Dimension::ResizeFilter => "resize_filter",
+            Dimension::Device => "device",
+            Dimension::EngineSettings => "engine_settings",
         }
     }
 
@@ -79,6 +88,12 @@ pub struct CellInfo {
     pub engine_version: String,
     pub ort_optimization: Option<String>,
     pub tract_plan: Option<String>,
+    /// `cpu` or `cuda`.
+    #[serde(default)]
+    pub device: String,
+    /// A Python engine's settings, `key=value;...`.
+    #[serde(default)]
+    pub engine_settings: Option<String>,
     pub threads: i32,
     pub batch_size: i32,
     pub repetitions: i32,
@@ -109,6 +124,12 @@ impl CellInfo {
             Dimension::Threads => self.threads.to_string(),
             Dimension::BatchSize => self.batch_size.to_string(),
             Dimension::ResizeFilter => self.resize_filter.clone(),
+            Dimension::Device => self.device.clone(),
+            Dimension::EngineSettings => format!(
+                "{} {}",
+                self.engine,
+                self.engine_settings.as_deref().unwrap_or("-")
+            ),
         }
     }
 
@@ -165,6 +186,12 @@ pub fn differences(a: &CellInfo, b: &CellInfo) -> Vec<Dimension> {
         if a.optimization() != b.optimization() {
             out.push(Dimension::Optimization);
         }
+        if a.engine_settings != b.engine_settings {
+            out.push(Dimension::EngineSettings);
+        }
+    }
+    if a.device != b.device {
+        out.push(Dimension::Device);
     }
     if a.threads != b.threads {
         out.push(Dimension::Threads);
@@ -229,6 +256,8 @@ pub fn load_cells(store: &Store) -> Result<Vec<CellInfo>> {
             versions,
             opts,
             plans,
+            devices,
+            settings,
             filters,
             st,
             errs,
@@ -242,6 +271,8 @@ pub fn load_cells(store: &Store) -> Result<Vec<CellInfo>> {
             text(col::ENGINE_VERSION),
             text(col::ORT_OPTIMIZATION),
             text(col::TRACT_PLAN),
+            text(col::DEVICE),
+            text(col::ENGINE_SETTINGS),
             text(col::RESIZE_FILTER),
             text(col::STATUS),
             text(col::ERROR),
@@ -273,6 +304,9 @@ pub fn load_cells(store: &Store) -> Result<Vec<CellInfo>> {
                 engine_version: versions[i].clone().unwrap_or_default(),
                 ort_optimization: opts[i].clone(),
                 tract_plan: plans[i].clone(),
+                // Parts written before devices were a dimension ran on the CPU.
+                device: devices[i].clone().unwrap_or_else(|| "cpu".into()),
+                engine_settings: settings[i].clone(),
                 threads: threads[i],
                 batch_size: batches[i],
                 repetitions: reps[i],
@@ -357,6 +391,8 @@ mod tests {
             engine_version: if engine == "ort" { "1.32.0" } else { "0.23.9" }.into(),
             ort_optimization: (engine == "ort").then(|| opt.to_string()),
             tract_plan: (engine == "tract").then(|| opt.to_string()),
+            device: "cpu".into(),
+            engine_settings: None,
             threads,
             batch_size: 1,
             repetitions: 1,

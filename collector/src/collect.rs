@@ -23,6 +23,7 @@ use crate::host::Host;
 use crate::plan::{Cell, Plan};
 use crate::prepare::{self, PrepareProgress, Prepared};
 use crate::protocol::{PROTOCOL_VERSION, Request};
+use crate::python;
 use crate::records::{self, CellRow, ModelRow, RunRow};
 use crate::runner::{self, Event, Timeouts, WorkerCommand};
 use crate::sink::{ImageFacts, OutputSink, SinkConfig};
@@ -222,6 +223,30 @@ pub struct CollectReport {
     pub peak_rss_kib: Option<u64>,
 }
 
+/// An engine's version for cell ids: built-in engines are asked through `worker`, Python ones
+/// through their environment's worker. A Python engine whose environment is missing gets the
+/// version [`python::NOT_INSTALLED`]: its cells are planned and fail with the command that
+/// installs it, and the rest of the sweep runs.
+///
+/// # Errors
+/// Fails when a built-in engine cannot tell its version (an ONNX Runtime library that does not
+/// load).
+pub fn probe_version(
+    worker: &WorkerCommand,
+    engine: crate::engine::EngineKind,
+    lib: Option<&std::path::Path>,
+) -> Result<String> {
+    if engine.is_python() {
+        return Ok(match python::worker_command(engine) {
+            Ok(worker) => {
+                runner::probe(&worker, engine, None).unwrap_or_else(|e| format!("unavailable: {e}"))
+            }
+            Err(_) => python::NOT_INSTALLED.to_string(),
+        });
+    }
+    runner::probe(worker, engine, lib)
+}
+
 struct Todo<'a> {
     cell: &'a Cell,
     attempt: i32,
@@ -241,7 +266,7 @@ pub fn collect(
 ) -> Result<CollectReport> {
     let dataset = Dataset::load(&sweep.dataset)?;
     let plan = Plan::build(sweep, &|engine, lib| {
-        runner::probe(&options.worker, engine, lib)
+        probe_version(&options.worker, engine, lib)
     })?;
     check_labels(sweep, &dataset, &plan)?;
 
@@ -496,8 +521,14 @@ fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
     // A worker that breaks the protocol (a result for an image it was not sent, a malformed
     // batch) fails its cell; the sweep goes on. Store errors still stop the sweep.
     let mut protocol_error = None;
-    let run = runner::run(
-        &ctx.options.worker,
+    let worker = if cell.engine.is_python() {
+        python::worker_command(cell.engine)
+    } else {
+        Ok(ctx.options.worker.clone())
+    };
+    let run = worker.and_then(|worker| {
+        runner::run(
+        &worker,
         &request,
         inputs,
         ctx.options.timeouts,
@@ -523,10 +554,16 @@ fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
             }
             Ok(())
         },
-    );
+    )
+    });
     let run = match run {
         Ok(run) => run,
         Err(_) if protocol_error.is_some() => runner::WorkerRun::default(),
+        // The engine's environment is missing or cannot be used: the cell fails saying so.
+        Err(Error::Engine(why)) => runner::WorkerRun {
+            failure: Some(why),
+            ..runner::WorkerRun::default()
+        },
         Err(e) => return Err(e),
     };
     let written = sink.finish()?;

@@ -25,6 +25,7 @@ pub mod plan;
 pub mod prepare;
 pub mod preprocess;
 pub mod protocol;
+pub mod python;
 pub mod records;
 pub mod runner;
 pub mod sink;

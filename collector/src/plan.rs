@@ -2,22 +2,23 @@
 //!
 //! A cell is one model file under one complete environment. The expansion is the Cartesian
 //! product of the environment lists, where engine-specific lists apply to their engine only
-//! (`ort_optimization` and `ort_library` to ORT cells, `tract_plan` to tract cells), minus the
-//! `exclude` rules. Every cell gets a deterministic id from the model's sha256, every parameter
+//! (`ort_optimization` and `ort_library` to ORT cells, `tract_plan` to tract cells, each of
+//! [`crate::engine::SETTINGS`] to its engine's, `device` to the engines that run there), minus
+//! the `exclude` rules. Every cell gets a deterministic id from the model's sha256, every parameter
 //! and the engine's version (see [`deltann_store::ids`]); two entries that produce the same id
 //! are one cell.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use deltann_store::ids::CellKey;
 
-use crate::engine::{EngineConfig, EngineKind, OrtOptimization, TractPlan};
+use crate::engine::{self, EngineConfig, EngineKind, OrtOptimization, TractPlan};
 use crate::error::{Error, Result};
 use crate::model::{self, ModelInfo};
 use crate::preprocess::{Layout, Preprocess, ResizeFilter};
-use crate::sweep::{LibrarySpec, ModelSpec, Sweep};
+use crate::sweep::{Device, LibrarySpec, ModelSpec, Sweep};
 
 /// A model ready to run: its spec, what its file declares, and its preprocessing.
 #[derive(Clone, Debug)]
@@ -57,6 +58,9 @@ pub struct Cell {
     pub repetitions: u32,
     /// Final preprocessing (the model's, with the environment's resize filter).
     pub preprocess: Preprocess,
+    pub device: Device,
+    /// The engine's own settings (see [`crate::engine::SETTINGS`]), by key.
+    pub settings: BTreeMap<String, String>,
 }
 
 impl Cell {
@@ -71,7 +75,21 @@ impl Cell {
             ort_optimization: self.ort_optimization,
             ort_library: self.ort_library.as_ref().map(|l| l.path.clone()),
             tract_plan: self.tract_plan,
+            device: (self.device != Device::Cpu).then(|| self.device.name().to_string()),
+            settings: self.settings.clone(),
         }
+    }
+
+    /// The engine settings as `key=value` pairs joined by `;` (the `cells.engine_settings`
+    /// column); `None` for an engine without settings.
+    pub fn settings_text(&self) -> Option<String> {
+        (!self.settings.is_empty()).then(|| {
+            self.settings
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(";")
+        })
     }
 
     /// A short description for progress lines: `model engine tag`.
@@ -143,37 +161,70 @@ impl Plan {
                         .iter()
                         .map(|p| (None, Some(*p), None))
                         .collect(),
+                    EngineKind::Torch | EngineKind::Openvino | EngineKind::Tvm => {
+                        vec![(None, None, None)]
+                    }
                 };
+                let devices: Vec<Device> = env
+                    .device
+                    .iter()
+                    .copied()
+                    .filter(|d| engine.devices().contains(&d.name()))
+                    .collect();
+                // The product of the engine's own settings, each a map of key to value.
+                let mut setting_sets: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
+                for setting in engine::settings_of(engine) {
+                    let values = env.settings.get(setting.key).cloned().unwrap_or_default();
+                    setting_sets = setting_sets
+                        .into_iter()
+                        .flat_map(|set| {
+                            values.iter().map(move |v| {
+                                let mut set = set.clone();
+                                set.insert(setting.key.to_string(), v.clone());
+                                set
+                            })
+                        })
+                        .collect();
+                }
                 let filters: Vec<ResizeFilter> = env
                     .resize_filter
                     .clone()
                     .unwrap_or_else(|| vec![model.preprocess.filter]);
                 for (ort_optimization, tract_plan, lib) in variants {
                     let engine_version = version(engine, lib)?;
-                    for &threads in &env.threads {
-                        for &batch_size in &env.batch_size {
-                            for &repetitions in &env.repetitions {
-                                for &filter in &filters {
-                                    let mut preprocess = model.preprocess.clone();
-                                    preprocess.filter = filter;
-                                    let cell = make_cell(
-                                        model,
-                                        engine,
-                                        &engine_version,
-                                        ort_optimization,
-                                        tract_plan,
-                                        lib,
-                                        threads,
-                                        batch_size,
-                                        repetitions,
-                                        preprocess,
-                                    );
-                                    if env.exclude.iter().any(|rule| excludes(rule, &cell)) {
-                                        excluded += 1;
-                                    } else if !ids.insert(cell.id.clone()) {
-                                        duplicates += 1;
-                                    } else {
-                                        cells.push(cell);
+                    for &device in &devices {
+                        for settings in &setting_sets {
+                            for &threads in &env.threads {
+                                for &batch_size in &env.batch_size {
+                                    for &repetitions in &env.repetitions {
+                                        for &filter in &filters {
+                                            let mut preprocess = model.preprocess.clone();
+                                            preprocess.filter = filter;
+                                            let cell = make_cell(
+                                                model,
+                                                Environment {
+                                                    engine,
+                                                    engine_version: &engine_version,
+                                                    ort_optimization,
+                                                    tract_plan,
+                                                    lib,
+                                                    device,
+                                                    settings,
+                                                },
+                                                threads,
+                                                batch_size,
+                                                repetitions,
+                                                preprocess,
+                                            );
+                                            if env.exclude.iter().any(|rule| excludes(rule, &cell))
+                                            {
+                                                excluded += 1;
+                                            } else if !ids.insert(cell.id.clone()) {
+                                                duplicates += 1;
+                                            } else {
+                                                cells.push(cell);
+                                            }
+                                        }
                                     }
                                 }
                             }
@@ -202,19 +253,34 @@ impl Plan {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn make_cell(
-    model: &Arc<ModelPlan>,
+/// What a cell runs in, besides threads, batch size, repetitions and preprocessing.
+struct Environment<'a> {
     engine: EngineKind,
-    engine_version: &str,
+    engine_version: &'a str,
     ort_optimization: Option<OrtOptimization>,
     tract_plan: Option<TractPlan>,
-    lib: Option<&LibrarySpec>,
+    lib: Option<&'a LibrarySpec>,
+    device: Device,
+    settings: &'a BTreeMap<String, String>,
+}
+
+fn make_cell(
+    model: &Arc<ModelPlan>,
+    env: Environment<'_>,
     threads: u32,
     batch_size: u32,
     repetitions: u32,
     preprocess: Preprocess,
 ) -> Cell {
+    let Environment {
+        engine,
+        engine_version,
+        ort_optimization,
+        tract_plan,
+        lib,
+        device,
+        settings,
+    } = env;
     let mut key = CellKey::new();
     key.set("model_sha256", &model.info.sha256)
         .set("engine", engine.name())
@@ -232,6 +298,16 @@ fn make_cell(
     if let Some(p) = tract_plan {
         key.set("tract_plan", p.name());
         tag.push_str(&format!(",plan={}", p.name()));
+    }
+    // The CPU is every cell's device before devices were a dimension: its cells keep their ids.
+    if device != Device::Cpu {
+        key.set("device", device.name());
+        tag.push_str(&format!(",device={}", device.name()));
+    }
+    for (k, v) in settings {
+        key.set(k, v);
+        let short = k.split_once('_').map_or(k.as_str(), |(_, rest)| rest);
+        tag.push_str(&format!(",{short}={v}"));
     }
     tag.push_str(&format!(
         ",threads={threads},batch={batch_size},reps={repetitions},filter={}",
@@ -253,6 +329,8 @@ fn make_cell(
         batch_size,
         repetitions,
         preprocess,
+        device,
+        settings: settings.clone(),
     }
 }
 
@@ -278,6 +356,7 @@ fn excludes(rule: &crate::sweep::Exclude, cell: &Cell) -> bool {
             rule.ort_library.as_ref(),
             cell.ort_library.as_ref().map(|l| &l.written),
         )
+        && ok(rule.device.as_ref(), Some(&cell.device))
 }
 
 fn plan_model(spec: &ModelSpec) -> Result<ModelPlan> {

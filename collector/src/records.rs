@@ -399,6 +399,7 @@ impl Record for CellRow {
             .map(|c| c.ort_library.as_ref().map(|l| l.path.display().to_string()))
             .collect();
         let filters: Vec<String> = c.iter().map(|c| c.preprocess.filter.to_string()).collect();
+        let settings: Vec<Option<String>> = c.iter().map(|c| c.settings_text()).collect();
         let keys: Vec<String> = c.iter().map(|c| c.preprocess.key()).collect();
         let lat = |f: fn(&LatencySummary) -> f64| {
             opt_f64(rows.iter().map(move |r| r.latency.as_ref().map(f)))
@@ -423,6 +424,8 @@ impl Record for CellRow {
             opt_text(c.iter().map(|c| c.ort_optimization.map(|o| o.name()))),
             opt_text(c.iter().map(|c| c.tract_plan.map(|p| p.name()))),
             opt_text(libs.iter().map(Option::as_deref)),
+            opt_text(c.iter().map(|c| Some(c.device.name()))),
+            opt_text(settings.iter().map(Option::as_deref)),
             int32(c.iter().map(|c| saturating_i32(c.threads as usize))),
             int32(c.iter().map(|c| saturating_i32(c.batch_size as usize))),
             int32(c.iter().map(|c| saturating_i32(c.repetitions as usize))),

@@ -110,6 +110,8 @@ pub fn probe(
             ort_optimization: None,
             ort_library: ort_library.map(Path::to_path_buf),
             tract_plan: None,
+            device: None,
+            settings: Default::default(),
         },
         warmup: 0,
         repetitions: 0,

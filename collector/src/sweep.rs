@@ -31,18 +31,24 @@
 //! repetitions = [1]
 //! resize_filter = ["bilinear"]             # overrides each model's filter
 //! ort_library = ["1.32.0"]                 # versions (fetched by scripts/fetch-onnxruntime.sh) or paths
+//! device = ["cpu", "cuda"]                 # each engine runs on the devices it supports
+//! openvino_precision = ["f32", "bf16"]     # and the other engine settings (engine::SETTINGS)
 //! exclude = [ { engine = "tract", threads = 2 } ]
 //! ```
+//!
+//! `engine` may also name the engines that live in Python (`torch`, `openvino`, `tvm`), each in
+//! an environment `deltann engines install ENGINE` creates.
 //!
 //! Unknown keys are rejected with their name and line: a typo must not silently change a sweep.
 //! Relative paths are resolved against the sweep file's directory, so a sweep runs the same from
 //! any working directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::{EngineKind, OrtOptimization, TractPlan};
+use crate::engine::{EngineKind, OrtOptimization, SETTINGS, TractPlan};
 use crate::error::{Error, Result};
 use crate::preprocess::{Channels, Layout, Preset, ResizeFilter};
 
@@ -155,8 +161,48 @@ struct RawEnvironments {
     repetitions: Option<Vec<u32>>,
     resize_filter: Option<Vec<ResizeFilter>>,
     ort_library: Option<Vec<String>>,
+    device: Option<Vec<Device>>,
+    torch_precision: Option<Vec<toml::Value>>,
+    torch_compile: Option<Vec<toml::Value>>,
+    openvino_precision: Option<Vec<toml::Value>>,
+    openvino_hint: Option<Vec<toml::Value>>,
+    tvm_opt_level: Option<Vec<toml::Value>>,
+    tvm_disabled_pass: Option<Vec<toml::Value>>,
     #[serde(default)]
     exclude: Vec<Exclude>,
+}
+
+impl RawEnvironments {
+    /// The values listed for an engine setting's key, if any.
+    fn setting(&self, key: &str) -> Option<&Vec<toml::Value>> {
+        match key {
+            "torch_precision" => self.torch_precision.as_ref(),
+            "torch_compile" => self.torch_compile.as_ref(),
+            "openvino_precision" => self.openvino_precision.as_ref(),
+            "openvino_hint" => self.openvino_hint.as_ref(),
+            "tvm_opt_level" => self.tvm_opt_level.as_ref(),
+            "tvm_disabled_pass" => self.tvm_disabled_pass.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Where an engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    /// The device's name in sweep files and the store.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
 }
 
 /// A rule removing the cells that match every key it sets.
@@ -175,6 +221,7 @@ pub struct Exclude {
     pub resize_filter: Option<ResizeFilter>,
     /// Matches the entry as written in `ort_library`.
     pub ort_library: Option<String>,
+    pub device: Option<Device>,
 }
 
 impl Exclude {
@@ -254,6 +301,10 @@ pub struct Environments {
     pub resize_filter: Option<Vec<ResizeFilter>>,
     /// Empty when no ORT cell is planned.
     pub ort_library: Vec<LibrarySpec>,
+    /// Devices; each engine's cells take those it supports.
+    pub device: Vec<Device>,
+    /// The engine settings' values by key (each of [`SETTINGS`], listed or defaulted).
+    pub settings: BTreeMap<&'static str, Vec<String>>,
     pub exclude: Vec<Exclude>,
 }
 
@@ -367,6 +418,23 @@ impl Sweep {
         }
 
         let env = raw.environments;
+        let mut settings = BTreeMap::new();
+        let mut listed = Vec::new();
+        for setting in SETTINGS {
+            let values = match env.setting(setting.key) {
+                None => vec![setting.default.to_string()],
+                Some(list) => {
+                    listed.push(setting.key);
+                    let values = list
+                        .iter()
+                        .map(|v| setting_value(setting, v))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(&bad)?;
+                    non_empty(setting.key, Some(values), Vec::new()).map_err(&bad)?
+                }
+            };
+            settings.insert(setting.key, values);
+        }
         let engines = non_empty(
             "engine",
             env.engine,
@@ -401,6 +469,25 @@ impl Sweep {
         } else {
             Vec::new()
         };
+        let device = non_empty("device", env.device, vec![Device::Cpu]).map_err(bad)?;
+        if let Some(engine) = engines
+            .iter()
+            .find(|e| !device.iter().any(|d| e.devices().contains(&d.name())))
+        {
+            return Err(bad(format!(
+                "environments.device: {engine} runs on {}, and none is listed",
+                engine.devices().join(", ")
+            )));
+        }
+        if let Some(setting) = SETTINGS
+            .iter()
+            .find(|s| listed.contains(&s.key) && !engines.contains(&s.engine))
+        {
+            return Err(bad(format!(
+                "environments.{} applies to {} cells, but engine does not list {}",
+                setting.key, setting.engine, setting.engine
+            )));
+        }
         if let Some(rule) = env.exclude.iter().find(|r| r.is_empty()) {
             return Err(bad(format!(
                 "an exclude rule must set at least one key ({rule:?} matches every cell)"
@@ -424,6 +511,8 @@ impl Sweep {
                 None => None,
             },
             ort_library,
+            device,
+            settings,
             exclude: env.exclude,
         };
 
@@ -438,6 +527,54 @@ impl Sweep {
             environments,
         })
     }
+}
+
+/// One value of an engine setting, as text: a listed name, an integer level, or a list of pass
+/// names (joined by `+`).
+fn setting_value(setting: &crate::engine::Setting, value: &toml::Value) -> Result<String, String> {
+    let text = match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Array(names) if setting.values.is_empty() => {
+            let names = names
+                .iter()
+                .map(|n| n.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    format!(
+                        "environments.{}: each value is a list of names",
+                        setting.key
+                    )
+                })?;
+            if let Some(bad) = names.iter().find(|n| {
+                n.is_empty()
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            }) {
+                return Err(format!(
+                    "environments.{}: `{bad}` is not a pass name (letters, digits, '_' and '.')",
+                    setting.key
+                ));
+            }
+            names.join("+")
+        }
+        other => {
+            return Err(format!(
+                "environments.{}: `{other}` is not a value it takes",
+                setting.key
+            ));
+        }
+    };
+    if !setting.values.is_empty() && !setting.values.contains(&text.as_str()) {
+        return Err(format!(
+            "environments.{} = `{text}`: one of {} ({})",
+            setting.key,
+            setting.values.join(", "),
+            setting.about
+        ));
+    }
+    Ok(text)
 }
 
 /// Image input sizes deltann runs (a side of 4096 is 50 MB of float32 per image).
@@ -704,10 +841,49 @@ engine = ["tract"]
                 "not both",
             ),
             ("name = \"m\"", "name = \"m/x\"", "partition value"),
+            (
+                "engine = [\"tract\"]",
+                "engine = [\"tract\"]\ntorch_precision = [\"fp16\"]",
+                "applies to torch cells, but engine does not list torch",
+            ),
+            (
+                "engine = [\"tract\"]",
+                "engine = [\"torch\"]\ntorch_precision = [\"fp8\"]",
+                "one of fp32, tf32, fp16, bf16",
+            ),
+            (
+                "engine = [\"tract\"]",
+                "engine = [\"tvm\"]\ntvm_disabled_pass = [[\"Fold Constant\"]]",
+                "not a pass name",
+            ),
+            (
+                "engine = [\"tract\"]",
+                "engine = [\"tract\"]\ndevice = [\"cuda\"]",
+                "tract runs on cpu, and none is listed",
+            ),
         ] {
             let err = parse(&MINIMAL.replace(from, to)).unwrap_err().to_string();
             assert!(err.contains(needle), "{to}: {err}");
         }
+    }
+
+    #[test]
+    fn engine_settings_and_devices_take_their_values_or_defaults() {
+        let text = MINIMAL.replace(
+            "engine = [\"tract\"]",
+            "engine = [\"tract\", \"tvm\", \"openvino\"]\ndevice = [\"cpu\", \"cuda\"]\n\
+             tvm_opt_level = [0, 3]\ntvm_disabled_pass = [[], [\"FoldConstant\", \"FuseOps\"]]",
+        );
+        let s = parse(&text).unwrap();
+        let env = &s.environments;
+        assert_eq!(env.device, vec![Device::Cpu, Device::Cuda]);
+        assert_eq!(env.settings["tvm_opt_level"], vec!["0", "3"]);
+        assert_eq!(
+            env.settings["tvm_disabled_pass"],
+            vec!["", "FoldConstant+FuseOps"]
+        );
+        assert_eq!(env.settings["openvino_precision"], vec!["f32"]);
+        assert_eq!(env.settings["torch_compile"], vec!["eager"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod analyze;
 mod collect;
+mod engines;
 mod plan;
 mod progress;
 mod query;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Check a store's parts against its manifest (verify), or drop the unreadable ones (repair).
     #[command(subcommand)]
     Store(StoreCommand),
+    /// List the engines and their settings, or install a Python engine's environment.
+    #[command(subcommand)]
+    Engines(EnginesCommand),
     /// Run one cell for `collect` (speaks the worker protocol of docs/ENGINES.md on stdin/stdout).
     #[command(hide = true)]
     Worker,
@@ -233,6 +237,21 @@ pub enum StoreCommand {
     /// parts, moving their files to STORE/_quarantine/. Every readable part stays; a later
     /// `collect` re-runs the images whose rows were dropped.
     Repair(StorePathArgs),
+}
+
+/// `deltann engines ...`.
+#[derive(Debug, Subcommand)]
+pub enum EnginesCommand {
+    /// Every engine, the devices it runs on, its sweep settings, and whether it is installed.
+    List,
+    /// Create the Python environment of torch, openvino or tvm from pinned PyPI versions, under
+    /// ~/.cache/deltann/python (or $DELTANN_HOME/python); once, then reused by every sweep.
+    /// torch brings its CUDA libraries (several GB).
+    Install {
+        /// Engines to install.
+        #[arg(required = true, value_name = "ENGINE")]
+        engines: Vec<String>,
+    },
 }
 
 /// The store a `deltann store` command works on.
@@ -492,6 +511,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Analyze(a) => analyze::run(&a),
         Command::Store(StoreCommand::Verify(a)) => store::verify(&a.store),
         Command::Store(StoreCommand::Repair(a)) => store::repair(&a.store),
+        Command::Engines(EnginesCommand::List) => engines::list(),
+        Command::Engines(EnginesCommand::Install { engines }) => engines::install(&engines),
         Command::Report(a) => report::report(&a),
         Command::Check(a) => report::check(&a),
         Command::Diff(a) => report::diff(&a),
@@ -543,7 +564,11 @@ fn skip_damaged(command: &Command) -> anyhow::Result<()> {
         Command::Check(a) => vec![&a.store],
         Command::Tui(a) => vec![&a.store],
         Command::Diff(a) => vec![&a.store_a, &a.store_b],
-        Command::Plan(_) | Command::Collect(_) | Command::Store(_) | Command::Synth(_) => {
+        Command::Plan(_)
+        | Command::Collect(_)
+        | Command::Store(_)
+        | Command::Synth(_)
+        | Command::Engines(_) => {
             anyhow::bail!(
                 "--skip-damaged is for commands that read a store; to write into a store with \
                  damaged parts, run `deltann store repair STORE` first"

@@ -7,7 +7,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use deltann_collector::collect;
 use deltann_collector::dataset::Dataset;
 use deltann_collector::plan::Plan;
-use deltann_collector::runner::{self, WorkerCommand};
+use deltann_collector::runner::WorkerCommand;
 use deltann_store::Store;
 
 use super::PlanArgs;
@@ -16,7 +16,9 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let (sweep, store_path) = super::load_sweep(&args.sweep, args.store.as_deref())?;
     let dataset = Dataset::load(&sweep.dataset)?;
     let worker = WorkerCommand::current_exe().context("cannot locate the deltann executable")?;
-    let plan = Plan::build(&sweep, &|engine, lib| runner::probe(&worker, engine, lib))?;
+    let plan = Plan::build(&sweep, &|engine, lib| {
+        deltann_collector::collect::probe_version(&worker, engine, lib)
+    })?;
     let store = if store_path
         .join(deltann_store::layout::FORMAT_FILE)
         .is_file()

@@ -77,6 +77,8 @@ pub mod col {
     pub const ORT_OPTIMIZATION: &str = "ort_optimization";
     pub const TRACT_PLAN: &str = "tract_plan";
     pub const ORT_LIBRARY: &str = "ort_library";
+    pub const DEVICE: &str = "device";
+    pub const ENGINE_SETTINGS: &str = "engine_settings";
     pub const THREADS: &str = "threads";
     pub const BATCH_SIZE: &str = "batch_size";
     pub const REPETITIONS: &str = "repetitions";
@@ -232,6 +234,8 @@ pub fn schema(table: Table) -> SchemaRef {
                 utf8(col::ORT_OPTIMIZATION, true),
                 utf8(col::TRACT_PLAN, true),
                 utf8(col::ORT_LIBRARY, true),
+                utf8(col::DEVICE, true),
+                utf8(col::ENGINE_SETTINGS, true),
                 Field::new(col::THREADS, Int32, false),
                 Field::new(col::BATCH_SIZE, Int32, false),
                 Field::new(col::REPETITIONS, Int32, false),

@@ -625,6 +625,8 @@ fn write_cell_row(
         (col::ORT_OPTIMIZATION, ort_opt),
         (col::TRACT_PLAN, plan),
         (col::ORT_LIBRARY, none.clone()),
+        (col::DEVICE, s("cpu")),
+        (col::ENGINE_SETTINGS, none.clone()),
         (col::THREADS, i(cell.threads)),
         (col::BATCH_SIZE, i(cell.batch)),
         (col::REPETITIONS, i(spec.repetitions)),

@@ -6,7 +6,9 @@
 //! latency compares runtimes and not deltann's glue.
 //!
 //! Engines run inside worker processes (see [`crate::worker`]); the benchmark also runs them in
-//! process to measure the bare engine against the collector.
+//! process to measure the bare engine against the collector. The engines that live in Python
+//! (torch, openvino, tvm) run in a Python worker instead, in their own environments (see
+//! [`crate::python`]); they have no in-process form.
 
 mod onnxruntime;
 mod tract;
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The runtimes deltann can drive in process.
+/// The runtimes deltann can drive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
@@ -25,14 +27,48 @@ pub enum EngineKind {
     Ort,
     /// tract, compiled into deltann.
     Tract,
+    /// PyTorch, running the ONNX file converted by onnx2torch (Python worker).
+    Torch,
+    /// OpenVINO Runtime (Python worker).
+    Openvino,
+    /// Apache TVM, its ONNX frontend and compiler (Python worker).
+    Tvm,
 }
 
 impl EngineKind {
+    /// Every engine, built-in first.
+    pub const ALL: [EngineKind; 5] = [
+        EngineKind::Ort,
+        EngineKind::Tract,
+        EngineKind::Torch,
+        EngineKind::Openvino,
+        EngineKind::Tvm,
+    ];
+
     /// The engine's name in sweep files and the store.
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::Ort => "ort",
             EngineKind::Tract => "tract",
+            EngineKind::Torch => "torch",
+            EngineKind::Openvino => "openvino",
+            EngineKind::Tvm => "tvm",
+        }
+    }
+
+    /// Whether the engine runs in a Python worker, in an environment of its own.
+    pub fn is_python(self) -> bool {
+        matches!(
+            self,
+            EngineKind::Torch | EngineKind::Openvino | EngineKind::Tvm
+        )
+    }
+
+    /// The devices the engine can run on.
+    pub fn devices(self) -> &'static [&'static str] {
+        match self {
+            EngineKind::Ort | EngineKind::Tract | EngineKind::Openvino => &["cpu"],
+            EngineKind::Torch | EngineKind::Tvm => &["cpu", "cuda"],
         }
     }
 }
@@ -89,6 +125,74 @@ impl TractPlan {
     }
 }
 
+/// An engine's own sweep dimension: a key of `[environments]` that applies to one engine's cells
+/// only, as `ort_optimization` does to ORT's. Values are kept as text: they go to the worker, the
+/// cell id and the `cells.engine_settings` column as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setting {
+    /// The key in `[environments]`.
+    pub key: &'static str,
+    /// The engine whose cells it multiplies.
+    pub engine: EngineKind,
+    /// The values it takes (empty: any list of names, as for passes).
+    pub values: &'static [&'static str],
+    /// The value when the sweep does not list any.
+    pub default: &'static str,
+    /// What it does, for `--help` and errors.
+    pub about: &'static str,
+}
+
+/// Every engine setting a sweep can list.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "torch_precision",
+        engine: EngineKind::Torch,
+        values: &["fp32", "tf32", "fp16", "bf16"],
+        default: "fp32",
+        about: "fp16/bf16 by autocast; tf32 through the matmul and cuDNN flags (CUDA only)",
+    },
+    Setting {
+        key: "torch_compile",
+        engine: EngineKind::Torch,
+        values: &["eager", "inductor"],
+        default: "eager",
+        about: "eager execution or torch.compile with the inductor backend",
+    },
+    Setting {
+        key: "openvino_precision",
+        engine: EngineKind::Openvino,
+        values: &["f32", "bf16", "f16"],
+        default: "f32",
+        about: "OpenVINO's inference precision hint",
+    },
+    Setting {
+        key: "openvino_hint",
+        engine: EngineKind::Openvino,
+        values: &["latency", "throughput"],
+        default: "latency",
+        about: "OpenVINO's performance hint",
+    },
+    Setting {
+        key: "tvm_opt_level",
+        engine: EngineKind::Tvm,
+        values: &["0", "1", "2", "3", "4"],
+        default: "3",
+        about: "TVM's PassContext opt_level",
+    },
+    Setting {
+        key: "tvm_disabled_pass",
+        engine: EngineKind::Tvm,
+        values: &[],
+        default: "",
+        about: "TVM passes disabled by name, joined by '+' (each list in the sweep is one value)",
+    },
+];
+
+/// The settings of `engine`, in [`SETTINGS`] order.
+pub fn settings_of(engine: EngineKind) -> impl Iterator<Item = &'static Setting> {
+    SETTINGS.iter().filter(move |s| s.engine == engine)
+}
+
 /// The version of tract compiled into this binary. A unit test checks it against Cargo.lock.
 pub const TRACT_VERSION: &str = "0.23.9";
 
@@ -114,6 +218,13 @@ pub struct EngineConfig {
     /// tract only: the plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tract_plan: Option<TractPlan>,
+    /// Where the engine runs (`cpu`, `cuda`); absent means the CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The engine's own settings from the sweep (`torch_precision`, `openvino_hint`, ...), by
+    /// name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 /// The output of one engine call.
@@ -146,6 +257,9 @@ pub fn load(config: &EngineConfig) -> Result<Box<dyn Engine>, String> {
     match config.engine {
         EngineKind::Ort => Ok(Box::new(onnxruntime::OrtEngine::load(config)?)),
         EngineKind::Tract => Ok(Box::new(tract::TractEngine::load(config)?)),
+        other => Err(format!(
+            "{other} runs in its Python worker, not in `deltann worker`"
+        )),
     }
 }
 
@@ -163,6 +277,9 @@ pub fn version(
             onnxruntime::library_version(lib)
         }
         EngineKind::Tract => Ok(TRACT_VERSION.to_string()),
+        other => Err(format!(
+            "{other} runs in its Python worker, not in `deltann worker`"
+        )),
     }
 }
 

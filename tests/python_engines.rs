@@ -1,0 +1,166 @@
+//! Engines that live in Python, end to end on CPU: OpenVINO (the smallest of them to install)
+//! runs next to ONNX Runtime through its own worker and environment, its settings become cells
+//! and columns, the analysis attributes to them, and a worker of its that crashes fails only its
+//! cell. An engine whose environment is missing fails its cells with the command that installs
+//! it, and the rest of the sweep runs.
+
+use crate::util::{self, data_sweep, read_table, strings, text};
+
+/// engine, status, error, engine_settings and device of one `cells` row.
+type CellRow = (String, String, Option<String>, Option<String>, String);
+
+/// Every `cells` row, sorted.
+fn cells(store: &std::path::Path) -> Vec<CellRow> {
+    let cells = read_table(store, "cells").all().unwrap();
+    let mut rows: Vec<_> = strings(&cells, "engine")
+        .into_iter()
+        .zip(strings(&cells, "status"))
+        .zip(strings(&cells, "error"))
+        .zip(strings(&cells, "engine_settings"))
+        .zip(strings(&cells, "device"))
+        .map(|((((e, s), err), set), d)| (e.unwrap(), s.unwrap(), err, set, d.unwrap()))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_missing_python_engine_fails_its_cells_with_the_install_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let sweep = data_sweep(
+        dir.path(),
+        "engine = [\"tract\", \"openvino\"]\nopenvino_hint = [\"latency\", \"throughput\"]",
+    );
+    let out = util::deltann()
+        .args(["collect", "--quiet", sweep.to_str().unwrap()])
+        .env("DELTANN_HOME", &home)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let rows = cells(&dir.path().join("store"));
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for (engine, status, error, _, _) in &rows {
+        if engine == "openvino" {
+            assert_eq!(status, "failed");
+            let error = error.as_deref().unwrap();
+            assert!(
+                error.contains("deltann engines install openvino"),
+                "{error}"
+            );
+        } else {
+            assert_eq!(status, "ok", "{error:?}");
+        }
+    }
+    let versions = strings(
+        &read_table(&dir.path().join("store"), "cells")
+            .all()
+            .unwrap(),
+        "engine_version",
+    );
+    assert!(
+        versions
+            .iter()
+            .any(|v| v.as_deref() == Some("not installed"))
+    );
+}
+
+#[test]
+fn openvino_runs_beside_onnx_runtime_and_its_settings_are_dimensions() {
+    util::ort_library("1.32.0");
+    util::python_engine("openvino");
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = data_sweep(
+        dir.path(),
+        "engine = [\"ort\", \"openvino\"]\nort_library = [\"1.32.0\"]\n\
+         openvino_precision = [\"f32\", \"bf16\"]\nrepetitions = [2]",
+    );
+    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let store = dir.path().join("store");
+    let rows = cells(&store);
+    let settings: Vec<Option<&str>> = rows.iter().map(|r| r.3.as_deref()).collect();
+    assert_eq!(
+        settings,
+        [
+            Some("openvino_hint=latency;openvino_precision=bf16"),
+            Some("openvino_hint=latency;openvino_precision=f32"),
+            None
+        ],
+        "{rows:?}"
+    );
+    assert!(rows.iter().all(|r| r.1 == "ok" && r.4 == "cpu"), "{rows:?}");
+    let versions = strings(
+        &read_table(&store, "cells").all().unwrap(),
+        "engine_version",
+    );
+    assert!(
+        versions
+            .iter()
+            .flatten()
+            .any(|v| v.starts_with("2026.4.1") && v.contains("numpy 2.4.6")),
+        "{versions:?}"
+    );
+    // Every image, both repetitions, in every cell; OpenVINO in f32 agrees with ORT on the
+    // eight photos' top-1.
+    let outputs = read_table(&store, "outputs").all().unwrap();
+    assert_eq!(outputs.num_rows(), 3 * 8 * 2);
+    let report = util::run(&["report", store.to_str().unwrap(), "--format", "json"]);
+    assert!(report.status.success(), "{}", text(&report));
+    let json: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let dims: Vec<&str> = json["attribution"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["dimension"].as_str().unwrap())
+        .collect();
+    assert!(
+        dims.contains(&"engine_settings") && dims.contains(&"engine"),
+        "{dims:?}"
+    );
+    let flips = util::run(&[
+        "query",
+        store.to_str().unwrap(),
+        "SELECT count(*) FROM comparisons c JOIN cells_latest a ON a.cell_id = c.cell_a \
+         JOIN cells_latest b ON b.cell_id = c.cell_b \
+         WHERE c.flip AND coalesce(a.engine_settings, '') NOT LIKE '%bf16%' \
+         AND coalesce(b.engine_settings, '') NOT LIKE '%bf16%'",
+        "--format",
+        "csv",
+    ]);
+    assert!(flips.status.success(), "{}", text(&flips));
+    assert_eq!(
+        String::from_utf8_lossy(&flips.stdout).lines().nth(1),
+        Some("0")
+    );
+}
+
+#[test]
+fn a_crashing_python_worker_fails_only_its_cell() {
+    util::python_engine("openvino");
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = data_sweep(dir.path(), "engine = [\"tract\", \"openvino\"]");
+    let out = util::deltann()
+        .args(["collect", "--quiet", sweep.to_str().unwrap()])
+        .env("DELTANN_FAULT", "abort-after=2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    for (engine, status, error, _, _) in cells(&dir.path().join("store")) {
+        // Both workers honour the fault: each cell fails with its crash, keeping its first two
+        // batches, and the sweep goes on to the next cell.
+        assert_eq!(status, "failed", "{engine}");
+        let error = error.unwrap();
+        assert!(error.contains("SIGABRT"), "{engine}: {error}");
+        if engine == "openvino" {
+            assert!(
+                error.contains("injected abort"),
+                "the worker's stderr: {error}"
+            );
+        }
+    }
+    let outputs = read_table(&dir.path().join("store"), "outputs")
+        .all()
+        .unwrap();
+    assert_eq!(outputs.num_rows(), 2 * 2, "two batches of each cell kept");
+}
