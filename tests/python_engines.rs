@@ -164,3 +164,36 @@ fn a_crashing_python_worker_fails_only_its_cell() {
         .unwrap();
     assert_eq!(outputs.num_rows(), 2 * 2, "two batches of each cell kept");
 }
+
+#[test]
+fn cuda_cells_are_skipped_not_failed_where_there_is_no_gpu() {
+    if std::path::Path::new("/proc/driver/nvidia/gpus").is_dir() {
+        eprintln!("SKIPPED: this machine has an NVIDIA GPU");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = data_sweep(
+        dir.path(),
+        "engine = [\"tract\", \"torch\"]\ndevice = [\"cpu\", \"cuda\"]\n\
+         exclude = [{ engine = \"torch\", device = \"cpu\" }]",
+    );
+    let out = util::deltann()
+        .args(["collect", sweep.to_str().unwrap()])
+        .env("DELTANN_HOME", dir.path().join("home"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rows = cells(&dir.path().join("store"));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (engine, status, error, _, device) = &rows[0];
+    assert_eq!(
+        (engine.as_str(), status.as_str(), device.as_str()),
+        ("torch", "skipped", "cuda")
+    );
+    assert!(
+        error.as_deref().unwrap().contains("no CUDA device"),
+        "{error:?}"
+    );
+    assert_eq!((rows[1].0.as_str(), rows[1].1.as_str()), ("tract", "ok"));
+    assert!(text(&out).contains("skipped"), "{}", text(&out));
+}

@@ -28,7 +28,7 @@ use crate::records::{self, CellRow, ModelRow, RunRow};
 use crate::runner::{self, Event, Timeouts, WorkerCommand};
 use crate::sink::{ImageFacts, OutputSink, SinkConfig};
 use crate::stats::{self, LatencySummary};
-use crate::sweep::{LogitsMode, Sweep};
+use crate::sweep::{Device, LogitsMode, Sweep};
 
 /// Runtime settings of a collection (the sweep file says what to run; these say how).
 #[derive(Clone, Debug)]
@@ -71,6 +71,7 @@ impl CellStatus {
     pub fn state(&self, planned: usize) -> &'static str {
         match self.status.as_deref() {
             Some(s) if s == status::FAILED => "failed",
+            Some(s) if s == status::SKIPPED => "skipped",
             Some(_) if self.done.len() >= planned => "ok",
             _ if self.done.is_empty() => "pending",
             _ => "partial",
@@ -198,6 +199,8 @@ pub struct CellOutcome {
     pub cell_id: String,
     pub attempt: i32,
     pub failure: Option<String>,
+    /// Not run on this machine, for the reason in `failure`.
+    pub skipped: bool,
     pub images_ok: usize,
     pub images_failed: usize,
     pub latency: Option<LatencySummary>,
@@ -494,6 +497,13 @@ fn run_cells(ctx: &CellContext<'_>, todo: &[Todo<'_>]) -> Result<Vec<CellOutcome
 
 fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
     let cell = todo.cell;
+    if cell.device == Device::Cuda && !crate::host::cuda_available() {
+        return skip_cell(
+            ctx,
+            todo,
+            "skipped: no CUDA device on this machine (no GPU under /proc/driver/nvidia/gpus)",
+        );
+    }
     let cache = ctx
         .prepared
         .caches
@@ -593,6 +603,7 @@ fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
         attempt: todo.attempt,
         warmup: ctx.sweep.warmup,
         failure: failure.clone(),
+        skipped: false,
         images_planned: todo.planned,
         images_ok: images_ok.len(),
         images_failed,
@@ -610,10 +621,50 @@ fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
         cell_id: cell.id.clone(),
         attempt: todo.attempt,
         failure,
+        skipped: false,
         images_ok: images_ok.len(),
         images_failed,
         latency,
         worker_peak_rss_mb,
+    };
+    ctx.observer.cell_finished(cell, &outcome);
+    Ok(outcome)
+}
+
+/// Records a cell as not run on this machine (status `skipped`, the reason as its error): it
+/// is planned and reported, not failed, and a later `collect` where it can run runs it.
+fn skip_cell(ctx: &CellContext<'_>, todo: &Todo<'_>, why: &str) -> Result<CellOutcome> {
+    let cell = todo.cell;
+    ctx.observer.cell_started(cell, todo.remaining.len());
+    let now = deltann_store::now_micros();
+    let row = CellRow {
+        cell: cell.clone(),
+        attempt: todo.attempt,
+        warmup: ctx.sweep.warmup,
+        failure: Some(why.to_string()),
+        skipped: true,
+        images_planned: todo.planned,
+        images_ok: 0,
+        images_failed: 0,
+        load_ms: None,
+        latency: None,
+        wall_s: 0.0,
+        worker_peak_rss_mb: None,
+        started_at_us: now,
+        finished_at_us: now,
+        parallel_cells: ctx.options.parallel_cells,
+        host: ctx.host.clone(),
+    };
+    records::commit(ctx.store, Some(&cell.id), ctx.run_id, &[row])?;
+    let outcome = CellOutcome {
+        cell_id: cell.id.clone(),
+        attempt: todo.attempt,
+        failure: Some(why.to_string()),
+        skipped: true,
+        images_ok: 0,
+        images_failed: 0,
+        latency: None,
+        worker_peak_rss_mb: None,
     };
     ctx.observer.cell_finished(cell, &outcome);
     Ok(outcome)

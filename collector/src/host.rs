@@ -71,3 +71,9 @@ mod tests {
         }
     }
 }
+
+/// Whether this machine has an NVIDIA GPU with its driver loaded (the driver lists each GPU under
+/// `/proc/driver/nvidia/gpus`). CUDA cells are skipped where it has none.
+pub fn cuda_available() -> bool {
+    std::fs::read_dir("/proc/driver/nvidia/gpus").is_ok_and(|mut gpus| gpus.next().is_some())
+}

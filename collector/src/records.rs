@@ -376,6 +376,8 @@ pub struct CellRow {
     pub attempt: i32,
     pub warmup: u32,
     pub failure: Option<String>,
+    /// Not run here, for the reason in `failure`.
+    pub skipped: bool,
     pub images_planned: usize,
     pub images_ok: usize,
     pub images_failed: usize,
@@ -433,7 +435,9 @@ impl Record for CellRow {
             text(filters.iter().map(String::as_str)),
             text(keys.iter().map(String::as_str)),
             text(rows.iter().map(|r| {
-                if r.failure.is_some() {
+                if r.skipped {
+                    status::SKIPPED
+                } else if r.failure.is_some() {
                     status::FAILED
                 } else {
                     status::OK

@@ -154,6 +154,9 @@ impl Observer for Progress {
             String::new()
         };
         let text = match &outcome.failure {
+            Some(why) if outcome.skipped => {
+                format!("[{n}/{total}] skipped {}: {why}", cell.label())
+            }
             None => format!(
                 "[{n}/{total}] ok      {} ({} images{latency}{errors})",
                 cell.label(),

@@ -122,6 +122,9 @@ pub mod status {
     pub const OK: &str = "ok";
     /// The cell could not run to the end: model load failure, worker crash, timeout.
     pub const FAILED: &str = "failed";
+    /// The cell was not run on this machine, for the reason in `error` (a CUDA cell where there
+    /// is no GPU); the next `collect` on a machine that can run it does.
+    pub const SKIPPED: &str = "skipped";
 }
 
 /// Values of `errors.stage`.

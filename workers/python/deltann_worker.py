@@ -26,14 +26,15 @@ def send_line(out, message):
     out.flush()
 
 
-def versions(*modules):
-    """`name version` of each importable module, for the engine version."""
+def versions(*distributions):
+    """`name version` of each installed distribution, for the engine version."""
+    from importlib import metadata
+
     found = []
-    for name in modules:
+    for name in distributions:
         try:
-            module = __import__(name)
-            found.append(f"{name} {getattr(module, '__version__', '?')}")
-        except Exception:  # noqa: BLE001 - a missing helper library is a version fact, not a failure
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
             found.append(f"{name} missing")
     return ", ".join(found)
 
@@ -132,7 +133,9 @@ class Torch:
 
     def run(self, x):
         torch = self.torch
-        tensor = torch.from_numpy(x).to(self.device)
+        # Arrow's buffers are read-only; torch wants to own writable memory (copied outside the
+        # timed call, as every engine's input copy is).
+        tensor = torch.from_numpy(x if x.flags.writeable else x.copy()).to(self.device)
         with torch.inference_mode():
             started = time.perf_counter_ns()
             if self.autocast is not None:
