@@ -63,6 +63,19 @@ fn a_missing_python_engine_fails_its_cells_with_the_install_command() {
             .iter()
             .any(|v| v.as_deref() == Some("not installed"))
     );
+    // The CPU's instruction-set flags are recorded with every cell (engines pick kernels by them).
+    let flags = strings(
+        &read_table(&dir.path().join("store"), "cells")
+            .all()
+            .unwrap(),
+        "cpu_flags",
+    );
+    assert!(
+        flags.iter().all(|f| f
+            .as_deref()
+            .is_some_and(|f| f.contains("sse4_2") || f.contains("asimd"))),
+        "{flags:?}"
+    );
 }
 
 #[test]

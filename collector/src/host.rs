@@ -11,12 +11,59 @@ pub struct Host {
     pub cores: usize,
     /// Operating system and version.
     pub os: String,
+    /// The CPU's instruction-set extensions that select engines' kernels (ORT's int8 kernels
+    /// differ with VNNI, bf16 paths with AMX), space-separated in [`ISA_FLAGS`] order.
+    pub cpu_flags: String,
+}
+
+/// The instruction-set flags recorded, as Linux's `/proc/cpuinfo` names them (x86 `flags`, Arm
+/// `Features`).
+pub const ISA_FLAGS: &[&str] = &[
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "sve",
+    "i8mm",
+    "bf16",
+];
+
+/// The [`ISA_FLAGS`] a `/proc/cpuinfo` text lists for its first processor.
+pub fn isa_flags(cpuinfo: &str) -> String {
+    let listed: std::collections::HashSet<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags") || l.starts_with("Features"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.split_whitespace().collect())
+        .unwrap_or_default();
+    ISA_FLAGS
+        .iter()
+        .filter(|f| listed.contains(*f))
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Host {
     /// Reads the current machine's description; fields the OS does not expose read "unknown".
     pub fn current() -> Self {
         let read = |p: &str| std::fs::read_to_string(p).ok();
+        let cpu_flags = read("/proc/cpuinfo")
+            .map(|text| isa_flags(&text))
+            .unwrap_or_default();
         let cpu_model = read("/proc/cpuinfo")
             .and_then(|text| {
                 text.lines()
@@ -45,6 +92,7 @@ impl Host {
             cpu_model,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             os,
+            cpu_flags,
         }
     }
 }
@@ -66,6 +114,14 @@ mod tests {
         assert!(host.cores >= 1);
         assert!(!host.cpu_model.is_empty());
         assert!(!host.os.is_empty());
+        let flags = super::isa_flags(
+            "processor : 0\nflags\t\t: fpu sse4_2 avx2 avx512f avx512_vnni amx_tile other\n",
+        );
+        assert_eq!(flags, "sse4_2 avx2 avx512f avx512_vnni amx_tile");
+        assert_eq!(
+            super::isa_flags("Features\t: fp asimd asimddp sve\n"),
+            "asimd asimddp sve"
+        );
         if cfg!(target_os = "linux") {
             assert!(super::peak_rss_kib().unwrap() > 0);
         }

@@ -307,7 +307,8 @@ fn make_cell(
     for (k, v) in settings {
         key.set(k, v);
         let short = k.split_once('_').map_or(k.as_str(), |(_, rest)| rest);
-        tag.push_str(&format!(",{short}={v}"));
+        let shown = if v.is_empty() { "none" } else { v.as_str() };
+        tag.push_str(&format!(",{short}={shown}"));
     }
     tag.push_str(&format!(
         ",threads={threads},batch={batch_size},reps={repetitions},filter={}",

@@ -122,6 +122,7 @@ fn host_columns(hosts: &[&Host]) -> Vec<ArrayRef> {
         text(hosts.iter().map(|h| h.cpu_model.as_str())),
         int32(hosts.iter().map(|h| saturating_i32(h.cores))),
         text(hosts.iter().map(|h| h.os.as_str())),
+        opt_text(hosts.iter().map(|h| Some(h.cpu_flags.as_str()))),
     ]
 }
 

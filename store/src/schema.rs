@@ -28,6 +28,7 @@ pub mod col {
     pub const CPU_MODEL: &str = "cpu_model";
     pub const CPU_CORES: &str = "cpu_cores";
     pub const OS: &str = "os";
+    pub const CPU_FLAGS: &str = "cpu_flags";
     pub const PARALLEL_CELLS: &str = "parallel_cells";
 
     // runs
@@ -160,6 +161,7 @@ fn host_fields() -> Vec<Field> {
         utf8(col::CPU_MODEL, false),
         Field::new(col::CPU_CORES, DataType::Int32, false),
         utf8(col::OS, false),
+        utf8(col::CPU_FLAGS, true),
     ]
 }
 
