@@ -161,6 +161,114 @@ pub fn read_line<T: for<'de> Deserialize<'de>>(
         })
 }
 
+/// The largest IPC message metadata accepted from a worker (a result batch's is a few KB).
+pub const MAX_IPC_METADATA: usize = 1 << 20;
+/// The largest result batch body accepted from a worker: one input batch's every repetition.
+pub const MAX_IPC_BODY: u64 = 1 << 30;
+
+/// A worker's Arrow IPC stream, checked message by message before the Arrow reader sees it.
+/// The reader allocates what a message's framing declares before reading it, so eight garbage
+/// bytes could make the collector reserve gigabytes; here each message's declared metadata and
+/// body sizes are checked against [`MAX_IPC_METADATA`] and [`MAX_IPC_BODY`] first. Reads stop
+/// exactly at the end-of-stream marker, so the `Done` line after it stays in the input.
+struct IpcFrames<R> {
+    inner: R,
+    /// Bytes checked and not yet handed on (a message's prefix and metadata).
+    pending: Vec<u8>,
+    at: usize,
+    /// Body bytes to pass through before the next message.
+    body_left: u64,
+    ended: bool,
+}
+
+impl<R: std::io::Read> IpcFrames<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            pending: Vec::new(),
+            at: 0,
+            body_left: 0,
+            ended: false,
+        }
+    }
+
+    /// Reads and checks the next message's prefix and metadata into `pending`.
+    fn next_message(&mut self) -> std::io::Result<()> {
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let mut prefix = [0u8; 8];
+        if let Err(e) = self.inner.read_exact(&mut prefix[..4]) {
+            // A stream that ends between messages: the Arrow reader reports it.
+            return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.ended = true;
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        if prefix[..4] != [0xFF; 4] {
+            return Err(bad(format!(
+                "result stream message starts with {:02x?}, not the IPC continuation marker",
+                &prefix[..4]
+            )));
+        }
+        self.inner.read_exact(&mut prefix[4..])?;
+        let len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]) as usize;
+        self.pending.clear();
+        self.pending.extend_from_slice(&prefix);
+        self.at = 0;
+        if len == 0 {
+            self.ended = true;
+            return Ok(());
+        }
+        if len > MAX_IPC_METADATA {
+            return Err(bad(format!(
+                "result stream message metadata of {len} bytes (at most {MAX_IPC_METADATA})"
+            )));
+        }
+        self.pending.resize(8 + len, 0);
+        self.inner.read_exact(&mut self.pending[8..])?;
+        let message = arrow::ipc::root_as_message(&self.pending[8..])
+            .map_err(|e| bad(format!("result stream message metadata: {e}")))?;
+        let body = u64::try_from(message.bodyLength())
+            .map_err(|_| bad("negative result message body length".into()))?;
+        if body > MAX_IPC_BODY {
+            return Err(bad(format!(
+                "a result batch of {body} bytes (at most {MAX_IPC_BODY}): lower batch_size or \
+                 repetitions"
+            )));
+        }
+        self.body_left = body;
+        Ok(())
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for IpcFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.at < self.pending.len() {
+            let n = buf.len().min(self.pending.len() - self.at);
+            buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+            self.at += n;
+            return Ok(n);
+        }
+        if self.body_left > 0 {
+            let want = buf
+                .len()
+                .min(usize::try_from(self.body_left).unwrap_or(usize::MAX));
+            let n = self.inner.read(&mut buf[..want])?;
+            self.body_left -= n as u64;
+            return Ok(n);
+        }
+        if self.ended {
+            return Ok(0);
+        }
+        self.next_message()?;
+        self.read(buf)
+    }
+}
+
 /// One thing decoded from a worker's standard output.
 #[derive(Debug)]
 pub enum Output {
@@ -204,7 +312,7 @@ pub fn decode_output(mut input: impl BufRead, probe: bool, mut emit: impl FnMut(
         return;
     }
     {
-        let reader = match StreamReader::try_new(&mut input, None) {
+        let reader = match StreamReader::try_new(IpcFrames::new(&mut input), None) {
             Ok(r) => r,
             Err(e) => {
                 emit(Output::Broken(format!("protocol error in results: {e}")));
@@ -250,6 +358,107 @@ pub fn decode_output(mut input: impl BufRead, probe: bool, mut emit: impl FnMut(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Ready line, then `stream`.
+    fn output(stream: &[u8]) -> Vec<u8> {
+        let ready = Ready {
+            protocol: PROTOCOL_VERSION,
+            ok: true,
+            engine: "tract".into(),
+            engine_version: "0".into(),
+            load_ms: 0.0,
+            error: None,
+        };
+        let mut out = serde_json::to_vec(&ready).unwrap();
+        out.push(b'\n');
+        out.extend_from_slice(stream);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<String> {
+        let mut seen = Vec::new();
+        decode_output(bytes, false, |o| {
+            seen.push(match o {
+                Output::Ready(_) => "ready".to_string(),
+                Output::Results(b) => format!("results {}", b.num_rows()),
+                Output::Done(d) => format!("done {}", d.batches),
+                Output::Broken(why) => format!("broken: {why}"),
+            });
+            true
+        });
+        seen
+    }
+
+    #[test]
+    fn a_result_stream_decodes_and_oversized_framing_is_refused_before_allocating() {
+        use arrow::array::{
+            ArrayRef, Float32Builder, Int32Array, Int64Array, ListBuilder, StringArray,
+        };
+        let mut logits = ListBuilder::new(Float32Builder::new());
+        logits.values().append_slice(&[0.5, 1.5]);
+        logits.append(true);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["a.jpg"])),
+            Arc::new(Int32Array::from(vec![0])),
+            Arc::new(Int64Array::from(vec![0])),
+            Arc::new(Int32Array::from(vec![1])),
+            Arc::new(logits.finish()),
+            Arc::new(Int64Array::from(vec![10])),
+            Arc::new(Int64Array::from(vec![10])),
+            Arc::new(StringArray::from(vec![None::<&str>])),
+        ];
+        let batch = RecordBatch::try_new(result_schema(), columns).unwrap();
+        let mut stream = Vec::new();
+        {
+            let mut w =
+                arrow::ipc::writer::StreamWriter::try_new(&mut stream, &result_schema()).unwrap();
+            w.write(&batch).unwrap();
+            w.write(&batch).unwrap();
+            w.finish().unwrap();
+        }
+        let mut good = stream.clone();
+        good.extend_from_slice(b"{\"batches\":2}\n");
+        assert_eq!(
+            decode(&output(&good)),
+            ["ready", "results 1", "results 1", "done 2"]
+        );
+
+        // Garbage declaring 2 GB of metadata, or a legacy prefix without the marker.
+        for garbage in [
+            &[0xFF, 0xFF, 0xFF, 0xFF, 0xF0, 0xFF, 0xFF, 0x7F, 1, 2][..],
+            &[0xFF, 0x00, 0x00, 0x0A, 0x30, 0x2C, 0x20][..],
+        ] {
+            let seen = decode(&output(garbage));
+            assert_eq!(seen.len(), 2, "{seen:?}");
+            assert!(
+                seen[1].starts_with("broken: protocol error in results"),
+                "{seen:?}"
+            );
+        }
+        // A message whose metadata declares a body beyond the limit: the schema message is
+        // fine, the batch's body length is patched to 2^40.
+        let schema_len = 8 + u32::from_le_bytes(stream[4..8].try_into().unwrap()) as usize;
+        let schema_len = schema_len
+            + arrow::ipc::root_as_message(&stream[8..schema_len])
+                .unwrap()
+                .bodyLength() as usize;
+        let meta_len =
+            u32::from_le_bytes(stream[schema_len + 4..schema_len + 8].try_into().unwrap()) as usize;
+        let meta = &stream[schema_len + 8..schema_len + 8 + meta_len];
+        let body = arrow::ipc::root_as_message(meta).unwrap().bodyLength();
+        let at = meta
+            .windows(8)
+            .position(|w| w == body.to_le_bytes())
+            .unwrap();
+        let mut huge = stream.clone();
+        huge[schema_len + 8 + at..schema_len + 8 + at + 8]
+            .copy_from_slice(&(1i64 << 40).to_le_bytes());
+        let seen = decode(&output(&huge));
+        assert!(
+            seen.last().unwrap().contains("at most 1073741824"),
+            "{seen:?}"
+        );
+    }
 
     #[test]
     fn a_line_without_end_is_refused_at_the_limit() {
