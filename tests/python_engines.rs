@@ -210,3 +210,39 @@ fn cuda_cells_are_skipped_not_failed_where_there_is_no_gpu() {
     assert_eq!((rows[1].0.as_str(), rows[1].1.as_str()), ("tract", "ok"));
     assert!(text(&out).contains("skipped"), "{}", text(&out));
 }
+
+#[test]
+fn ort_optimizers_disabled_by_name_are_cells_of_their_own() {
+    util::ort_library("1.32.0");
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = data_sweep(
+        dir.path(),
+        "engine = [\"ort\"]\nort_library = [\"1.32.0\"]\n\
+         ort_disabled_optimizers = [[], [\"NchwcTransformer\", \"ConstantFolding\"]]",
+    );
+    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows = cells(&dir.path().join("store"));
+    let settings: Vec<Option<&str>> = rows.iter().map(|r| r.3.as_deref()).collect();
+    assert_eq!(
+        settings,
+        [
+            None,
+            Some("ort_disabled_optimizers=NchwcTransformer+ConstantFolding")
+        ],
+        "{rows:?}"
+    );
+    assert!(rows.iter().all(|r| r.1 == "ok"), "{rows:?}");
+    let tags = strings(
+        &read_table(&dir.path().join("store"), "cells")
+            .all()
+            .unwrap(),
+        "tag",
+    );
+    assert!(
+        tags.iter()
+            .flatten()
+            .any(|t| t.contains("disabled_optimizers=NchwcTransformer+ConstantFolding")),
+        "{tags:?}"
+    );
+}

@@ -180,7 +180,9 @@ impl Plan {
                         .flat_map(|set| {
                             values.iter().map(move |v| {
                                 let mut set = set.clone();
-                                set.insert(setting.key.to_string(), v.clone());
+                                if !v.is_empty() {
+                                    set.insert(setting.key.to_string(), v.clone());
+                                }
                                 set
                             })
                         })

@@ -162,6 +162,7 @@ struct RawEnvironments {
     resize_filter: Option<Vec<ResizeFilter>>,
     ort_library: Option<Vec<String>>,
     device: Option<Vec<Device>>,
+    ort_disabled_optimizers: Option<Vec<toml::Value>>,
     torch_precision: Option<Vec<toml::Value>>,
     torch_compile: Option<Vec<toml::Value>>,
     openvino_precision: Option<Vec<toml::Value>>,
@@ -176,6 +177,7 @@ impl RawEnvironments {
     /// The values listed for an engine setting's key, if any.
     fn setting(&self, key: &str) -> Option<&Vec<toml::Value>> {
         match key {
+            "ort_disabled_optimizers" => self.ort_disabled_optimizers.as_ref(),
             "torch_precision" => self.torch_precision.as_ref(),
             "torch_compile" => self.torch_compile.as_ref(),
             "openvino_precision" => self.openvino_precision.as_ref(),

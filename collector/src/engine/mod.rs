@@ -142,8 +142,17 @@ pub struct Setting {
     pub about: &'static str,
 }
 
-/// Every engine setting a sweep can list.
+/// Every engine setting a sweep can list. A setting whose value is empty (no optimizer or pass
+/// disabled) is left out of the cell: cells that set nothing keep the ids they had before the
+/// setting existed.
 pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "ort_disabled_optimizers",
+        engine: EngineKind::Ort,
+        values: &[],
+        default: "",
+        about: "ONNX Runtime's own optimizer names disabled (optimization.disable_specified_optimizers), joined by '+' (each list in the sweep is one value)",
+    },
     Setting {
         key: "torch_precision",
         engine: EngineKind::Torch,

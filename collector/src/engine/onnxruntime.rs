@@ -99,7 +99,15 @@ impl OrtEngine {
             .with_inter_threads(1)
             .map_err(|e| e.to_string())?
             .with_parallel_execution(false)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        // ORT's own optimizer names, disabled (the `ort_disabled_optimizers` setting).
+        let mut session = match config.settings.get("ort_disabled_optimizers") {
+            Some(names) if !names.is_empty() => session
+                .with_disabled_optimizers(names.replace('+', ";"))
+                .map_err(|e| e.to_string())?,
+            _ => session,
+        };
+        let session = session
             .commit_from_file(&config.model_path)
             .map_err(|e| e.to_string())?;
         let input_name = session
