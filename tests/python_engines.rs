@@ -246,3 +246,30 @@ fn ort_optimizers_disabled_by_name_are_cells_of_their_own() {
         "{tags:?}"
     );
 }
+
+#[test]
+fn a_python_engine_refusing_a_call_records_every_image_as_an_error_row() {
+    util::python_engine("openvino");
+    let dir = tempfile::tempdir().unwrap();
+    // The demo model's batch dimension is fixed at 1: OpenVINO refuses calls of two images.
+    let sweep = data_sweep(dir.path(), "engine = [\"openvino\"]\nbatch_size = [2]");
+    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let store = dir.path().join("store");
+    let rows = cells(&store);
+    assert_eq!(rows[0].1, "failed");
+    assert!(
+        rows[0].2.as_deref().unwrap().contains("every image failed"),
+        "{rows:?}"
+    );
+    let errors = read_table(&store, "errors").all().unwrap();
+    assert_eq!(errors.num_rows(), 8);
+    assert!(
+        strings(&errors, "message")
+            .iter()
+            .all(|m| m.as_deref().is_some_and(|m| m.contains("RuntimeError"))),
+        "{:?}",
+        strings(&errors, "message")
+    );
+    assert_eq!(read_table(&store, "outputs").rows(), 0);
+}

@@ -485,7 +485,12 @@ Exit status: 0 when every cell is ok, 1 when the sweep finished but some cell fa
 
 ONNX Runtime: cells with engine = \"ort\" load libonnxruntime at run time. List versions or paths \
 in environments.ort_library, or set DELTANN_ORT_LIBRARY; `scripts/fetch-onnxruntime.sh VERSION` \
-installs a version from PyPI's onnxruntime wheel under ~/.cache/deltann (or $DELTANN_HOME).";
+installs a version from PyPI's onnxruntime wheel under ~/.cache/deltann (or $DELTANN_HOME).
+
+Python engines: cells with engine = \"torch\", \"openvino\" or \"tvm\" run in that engine's own \
+environment, created once by `deltann engines install ENGINE` (pinned PyPI versions); a cell whose \
+environment is missing fails with that command, and the rest of the sweep runs. CUDA cells on a \
+machine without an NVIDIA GPU are recorded as skipped.";
 
 fn existing_file(s: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(s);
