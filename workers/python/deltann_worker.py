@@ -264,7 +264,25 @@ def serve(stdin, stdout):
     reps = max(int(request.get("repetitions", 1)), 1)
     warmup = int(request.get("warmup", 0))
     batches = 0
-    for batch in ipc.open_stream(stdin):
+    # The next input batch is read while this one runs: a thread reads ahead (pyarrow releases
+    # the GIL while it waits on the pipe), at most two batches.
+    import queue
+    import threading
+
+    ahead = queue.Queue(maxsize=2)
+
+    def read_ahead():
+        try:
+            for batch in ipc.open_stream(stdin):
+                ahead.put(batch)
+        except Exception as e:  # noqa: BLE001 - handed to the main thread, which reports it
+            ahead.put(e)
+        ahead.put(None)
+
+    threading.Thread(target=read_ahead, daemon=True).start()
+    while (batch := ahead.get()) is not None:
+        if isinstance(batch, Exception):
+            raise batch
         faults.before_batch(batches)
         rows = batch.num_rows
         ids = batch.column("image_id").to_pylist()
