@@ -106,6 +106,12 @@ pub fn peak_rss_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Whether this machine has an NVIDIA GPU with its driver loaded (the driver lists each GPU under
+/// `/proc/driver/nvidia/gpus`). CUDA cells are skipped where it has none.
+pub fn cuda_available() -> bool {
+    std::fs::read_dir("/proc/driver/nvidia/gpus").is_ok_and(|mut gpus| gpus.next().is_some())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -126,10 +132,4 @@ mod tests {
             assert!(super::peak_rss_kib().unwrap() > 0);
         }
     }
-}
-
-/// Whether this machine has an NVIDIA GPU with its driver loaded (the driver lists each GPU under
-/// `/proc/driver/nvidia/gpus`). CUDA cells are skipped where it has none.
-pub fn cuda_available() -> bool {
-    std::fs::read_dir("/proc/driver/nvidia/gpus").is_ok_and(|mut gpus| gpus.next().is_some())
 }
