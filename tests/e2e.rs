@@ -229,6 +229,12 @@ fn cell_ids_are_deterministic_and_sensitive_to_settings() {
     );
     assert_eq!(d.len(), 3, "{d:?}");
     assert_eq!(d[0], a[0]);
+    // An exclude rule on a setting removes that engine's cells with the value, and no others.
+    let f = ids(
+        "engine = [\"tract\", \"openvino\"]\nthreads = [1]\nopenvino_hint = [\"latency\", \"throughput\"]\n\
+         exclude = [{ openvino_hint = \"throughput\" }]",
+    );
+    assert_eq!(f, d[..2].to_vec());
     let e = ids("engine = [\"tract\"]\nthreads = [1, 2]\ndevice = [\"cpu\", \"cuda\"]");
     assert_eq!(e, a);
 }

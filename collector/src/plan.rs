@@ -360,6 +360,13 @@ fn excludes(rule: &crate::sweep::Exclude, cell: &Cell) -> bool {
             cell.ort_library.as_ref().map(|l| &l.written),
         )
         && ok(rule.device.as_ref(), Some(&cell.device))
+        && rule.settings.iter().all(|(key, value)| {
+            // A cell without the setting (another engine's, or an empty list) holds "".
+            let engine_has = crate::engine::SETTINGS
+                .iter()
+                .any(|s| s.key == key && s.engine == cell.engine);
+            engine_has && cell.settings.get(key).map_or("", String::as_str) == value
+        })
 }
 
 fn plan_model(spec: &ModelSpec) -> Result<ModelPlan> {

@@ -33,7 +33,7 @@
 //! ort_library = ["1.32.0"]                 # versions (fetched by scripts/fetch-onnxruntime.sh) or paths
 //! device = ["cpu", "cuda"]                 # each engine runs on the devices it supports
 //! openvino_precision = ["f32", "bf16"]     # and the other engine settings (engine::SETTINGS)
-//! exclude = [ { engine = "tract", threads = 2 } ]
+//! exclude = [ { engine = "tract", threads = 2 }, { openvino_precision = "bf16", threads = 2 } ]
 //! ```
 //!
 //! `engine` may also name the engines that live in Python (`torch`, `openvino`, `tvm`), each in
@@ -207,8 +207,9 @@ impl Device {
     }
 }
 
-/// A rule removing the cells that match every key it sets.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+/// A rule removing the cells that match every key it sets (an engine setting matches the
+/// cells of its engine with that value).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Exclude {
     pub model: Option<String>,
@@ -224,11 +225,34 @@ pub struct Exclude {
     /// Matches the entry as written in `ort_library`.
     pub ort_library: Option<String>,
     pub device: Option<Device>,
+    ort_disabled_optimizers: Option<toml::Value>,
+    torch_precision: Option<toml::Value>,
+    torch_compile: Option<toml::Value>,
+    openvino_precision: Option<toml::Value>,
+    openvino_hint: Option<toml::Value>,
+    tvm_opt_level: Option<toml::Value>,
+    tvm_disabled_pass: Option<toml::Value>,
+    /// The engine settings the rule sets, as cells hold them (filled in by [`Sweep::parse`]).
+    #[serde(skip)]
+    pub settings: BTreeMap<String, String>,
 }
 
 impl Exclude {
     fn is_empty(&self) -> bool {
         *self == Exclude::default()
+    }
+
+    fn setting(&self, key: &str) -> Option<&toml::Value> {
+        match key {
+            "ort_disabled_optimizers" => self.ort_disabled_optimizers.as_ref(),
+            "torch_precision" => self.torch_precision.as_ref(),
+            "torch_compile" => self.torch_compile.as_ref(),
+            "openvino_precision" => self.openvino_precision.as_ref(),
+            "openvino_hint" => self.openvino_hint.as_ref(),
+            "tvm_opt_level" => self.tvm_opt_level.as_ref(),
+            "tvm_disabled_pass" => self.tvm_disabled_pass.as_ref(),
+            _ => None,
+        }
     }
 }
 
@@ -490,7 +514,16 @@ impl Sweep {
                 setting.key, setting.engine, setting.engine
             )));
         }
-        if let Some(rule) = env.exclude.iter().find(|r| r.is_empty()) {
+        let mut exclude = env.exclude;
+        for rule in &mut exclude {
+            for setting in SETTINGS {
+                if let Some(v) = rule.setting(setting.key) {
+                    let v = setting_value(setting, v).map_err(|e| bad(format!("exclude: {e}")))?;
+                    rule.settings.insert(setting.key.to_string(), v);
+                }
+            }
+        }
+        if let Some(rule) = exclude.iter().find(|r| r.is_empty()) {
             return Err(bad(format!(
                 "an exclude rule must set at least one key ({rule:?} matches every cell)"
             )));
@@ -515,7 +548,7 @@ impl Sweep {
             ort_library,
             device,
             settings,
-            exclude: env.exclude,
+            exclude,
         };
 
         Ok(Sweep {
@@ -862,6 +895,11 @@ engine = ["tract"]
                 "engine = [\"tract\"]",
                 "engine = [\"tract\"]\ndevice = [\"cuda\"]",
                 "tract runs on cpu, and none is listed",
+            ),
+            (
+                "engine = [\"tract\"]",
+                "engine = [\"tvm\"]\nexclude = [{ tvm_opt_level = 9 }]",
+                "exclude: environments.tvm_opt_level = `9`",
             ),
         ] {
             let err = parse(&MINIMAL.replace(from, to)).unwrap_err().to_string();
