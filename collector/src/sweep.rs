@@ -173,20 +173,26 @@ struct RawEnvironments {
     exclude: Vec<Exclude>,
 }
 
-impl RawEnvironments {
-    /// The values listed for an engine setting's key, if any.
-    fn setting(&self, key: &str) -> Option<&Vec<toml::Value>> {
-        match key {
-            "ort_disabled_optimizers" => self.ort_disabled_optimizers.as_ref(),
-            "torch_precision" => self.torch_precision.as_ref(),
-            "torch_compile" => self.torch_compile.as_ref(),
-            "openvino_precision" => self.openvino_precision.as_ref(),
-            "openvino_hint" => self.openvino_hint.as_ref(),
-            "tvm_opt_level" => self.tvm_opt_level.as_ref(),
-            "tvm_disabled_pass" => self.tvm_disabled_pass.as_ref(),
-            _ => None,
+/// `fn setting(&self, key)`: the field of an engine setting (see [`SETTINGS`]) by its key.
+macro_rules! setting_fields {
+    ($ty:ty) => {
+        fn setting(&self, key: &str) -> Option<&$ty> {
+            match key {
+                "ort_disabled_optimizers" => self.ort_disabled_optimizers.as_ref(),
+                "torch_precision" => self.torch_precision.as_ref(),
+                "torch_compile" => self.torch_compile.as_ref(),
+                "openvino_precision" => self.openvino_precision.as_ref(),
+                "openvino_hint" => self.openvino_hint.as_ref(),
+                "tvm_opt_level" => self.tvm_opt_level.as_ref(),
+                "tvm_disabled_pass" => self.tvm_disabled_pass.as_ref(),
+                _ => None,
+            }
         }
-    }
+    };
+}
+
+impl RawEnvironments {
+    setting_fields!(Vec<toml::Value>);
 }
 
 /// Where an engine runs.
@@ -242,18 +248,7 @@ impl Exclude {
         *self == Exclude::default()
     }
 
-    fn setting(&self, key: &str) -> Option<&toml::Value> {
-        match key {
-            "ort_disabled_optimizers" => self.ort_disabled_optimizers.as_ref(),
-            "torch_precision" => self.torch_precision.as_ref(),
-            "torch_compile" => self.torch_compile.as_ref(),
-            "openvino_precision" => self.openvino_precision.as_ref(),
-            "openvino_hint" => self.openvino_hint.as_ref(),
-            "tvm_opt_level" => self.tvm_opt_level.as_ref(),
-            "tvm_disabled_pass" => self.tvm_disabled_pass.as_ref(),
-            _ => None,
-        }
-    }
+    setting_fields!(toml::Value);
 }
 
 /// The images to run.
@@ -924,6 +919,32 @@ engine = ["tract"]
         );
         assert_eq!(env.settings["openvino_precision"], vec!["f32"]);
         assert_eq!(env.settings["torch_compile"], vec!["eager"]);
+    }
+
+    #[test]
+    fn every_engine_setting_is_a_sweep_key_and_an_exclude_key() {
+        for setting in SETTINGS {
+            let value = match setting.values.first() {
+                Some(v) if setting.key == "tvm_opt_level" => v.to_string(),
+                Some(v) => format!("\"{v}\""),
+                None => "[\"SomePass\"]".to_string(),
+            };
+            let text = MINIMAL.replace(
+                "engine = [\"tract\"]",
+                &format!(
+                    "engine = [\"{}\"]\n{} = [{value}]\nexclude = [{{ {} = {value} }}]",
+                    setting.engine, setting.key, setting.key
+                ),
+            );
+            let s = parse(&text).unwrap_or_else(|e| panic!("{}: {e}", setting.key));
+            let listed = &s.environments.settings[setting.key];
+            assert_eq!(listed.len(), 1, "{}", setting.key);
+            assert_eq!(
+                s.environments.exclude[0].settings[setting.key], listed[0],
+                "{}",
+                setting.key
+            );
+        }
     }
 
     #[test]
