@@ -238,3 +238,46 @@ fn cell_ids_are_deterministic_and_sensitive_to_settings() {
     let e = ids("engine = [\"tract\"]\nthreads = [1, 2]\ndevice = [\"cpu\", \"cuda\"]");
     assert_eq!(e, a);
 }
+
+#[test]
+fn plan_warns_when_resize_filters_cannot_change_a_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    // Pre-resized photos: the short side already 256, torchvision's resize size for 224.
+    let images = dir.path().join("resized");
+    std::fs::create_dir_all(&images).unwrap();
+    for (name, w, h) in [("wide.png", 300, 256), ("tall.png", 256, 341)] {
+        image::RgbImage::from_pixel(w, h, image::Rgb([90, 120, 200]))
+            .save(images.join(name))
+            .unwrap();
+    }
+    let body = |images: &str| {
+        format!(
+            r#"
+store = "store"
+[dataset]
+images = "{images}"
+[[model]]
+name = "efficientnet-lite0"
+path = "{{data}}/efficientnet-lite0.onnx"
+preset = "torchvision"
+[environments]
+engine = ["tract"]
+resize_filter = ["bilinear", "bicubic"]
+"#
+        )
+    };
+    let plan = |images: &str| {
+        let sweep = util::write_sweep(dir.path(), &body(images));
+        let out = util::run(&["plan", sweep.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let warned = plan(images.to_str().unwrap());
+    assert!(
+        warned.contains("none of the 2 images is resized"),
+        "{warned}"
+    );
+    // The demo photos come in many sizes: the filters matter, and nothing is said.
+    let quiet = plan("{data}/images");
+    assert!(!quiet.contains("resize_filter lists"), "{quiet}");
+}

@@ -427,15 +427,7 @@ pub fn crop(img: &RgbImage, p: &Preprocess, out: &mut Vec<u8>) -> Result<(), Str
         return Err(format!("image has no pixels ({w}x{h})"));
     }
     let short = p.resize_short();
-    // torchvision: the long side is int(short * long / short_side), truncated.
-    let long = |long_side: u32, short_side: u32| {
-        f64::from(short) * f64::from(long_side) / f64::from(short_side)
-    };
-    let (fw, fh) = if w <= h {
-        (f64::from(short), long(h, w))
-    } else {
-        (long(w, h), f64::from(short))
-    };
+    let (fw, fh) = resized_size(w, h, p);
     // A sliver (1 x 60000 pixels) resizes to an enormous image: refuse it before allocating.
     let max = DecodeLimits::default().max_pixels as f64;
     if fw * fh > max {
@@ -467,6 +459,38 @@ pub fn crop(img: &RgbImage, p: &Preprocess, out: &mut Vec<u8>) -> Result<(), Str
         out.extend_from_slice(&src[(top + y) * row + left * 3..][..size * 3]);
     }
     Ok(())
+}
+
+/// The size a `w` x `h` image is resized to before its centre crop (before truncation to whole
+/// pixels): the short side becomes [`Preprocess::resize_short`], the long side keeps the ratio
+/// (torchvision truncates it).
+fn resized_size(w: u32, h: u32, p: &Preprocess) -> (f64, f64) {
+    let short = f64::from(p.resize_short());
+    let long =
+        |long_side: u32, short_side: u32| short * f64::from(long_side) / f64::from(short_side);
+    if w <= h {
+        (short, long(h, w))
+    } else {
+        (long(w, h), short)
+    }
+}
+
+/// Whether a `w` x `h` image is resized at all under `p` (if not, no resize filter touches it, and
+/// cells that differ only in the filter agree bit for bit on it).
+pub fn is_resized(w: u32, h: u32, p: &Preprocess) -> bool {
+    let (fw, fh) = resized_size(w, h, p);
+    (fw as u32, fh as u32) != (w, h)
+}
+
+/// An image file's width and height from its header (no pixels decoded); `None` when it cannot
+/// be read.
+pub fn header_size(path: &std::path::Path) -> Option<(u32, u32)> {
+    image::ImageReader::open(path)
+        .ok()?
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()
 }
 
 /// Normalises cropped RGB pixels (from [`crop`]) into the model's tensor: channel order, scale,

@@ -32,6 +32,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         None => Default::default(),
     };
 
+    warn_filters_that_change_nothing(&sweep, &plan, &dataset);
     let planned = dataset.images.len();
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
@@ -89,4 +90,40 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Warns when the sweep lists several resize filters but no image is ever resized (every one is
+/// already at its model's resize size, as in pre-resized datasets): the filters cannot change a
+/// tensor, and their cells will agree bit for bit.
+fn warn_filters_that_change_nothing(
+    sweep: &deltann_collector::sweep::Sweep,
+    plan: &Plan,
+    dataset: &Dataset,
+) {
+    let Some(filters) = &sweep.environments.resize_filter else {
+        return;
+    };
+    if filters.len() < 2 {
+        return;
+    }
+    let sizes: Vec<(u32, u32)> = dataset
+        .images
+        .iter()
+        .filter_map(|i| deltann_collector::preprocess::header_size(&i.path))
+        .collect();
+    let recipes = plan.presets();
+    let resized = sizes.iter().any(|&(w, h)| {
+        recipes
+            .iter()
+            .any(|p| deltann_collector::preprocess::is_resized(w, h, p))
+    });
+    if !sizes.is_empty() && !resized {
+        eprintln!(
+            "deltann: warning: resize_filter lists {} filters, but none of the {} images is \
+             resized (each is already at its model's resize size): the filters cannot change a \
+             tensor, and their cells will agree bit for bit",
+            filters.len(),
+            sizes.len()
+        );
+    }
 }
