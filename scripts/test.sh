@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/fetch-onnxruntime.sh 1.32.0 1.31.1
+scripts/fetch-onnxruntime.sh 1.32.0 1.31.1 1.20.1
 
 if [ -d ../shared/models ] || [ -n "${DELTANN_SHARED:-}" ]; then
   echo "test: ../shared found: the reference-accuracy test runs (about 2 minutes)"

@@ -88,7 +88,9 @@ impl OrtEngine {
             OrtOptimization::Disabled => GraphOptimizationLevel::Disable,
             OrtOptimization::Basic => GraphOptimizationLevel::Level1,
             OrtOptimization::Extended => GraphOptimizationLevel::Level2,
-            OrtOptimization::All => GraphOptimizationLevel::Level3,
+            // ORT_ENABLE_ALL (99): every level, in every ONNX Runtime version. (`Level3` is
+            // ORT_ENABLE_LAYOUT, which libraries before 1.22 refuse as invalid.)
+            OrtOptimization::All => GraphOptimizationLevel::All,
         };
         let session = Session::builder(&environment)
             .map_err(|e| e.to_string())?
