@@ -14,6 +14,9 @@ pub struct Host {
     /// The CPU's instruction-set extensions that select engines' kernels (ORT's int8 kernels
     /// differ with VNNI, bf16 paths with AMX), space-separated in [`ISA_FLAGS`] order.
     pub cpu_flags: String,
+    /// NVIDIA GPUs and the driver, as the driver describes them (`NVIDIA H200 (driver
+    /// 570.86.15)`), when there are any.
+    pub gpu: Option<String>,
 }
 
 /// The instruction-set flags recorded, as Linux's `/proc/cpuinfo` names them (x86 `flags`, Arm
@@ -93,6 +96,7 @@ impl Host {
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             os,
             cpu_flags,
+            gpu: gpus(),
         }
     }
 }
@@ -104,6 +108,45 @@ pub fn peak_rss_kib() -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The NVIDIA GPUs the driver lists (`/proc/driver/nvidia/gpus/*/information`), joined by `; `,
+/// with the driver version (`/proc/driver/nvidia/version`).
+fn gpus() -> Option<String> {
+    let mut models: Vec<String> = std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .ok()?
+        .filter_map(|gpu| {
+            let text = std::fs::read_to_string(gpu.ok()?.path().join("information")).ok()?;
+            gpu_model(&text)
+        })
+        .collect();
+    if models.is_empty() {
+        return None;
+    }
+    models.sort();
+    let driver = std::fs::read_to_string("/proc/driver/nvidia/version")
+        .ok()
+        .and_then(|text| driver_version(&text));
+    Some(match driver {
+        Some(d) => format!("{} (driver {d})", models.join("; ")),
+        None => models.join("; "),
+    })
+}
+
+/// The `Model:` line of a GPU's `information` file.
+fn gpu_model(information: &str) -> Option<String> {
+    information
+        .lines()
+        .find_map(|l| l.strip_prefix("Model:"))
+        .map(|m| m.trim().to_string())
+}
+
+/// The version in the driver's banner (`NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.86.15  ...`).
+fn driver_version(banner: &str) -> Option<String> {
+    let line = banner.lines().find(|l| l.starts_with("NVRM version"))?;
+    line.split_whitespace()
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()) && w.contains('.'))
+        .map(str::to_string)
 }
 
 /// Whether this machine has an NVIDIA GPU with its driver loaded (the driver lists each GPU under

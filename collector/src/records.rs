@@ -123,6 +123,7 @@ fn host_columns(hosts: &[&Host]) -> Vec<ArrayRef> {
         int32(hosts.iter().map(|h| saturating_i32(h.cores))),
         text(hosts.iter().map(|h| h.os.as_str())),
         opt_text(hosts.iter().map(|h| Some(h.cpu_flags.as_str()))),
+        opt_text(hosts.iter().map(|h| h.gpu.as_deref())),
     ]
 }
 

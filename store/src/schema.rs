@@ -29,6 +29,7 @@ pub mod col {
     pub const CPU_CORES: &str = "cpu_cores";
     pub const OS: &str = "os";
     pub const CPU_FLAGS: &str = "cpu_flags";
+    pub const GPU: &str = "gpu";
     pub const PARALLEL_CELLS: &str = "parallel_cells";
 
     // runs
@@ -162,6 +163,7 @@ fn host_fields() -> Vec<Field> {
         Field::new(col::CPU_CORES, DataType::Int32, false),
         utf8(col::OS, false),
         utf8(col::CPU_FLAGS, true),
+        utf8(col::GPU, true),
     ]
 }
 

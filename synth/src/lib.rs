@@ -670,6 +670,7 @@ fn write_cell_row(
         (col::CPU_CORES, i(1)),
         (col::OS, s("synthetic")),
         (col::CPU_FLAGS, none.clone()),
+        (col::GPU, none.clone()),
     ]);
     write(store, Table::Cells, &columns, Some(&cell.id))
 }
