@@ -598,20 +598,74 @@ fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
         .as_ref()
         .and_then(|d| d.peak_rss_kib)
         .map(|k| k as f64 / 1024.0);
+    record_cell(
+        ctx,
+        todo,
+        CellEnd {
+            failure,
+            skipped: false,
+            images_ok: images_ok.len(),
+            images_failed,
+            load_ms,
+            latency,
+            wall_s: clock.elapsed().as_secs_f64(),
+            worker_peak_rss_mb,
+            started_at_us,
+        },
+    )
+}
+
+/// Records a cell as not run on this machine (status `skipped`, the reason as its error): it
+/// is planned and reported, not failed, and a later `collect` where it can run runs it.
+fn skip_cell(ctx: &CellContext<'_>, todo: &Todo<'_>, why: &str) -> Result<CellOutcome> {
+    ctx.observer.cell_started(todo.cell, todo.remaining.len());
+    record_cell(
+        ctx,
+        todo,
+        CellEnd {
+            failure: Some(why.to_string()),
+            skipped: true,
+            images_ok: 0,
+            images_failed: 0,
+            load_ms: None,
+            latency: None,
+            wall_s: 0.0,
+            worker_peak_rss_mb: None,
+            started_at_us: deltann_store::now_micros(),
+        },
+    )
+}
+
+/// How an attempt at a cell ended, as its `cells` row and its outcome say.
+struct CellEnd {
+    failure: Option<String>,
+    skipped: bool,
+    images_ok: usize,
+    images_failed: usize,
+    load_ms: Option<f64>,
+    latency: Option<LatencySummary>,
+    wall_s: f64,
+    worker_peak_rss_mb: Option<f64>,
+    started_at_us: i64,
+}
+
+/// Commits the cell's `cells` row for this attempt and reports its outcome to the observer.
+fn record_cell(ctx: &CellContext<'_>, todo: &Todo<'_>, end: CellEnd) -> Result<CellOutcome> {
+    let cell = todo.cell;
     let row = CellRow {
         cell: cell.clone(),
         attempt: todo.attempt,
         warmup: ctx.sweep.warmup,
-        failure: failure.clone(),
-        skipped: false,
+        failure: end.failure.clone(),
+        skipped: end.skipped,
         images_planned: todo.planned,
-        images_ok: images_ok.len(),
-        images_failed,
-        load_ms,
-        latency,
-        wall_s: clock.elapsed().as_secs_f64(),
-        worker_peak_rss_mb,
-        started_at_us,
+        images_ok: end.images_ok,
+        images_failed: end.images_failed,
+        load_ms: end.load_ms,
+        latency: end.latency,
+        wall_s: end.wall_s,
+        worker_peak_rss_mb: end.worker_peak_rss_mb,
+        started_at_us: end.started_at_us,
         finished_at_us: deltann_store::now_micros(),
         parallel_cells: ctx.options.parallel_cells,
         host: ctx.host.clone(),
@@ -620,51 +674,12 @@ fn run_cell(ctx: &CellContext<'_>, todo: &Todo<'_>) -> Result<CellOutcome> {
     let outcome = CellOutcome {
         cell_id: cell.id.clone(),
         attempt: todo.attempt,
-        failure,
-        skipped: false,
-        images_ok: images_ok.len(),
-        images_failed,
-        latency,
-        worker_peak_rss_mb,
-    };
-    ctx.observer.cell_finished(cell, &outcome);
-    Ok(outcome)
-}
-
-/// Records a cell as not run on this machine (status `skipped`, the reason as its error): it
-/// is planned and reported, not failed, and a later `collect` where it can run runs it.
-fn skip_cell(ctx: &CellContext<'_>, todo: &Todo<'_>, why: &str) -> Result<CellOutcome> {
-    let cell = todo.cell;
-    ctx.observer.cell_started(cell, todo.remaining.len());
-    let now = deltann_store::now_micros();
-    let row = CellRow {
-        cell: cell.clone(),
-        attempt: todo.attempt,
-        warmup: ctx.sweep.warmup,
-        failure: Some(why.to_string()),
-        skipped: true,
-        images_planned: todo.planned,
-        images_ok: 0,
-        images_failed: 0,
-        load_ms: None,
-        latency: None,
-        wall_s: 0.0,
-        worker_peak_rss_mb: None,
-        started_at_us: now,
-        finished_at_us: now,
-        parallel_cells: ctx.options.parallel_cells,
-        host: ctx.host.clone(),
-    };
-    records::commit(ctx.store, Some(&cell.id), ctx.run_id, &[row])?;
-    let outcome = CellOutcome {
-        cell_id: cell.id.clone(),
-        attempt: todo.attempt,
-        failure: Some(why.to_string()),
-        skipped: true,
-        images_ok: 0,
-        images_failed: 0,
-        latency: None,
-        worker_peak_rss_mb: None,
+        failure: end.failure,
+        skipped: end.skipped,
+        images_ok: end.images_ok,
+        images_failed: end.images_failed,
+        latency: end.latency,
+        worker_peak_rss_mb: end.worker_peak_rss_mb,
     };
     ctx.observer.cell_finished(cell, &outcome);
     Ok(outcome)
