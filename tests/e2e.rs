@@ -281,3 +281,68 @@ resize_filter = ["bilinear", "bicubic"]
     let quiet = plan("{data}/images");
     assert!(!quiet.contains("resize_filter lists"), "{quiet}");
 }
+
+#[test]
+fn preprocess_implementations_are_cells_columns_and_an_analysis_dimension() {
+    let dir = tempfile::tempdir().unwrap();
+    // Four implementations x two filters: OpenCV and TensorFlow have their own bilinear, so
+    // they make one cell each; the Pillow ones make two each.
+    let sweep = util::data_sweep(
+        dir.path(),
+        "engine = [\"tract\"]\npreprocess = [\"torchvision\", \"pil-round\", \"opencv\", \"tf\"]\n\
+         resize_filter = [\"bilinear\", \"bicubic\"]",
+    );
+    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let store = dir.path().join("store");
+    let cells = read_table(&store, "cells").all().unwrap();
+    let mut rows: Vec<(String, String)> = strings(&cells, "preprocess")
+        .into_iter()
+        .zip(strings(&cells, "resize_filter"))
+        .map(|(p, f)| (p.unwrap(), f.unwrap()))
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("opencv", "bilinear-no-antialias"),
+            ("pil-round", "bicubic"),
+            ("pil-round", "bilinear"),
+            ("tf", "bilinear-no-antialias"),
+            ("torchvision", "bicubic"),
+            ("torchvision", "bilinear"),
+        ]
+        .map(|(p, f)| (p.to_string(), f.to_string()))
+    );
+    // The implementations change the tensors of the resized photos, so their logits differ.
+    let hashes = util::run(&[
+        "query",
+        store.to_str().unwrap(),
+        "SELECT count(DISTINCT c.preprocess) FROM outputs o JOIN cells_latest c \
+         ON o.cell_id = c.cell_id WHERE o.image_id LIKE 'rocket%' AND c.resize_filter <> 'bicubic' \
+         GROUP BY o.image_id HAVING count(DISTINCT o.logits_hash) = 4",
+        "--format",
+        "csv",
+    ]);
+    assert!(hashes.status.success(), "{}", text(&hashes));
+    assert_eq!(
+        String::from_utf8_lossy(&hashes.stdout).lines().nth(1),
+        Some("4"),
+        "{}",
+        text(&hashes)
+    );
+    let dims = util::attributed_dimensions(&store);
+    assert!(
+        dims.iter().any(|d| d == "preprocess") && dims.iter().any(|d| d == "resize_filter"),
+        "{dims:?}"
+    );
+    // An exclude rule names an implementation.
+    let sweep = util::data_sweep(
+        dir.path(),
+        "engine = [\"tract\"]\npreprocess = [\"torchvision\", \"opencv\"]\n\
+         exclude = [{ preprocess = \"opencv\" }]",
+    );
+    let plan = util::run(&["plan", sweep.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    assert!(!String::from_utf8_lossy(&plan.stdout).contains("preprocess=opencv"));
+}

@@ -118,17 +118,9 @@ fn openvino_runs_beside_onnx_runtime_and_its_settings_are_dimensions() {
     // eight photos' top-1.
     let outputs = read_table(&store, "outputs").all().unwrap();
     assert_eq!(outputs.num_rows(), 3 * 8 * 2);
-    let report = util::run(&["report", store.to_str().unwrap(), "--format", "json"]);
-    assert!(report.status.success(), "{}", text(&report));
-    let json: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
-    let dims: Vec<&str> = json["attribution"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["dimension"].as_str().unwrap())
-        .collect();
+    let dims = util::attributed_dimensions(&store);
     assert!(
-        dims.contains(&"engine_settings") && dims.contains(&"engine"),
+        dims.iter().any(|d| d == "engine_settings") && dims.iter().any(|d| d == "engine"),
         "{dims:?}"
     );
     let flips = util::run(&[
@@ -209,6 +201,67 @@ fn cuda_cells_are_skipped_not_failed_where_there_is_no_gpu() {
     );
     assert_eq!((rows[1].0.as_str(), rows[1].1.as_str()), ("tract", "ok"));
     assert!(text(&out).contains("skipped"), "{}", text(&out));
+}
+
+#[test]
+fn ort_session_config_entries_reach_onnx_runtime() {
+    let Some(shared) = util::shared() else { return };
+    util::ort_library("1.32.0");
+    let dir = tempfile::tempdir().unwrap();
+    let body = |config: &str| {
+        format!(
+            r#"
+store = "store"
+warmup = 1
+[dataset]
+images = "{{data}}/images"
+[[model]]
+name = "mobilenetv2-int8"
+path = "{}/models/mobilenetv2-int8.onnx"
+preset = "torchvision"
+[environments]
+engine = ["ort"]
+ort_library = ["1.32.0"]
+ort_session_config = {config}
+"#,
+            shared.display()
+        )
+    };
+    // A malformed entry is refused with the setting's name, before anything runs.
+    let sweep = util::write_sweep(dir.path(), &body("[[\"session.disable_quant_qdq\"]]"));
+    let out = util::run(&["plan", sweep.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("ort_session_config") && text(&out).contains("key=value"),
+        "{}",
+        text(&out)
+    );
+    // session.disable_quant_qdq=1 runs the int8 model's QDQ pairs in float: every logit moves.
+    let sweep = util::write_sweep(dir.path(), &body("[[], [\"session.disable_quant_qdq=1\"]]"));
+    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let store = dir.path().join("store");
+    let settings: Vec<Option<String>> = cells(&store).into_iter().map(|r| r.3).collect();
+    assert_eq!(
+        settings,
+        [
+            None,
+            Some("ort_session_config=session.disable_quant_qdq=1".into())
+        ]
+    );
+    let same = util::run(&[
+        "query",
+        store.to_str().unwrap(),
+        "SELECT count(*) FROM (SELECT image_id FROM outputs GROUP BY image_id \
+         HAVING count(DISTINCT logits_hash) = 1)",
+        "--format",
+        "csv",
+    ]);
+    assert!(same.status.success(), "{}", text(&same));
+    assert_eq!(
+        String::from_utf8_lossy(&same.stdout).lines().nth(1),
+        Some("0")
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod concurrent;
 mod e2e;
 mod isolation;
 mod ort_versions;
+mod preprocess_reference;
 mod python_engines;
 mod reference;
 mod resume;

@@ -86,6 +86,19 @@ pub fn run(args: &[&str]) -> Output {
     deltann().args(args).output().expect("run deltann")
 }
 
+/// The dimensions `deltann report --format json` attributes flips to, in its order.
+pub fn attributed_dimensions(store: &Path) -> Vec<String> {
+    let report = run(&["report", store.to_str().unwrap(), "--format", "json"]);
+    assert!(report.status.success(), "{}", text(&report));
+    let json: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    json["attribution"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["dimension"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// stdout and stderr of an output, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(

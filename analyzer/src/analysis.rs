@@ -206,6 +206,7 @@ fn running_cell(f: &derived::Folded, models: &HashMap<String, ModelFacts>) -> Ce
         batch_size: 0,
         repetitions: 0,
         resize_filter: String::new(),
+        preprocess: String::new(),
         status: RUNNING.to_string(),
         error: None,
         images_ok: 0,
@@ -462,7 +463,9 @@ fn meant_faster(d: Dimension, a: &CellInfo, b: &CellInfo) -> Option<bool> {
                 _ => return None,
             }
         }
-        Dimension::Engine | Dimension::ResizeFilter | Dimension::Device => return None,
+        Dimension::Engine | Dimension::ResizeFilter | Dimension::Device | Dimension::Preprocess => {
+            return None;
+        }
     };
     match cmp {
         std::cmp::Ordering::Less => Some(true),

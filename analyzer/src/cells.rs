@@ -32,11 +32,13 @@ pub enum Dimension {
     /// A Python engine's own settings (torch precision and compiler, OpenVINO hints, TVM level
     /// and passes).
     EngineSettings,
+    /// Whose resize and crop: torchvision's, hand-written Pillow's, OpenCV's, TensorFlow's.
+    Preprocess,
 }
 
 impl Dimension {
     /// Every dimension, in report order.
-    pub const ALL: [Dimension; 9] = [
+    pub const ALL: [Dimension; 10] = [
         Dimension::Precision,
         Dimension::Engine,
         Dimension::EngineVersion,
@@ -46,6 +48,7 @@ impl Dimension {
         Dimension::Threads,
         Dimension::BatchSize,
         Dimension::ResizeFilter,
+        Dimension::Preprocess,
     ];
 
     /// The dimension's name in reports and on the command line.
@@ -60,6 +63,7 @@ impl Dimension {
             Dimension::ResizeFilter => "resize_filter",
             Dimension::Device => "device",
             Dimension::EngineSettings => "engine_settings",
+            Dimension::Preprocess => "preprocess",
         }
     }
 
@@ -98,6 +102,9 @@ pub struct CellInfo {
     pub batch_size: i32,
     pub repetitions: i32,
     pub resize_filter: String,
+    /// `torchvision`, `pil-round`, `opencv` or `tf`.
+    #[serde(default)]
+    pub preprocess: String,
     pub status: String,
     pub error: Option<String>,
     pub images_ok: i64,
@@ -124,6 +131,7 @@ impl CellInfo {
             Dimension::Threads => self.threads.to_string(),
             Dimension::BatchSize => self.batch_size.to_string(),
             Dimension::ResizeFilter => self.resize_filter.clone(),
+            Dimension::Preprocess => self.preprocess.clone(),
             Dimension::Device => self.device.clone(),
             Dimension::EngineSettings => format!(
                 "{} {}",
@@ -134,13 +142,16 @@ impl CellInfo {
     }
 
     /// A compact environment label such as `fp32 ort:all t1 b1` (the resize filter is added when
-    /// it is not bilinear).
+    /// it is not bilinear, the preprocessing when it is not torchvision's).
     pub fn env(&self) -> String {
-        let filter = if self.resize_filter == "bilinear" {
+        let mut filter = if self.resize_filter == "bilinear" {
             String::new()
         } else {
             format!(" {}", self.resize_filter)
         };
+        if !matches!(self.preprocess.as_str(), "" | "torchvision") {
+            filter = format!(" {}", self.preprocess);
+        }
         format!(
             "{} {}:{} t{} b{}{filter}",
             self.precision,
@@ -199,7 +210,14 @@ pub fn differences(a: &CellInfo, b: &CellInfo) -> Vec<Dimension> {
     if a.batch_size != b.batch_size {
         out.push(Dimension::BatchSize);
     }
-    if a.resize_filter != b.resize_filter {
+    if a.preprocess != b.preprocess {
+        out.push(Dimension::Preprocess);
+    }
+    // OpenCV's and TensorFlow's cells record their own bilinear: no filter was chosen there.
+    let pillow = |c: &CellInfo| matches!(c.preprocess.as_str(), "torchvision" | "pil-round");
+    if a.resize_filter != b.resize_filter
+        && (a.preprocess == b.preprocess || (pillow(a) && pillow(b)))
+    {
         out.push(Dimension::ResizeFilter);
     }
     out
@@ -259,6 +277,7 @@ pub fn load_cells(store: &Store) -> Result<Vec<CellInfo>> {
             devices,
             settings,
             filters,
+            implementations,
             st,
             errs,
         ) = (
@@ -274,6 +293,7 @@ pub fn load_cells(store: &Store) -> Result<Vec<CellInfo>> {
             text(col::DEVICE),
             text(col::ENGINE_SETTINGS),
             text(col::RESIZE_FILTER),
+            text(col::PREPROCESS),
             text(col::STATUS),
             text(col::ERROR),
         );
@@ -311,6 +331,10 @@ pub fn load_cells(store: &Store) -> Result<Vec<CellInfo>> {
                 batch_size: batches[i],
                 repetitions: reps[i],
                 resize_filter: filters[i].clone().unwrap_or_default(),
+                // Parts written before implementations were a dimension used torchvision's.
+                preprocess: implementations[i]
+                    .clone()
+                    .unwrap_or_else(|| "torchvision".into()),
                 status: st[i].clone().unwrap_or_default(),
                 error: errs[i].clone(),
                 images_ok: images_ok.map_or(0, |c| c.value(i)),
@@ -397,6 +421,7 @@ mod tests {
             batch_size: 1,
             repetitions: 1,
             resize_filter: "bilinear".into(),
+            preprocess: "torchvision".into(),
             status: "ok".into(),
             error: None,
             images_ok: 0,

@@ -31,7 +31,8 @@ pub const VIEWS: [(&str, &str); 2] = [
         "SELECT o.cell_id, o.image_id, o.image_sha256, o.label, o.repetition, o.top1, o.top1_prob, \
            o.top5, o.top5_prob, o.logits_hash, o.latency_ns, o.batch_latency_ns, \
            c.tag, c.model, c.family, c.precision, c.engine, c.engine_version, c.ort_optimization, \
-           c.tract_plan, c.threads, c.batch_size, c.resize_filter, c.status \
+           c.tract_plan, c.threads, c.batch_size, c.resize_filter, c.status, c.device, \
+           c.engine_settings, c.preprocess \
          FROM outputs o JOIN cells_latest c ON o.cell_id = c.cell_id",
     ),
 ];

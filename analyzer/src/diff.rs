@@ -40,14 +40,17 @@ pub struct Diff {
 
 fn environment_key(c: &CellInfo) -> String {
     format!(
-        "{}|{}|{}|{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
         c.model,
         c.engine,
         c.optimization(),
         c.threads,
         c.batch_size,
         c.resize_filter,
-        c.repetitions
+        c.repetitions,
+        c.device,
+        c.engine_settings.as_deref().unwrap_or(""),
+        c.preprocess
     )
 }
 

@@ -17,7 +17,7 @@ use deltann_store::ids::CellKey;
 use crate::engine::{self, EngineConfig, EngineKind, OrtOptimization, TractPlan};
 use crate::error::{Error, Result};
 use crate::model::{self, ModelInfo};
-use crate::preprocess::{Layout, Preprocess, ResizeFilter};
+use crate::preprocess::{Implementation, Layout, Preprocess, ResizeFilter};
 use crate::sweep::{Device, LibrarySpec, ModelSpec, Sweep};
 
 /// A model ready to run: its spec, what its file declares, and its preprocessing.
@@ -199,9 +199,20 @@ impl Plan {
                             for &threads in &env.threads {
                                 for &batch_size in &env.batch_size {
                                     for &repetitions in &env.repetitions {
-                                        for &filter in &filters {
+                                        for (&filter, &implementation) in
+                                            filters.iter().flat_map(|f| {
+                                                env.preprocess.iter().map(move |i| (f, i))
+                                            })
+                                        {
                                             let mut preprocess = model.preprocess.clone();
-                                            preprocess.filter = filter;
+                                            preprocess.implementation = implementation;
+                                            // OpenCV and TensorFlow resample with their own
+                                            // bilinear: one cell whatever the filter list says.
+                                            preprocess.filter = if implementation.uses_filter() {
+                                                filter
+                                            } else {
+                                                ResizeFilter::BilinearNoAntialias
+                                            };
                                             let cell = make_cell(
                                                 model,
                                                 Environment {
@@ -313,9 +324,17 @@ fn make_cell(
         tag.push_str(&format!(",{short}={shown}"));
     }
     tag.push_str(&format!(
-        ",threads={threads},batch={batch_size},reps={repetitions},filter={}",
-        preprocess.filter
+        ",threads={threads},batch={batch_size},reps={repetitions}"
     ));
+    // OpenCV's and TensorFlow's cells name their library; the filter is its own bilinear.
+    match preprocess.implementation {
+        Implementation::Torchvision => tag.push_str(&format!(",filter={}", preprocess.filter)),
+        Implementation::PilRound => tag.push_str(&format!(
+            ",filter={},preprocess=pil-round",
+            preprocess.filter
+        )),
+        other => tag.push_str(&format!(",preprocess={other}")),
+    }
     if lib.is_some() {
         tag.push_str(&format!(",lib={engine_version}"));
     }
@@ -355,6 +374,10 @@ fn excludes(rule: &crate::sweep::Exclude, cell: &Cell) -> bool {
         && ok(rule.batch_size.as_ref(), Some(&cell.batch_size))
         && ok(rule.repetitions.as_ref(), Some(&cell.repetitions))
         && ok(rule.resize_filter.as_ref(), Some(&cell.preprocess.filter))
+        && ok(
+            rule.preprocess.as_ref(),
+            Some(&cell.preprocess.implementation),
+        )
         && ok(
             rule.ort_library.as_ref(),
             cell.ort_library.as_ref().map(|l| &l.written),

@@ -4,9 +4,14 @@
 //! is: decode -> RGB -> resize the shorter side to round(size / crop) -> centre crop size x size
 //! -> x / 255 -> (x - mean) / std -> CHW. Each step here copies its exact arithmetic: the
 //! resized long side is truncated as `int()` does, the crop offset is rounded half-to-even as
-//! Python's `round` does, and resampling is Pillow's convolution with antialiasing, which
-//! `fast_image_resize` implements (other filters are offered because the choice of resize is
-//! one of the environment differences deltann measures).
+//! Python's `round` does, and resampling is Pillow's convolution with antialiasing, bit for bit
+//! (`deltann_resample::pillow`; other filters are offered because the choice of resize is one of
+//! the environment differences deltann measures).
+//!
+//! Other libraries' pipelines are the [`Implementation`]s, each reproduced bit for bit and checked
+//! against the real library (`tests/preprocess_reference.rs`): the same steps with the long side
+//! rounded (hand-written Pillow code), OpenCV's and TensorFlow's bilinear resize (see
+//! `deltann_resample`) with crop offsets floored as integer division does.
 //!
 //! Decoding applies the EXIF orientation (a photo's pixels are what its viewer shows), converts
 //! grayscale, palette, 16-bit and CMYK images to 8-bit RGB, and drops alpha without compositing,
@@ -15,7 +20,7 @@
 use std::fmt;
 use std::io::Cursor;
 
-use fast_image_resize as fr;
+use deltann_resample::{opencv, pillow, tf};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 use serde::{Deserialize, Serialize};
 
@@ -29,8 +34,8 @@ pub enum ResizeFilter {
     Box,
     /// Bilinear with antialiasing (Pillow's `BILINEAR`, torchvision's default).
     Bilinear,
-    /// Bilinear on a fixed 2x2 kernel, no antialiasing (OpenCV's `INTER_LINEAR`,
-    /// `antialias=False` in TensorFlow and torchvision tensors).
+    /// Bilinear on a fixed 2x2 kernel, no antialiasing, in OpenCV's `INTER_LINEAR` arithmetic
+    /// (what the opencv and tf implementations record; their own arithmetic is theirs).
     BilinearNoAntialias,
     /// Hamming.
     Hamming,
@@ -65,21 +70,79 @@ impl ResizeFilter {
         }
     }
 
-    fn algorithm(self) -> fr::ResizeAlg {
-        use fr::FilterType as F;
+    /// The Pillow filter (`None` for [`ResizeFilter::BilinearNoAntialias`], which has none).
+    fn pillow(self) -> Option<pillow::Filter> {
+        use pillow::Filter as F;
         match self {
-            ResizeFilter::Nearest => fr::ResizeAlg::Nearest,
-            ResizeFilter::Box => fr::ResizeAlg::Convolution(F::Box),
-            ResizeFilter::Bilinear => fr::ResizeAlg::Convolution(F::Bilinear),
-            ResizeFilter::BilinearNoAntialias => fr::ResizeAlg::Interpolation(F::Bilinear),
-            ResizeFilter::Hamming => fr::ResizeAlg::Convolution(F::Hamming),
-            ResizeFilter::Bicubic => fr::ResizeAlg::Convolution(F::CatmullRom),
-            ResizeFilter::Lanczos3 => fr::ResizeAlg::Convolution(F::Lanczos3),
+            ResizeFilter::Nearest => Some(F::Nearest),
+            ResizeFilter::Box => Some(F::Box),
+            ResizeFilter::Bilinear => Some(F::Bilinear),
+            ResizeFilter::BilinearNoAntialias => None,
+            ResizeFilter::Hamming => Some(F::Hamming),
+            ResizeFilter::Bicubic => Some(F::Bicubic),
+            ResizeFilter::Lanczos3 => Some(F::Lanczos),
         }
     }
 }
 
 impl fmt::Display for ResizeFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whose resize and crop the pipeline reproduces: a sweep's `preprocess` dimension.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Implementation {
+    /// torchvision's `Resize` + `CenterCrop` on a PIL image: long side `int(short * long /
+    /// short_side)`, Pillow's resampling with the recipe's filter, crop offsets rounded half to
+    /// even.
+    #[default]
+    Torchvision,
+    /// Hand-written Pillow code: as torchvision, but the long side rounded (`round()`, half to
+    /// even) instead of truncated.
+    PilRound,
+    /// `cv2.resize(..., interpolation=cv2.INTER_LINEAR)` (no antialiasing, 8-bit fixed point) to
+    /// torchvision's size, then `img[top:top + size, left:left + size]` with floored offsets.
+    Opencv,
+    /// `tf.image.resize(..., "bilinear")` (no antialiasing, float result, never rounded) to
+    /// torchvision's size, then `tf.image.crop_to_bounding_box` with floored offsets.
+    Tf,
+}
+
+impl Implementation {
+    /// Every implementation, for help texts.
+    pub const ALL: [Implementation; 4] = [
+        Implementation::Torchvision,
+        Implementation::PilRound,
+        Implementation::Opencv,
+        Implementation::Tf,
+    ];
+
+    /// The name used in sweep files and the store.
+    pub fn name(self) -> &'static str {
+        match self {
+            Implementation::Torchvision => "torchvision",
+            Implementation::PilRound => "pil-round",
+            Implementation::Opencv => "opencv",
+            Implementation::Tf => "tf",
+        }
+    }
+
+    /// Whether the recipe's resize filter is used (Pillow's); OpenCV and TensorFlow resample with
+    /// their own bilinear, recorded as [`ResizeFilter::BilinearNoAntialias`].
+    pub fn uses_filter(self) -> bool {
+        matches!(self, Implementation::Torchvision | Implementation::PilRound)
+    }
+
+    /// Bytes per value in the tensor cache: TensorFlow's resize yields floats, the others bytes.
+    fn value_bytes(self) -> usize {
+        if self == Implementation::Tf { 4 } else { 1 }
+    }
+}
+
+impl fmt::Display for Implementation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -156,6 +219,9 @@ pub struct Preprocess {
     pub channels: Channels,
     /// Memory layout.
     pub layout: Layout,
+    /// Whose resize and crop (the environment's `preprocess` dimension).
+    #[serde(default)]
+    pub implementation: Implementation,
 }
 
 impl Preprocess {
@@ -172,6 +238,7 @@ impl Preprocess {
             std,
             channels: Channels::Rgb,
             layout: Layout::Nchw,
+            implementation: Implementation::Torchvision,
         }
     }
 
@@ -195,26 +262,36 @@ impl Preprocess {
         self.shape().iter().product()
     }
 
-    /// Bytes per image in the tensor cache: the cropped RGB pixels.
+    /// Bytes per image in the tensor cache: the cropped RGB pixels (floats for TensorFlow's).
     pub fn pixels_len(&self) -> usize {
-        self.size as usize * self.size as usize * 3
+        self.size as usize * self.size as usize * 3 * self.implementation.value_bytes()
     }
 
     /// A short stable key of the geometry alone (size, crop, filter): recipes that differ only
     /// in normalisation, channel order or layout share their cached pixels.
     pub fn pixel_key(&self) -> String {
-        let canonical = serde_json::json!({
+        let mut canonical = serde_json::json!({
             "size": self.size,
             "crop": self.crop,
             "filter": self.filter,
         });
+        self.add_implementation(&mut canonical);
         deltann_store::ids::sha256_hex(canonical.to_string().as_bytes())[..12].to_string()
+    }
+
+    /// Keys name the implementation, always: torchvision's resize became Pillow's bit for bit
+    /// with this field (it was within a few levels of it before), so recipes from before it are
+    /// other recipes, and their cells other cells.
+    fn add_implementation(&self, canonical: &mut serde_json::Value) {
+        if let Some(map) = canonical.as_object_mut() {
+            map.insert("implementation".into(), self.implementation.name().into());
+        }
     }
 
     /// A short stable key: the first 12 hex digits of the sha256 of the recipe's JSON (preset
     /// name excluded: two presets that end up identical share tensors).
     pub fn key(&self) -> String {
-        let canonical = serde_json::json!({
+        let mut canonical = serde_json::json!({
             "size": self.size,
             "crop": self.crop,
             "filter": self.filter,
@@ -224,6 +301,7 @@ impl Preprocess {
             "channels": self.channels,
             "layout": self.layout,
         });
+        self.add_implementation(&mut canonical);
         deltann_store::ids::sha256_hex(canonical.to_string().as_bytes())[..12].to_string()
     }
 }
@@ -415,9 +493,10 @@ pub fn preprocess(img: &RgbImage, p: &Preprocess, out: &mut Vec<f32>) -> Result<
     Ok(())
 }
 
-/// Resizes and crops an RGB image into `out` (cleared first): `size` x `size` RGB pixels, row
-/// by row. These bytes are exact (normalisation comes after the uint8 resize, as in
-/// torchvision), so they are what the tensor cache keeps: one byte per input element.
+/// Resizes and crops an RGB image into `out` (cleared first): `size` x `size` RGB values, row
+/// by row; one byte each (little-endian `f32`s for [`Implementation::Tf`], whose resize keeps
+/// fractions). These values are exact (normalisation comes after the resize, as in torchvision),
+/// so they are what the tensor cache keeps.
 ///
 /// # Errors
 /// Fails when the image is too small to crop or resampling fails.
@@ -437,37 +516,65 @@ pub fn crop(img: &RgbImage, p: &Preprocess, out: &mut Vec<u8>) -> Result<(), Str
         ));
     }
     let (nw, nh) = (fw as u32, fh as u32);
-    let resized;
-    let src: &[u8] = if (nw, nh) == (w, h) {
-        img.as_raw()
-    } else {
-        resized = resize(img, nw, nh, p.filter)?;
-        &resized
-    };
     let size = p.size;
     if nw < size || nh < size {
         return Err(format!(
             "resized image {nw}x{nh} is smaller than the {size}x{size} crop"
         ));
     }
-    let top = (f64::from(nh - size) / 2.0).round_ties_even() as usize;
-    let left = (f64::from(nw - size) / 2.0).round_ties_even() as usize;
+    let (top, left) = if p.implementation.uses_filter() {
+        // torchvision's CenterCrop: int(round((h - size) / 2.0)).
+        let centre = |n: u32| (f64::from(n - size) / 2.0).round_ties_even() as usize;
+        (centre(nh), centre(nw))
+    } else {
+        // (h - size) // 2, as slicing code and crop_to_bounding_box callers write it.
+        (((nh - size) / 2) as usize, ((nw - size) / 2) as usize)
+    };
+    let same = (nw, nh) == (w, h);
     let (size, row) = (size as usize, nw as usize * 3);
     out.clear();
-    out.reserve(size * size * 3);
-    for y in 0..size {
-        out.extend_from_slice(&src[(top + y) * row + left * 3..][..size * 3]);
+    out.reserve(p.pixels_len());
+    match p.implementation {
+        Implementation::Torchvision | Implementation::PilRound | Implementation::Opencv => {
+            let resized;
+            let src: &[u8] = if same {
+                img.as_raw()
+            } else if p.implementation == Implementation::Opencv {
+                resized = opencv::linear(img.as_raw(), w, h, nw, nh);
+                &resized
+            } else {
+                resized = resize(img, nw, nh, p.filter);
+                &resized
+            };
+            for y in 0..size {
+                out.extend_from_slice(&src[(top + y) * row + left * 3..][..size * 3]);
+            }
+        }
+        Implementation::Tf => {
+            let resized = tf::bilinear(img.as_raw(), w, h, nw, nh);
+            for y in 0..size {
+                for v in &resized[(top + y) * row + left * 3..][..size * 3] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
     }
     Ok(())
 }
 
 /// The size a `w` x `h` image is resized to before its centre crop (before truncation to whole
 /// pixels): the short side becomes [`Preprocess::resize_short`], the long side keeps the ratio
-/// (torchvision truncates it).
+/// (torchvision truncates it; [`Implementation::PilRound`] rounds it, half to even).
 fn resized_size(w: u32, h: u32, p: &Preprocess) -> (f64, f64) {
     let short = f64::from(p.resize_short());
-    let long =
-        |long_side: u32, short_side: u32| short * f64::from(long_side) / f64::from(short_side);
+    let long = |long_side: u32, short_side: u32| {
+        let exact = short * f64::from(long_side) / f64::from(short_side);
+        if p.implementation == Implementation::PilRound {
+            exact.round_ties_even()
+        } else {
+            exact
+        }
+    };
     if w <= h {
         (short, long(h, w))
     } else {
@@ -493,9 +600,21 @@ pub fn header_size(path: &std::path::Path) -> Option<(u32, u32)> {
         .ok()
 }
 
-/// Normalises cropped RGB pixels (from [`crop`]) into the model's tensor: channel order, scale,
+/// Normalises cropped RGB values (from [`crop`]) into the model's tensor: channel order, scale,
 /// mean, std and layout. `out` must hold [`Preprocess::tensor_len`] values.
 pub fn normalize(pixels: &[u8], p: &Preprocess, out: &mut [f32]) {
+    if p.implementation.value_bytes() == 4 {
+        let values: Vec<f32> = pixels
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        normalize_values(&values, p, out);
+    } else {
+        normalize_values(pixels, p, out);
+    }
+}
+
+fn normalize_values<T: Copy + Into<f32>>(pixels: &[T], p: &Preprocess, out: &mut [f32]) {
     let size = p.size as usize;
     let order: [usize; 3] = match p.channels {
         Channels::Rgb => [0, 1, 2],
@@ -505,7 +624,7 @@ pub fn normalize(pixels: &[u8], p: &Preprocess, out: &mut [f32]) {
         let line = &pixels[y * size * 3..][..size * 3];
         for x in 0..size {
             for (c, &from) in order.iter().enumerate() {
-                let v = (f32::from(line[x * 3 + from]) / p.pixel_scale - p.mean[c]) / p.std[c];
+                let v = (line[x * 3 + from].into() / p.pixel_scale - p.mean[c]) / p.std[c];
                 let at = match p.layout {
                     Layout::Nchw => c * size * size + y * size + x,
                     Layout::Nhwc => (y * size + x) * 3 + c,
@@ -516,19 +635,12 @@ pub fn normalize(pixels: &[u8], p: &Preprocess, out: &mut [f32]) {
     }
 }
 
-fn resize(img: &RgbImage, nw: u32, nh: u32, filter: ResizeFilter) -> Result<Vec<u8>, String> {
+fn resize(img: &RgbImage, nw: u32, nh: u32, filter: ResizeFilter) -> Vec<u8> {
     let (w, h) = img.dimensions();
-    let src = fr::images::ImageRef::new(w, h, img.as_raw(), fr::PixelType::U8x3)
-        .map_err(|e| format!("resize: {e}"))?;
-    let mut dst = fr::images::Image::new(nw, nh, fr::PixelType::U8x3);
-    fr::Resizer::new()
-        .resize(
-            &src,
-            &mut dst,
-            &fr::ResizeOptions::new().resize_alg(filter.algorithm()),
-        )
-        .map_err(|e| format!("resize to {nw}x{nh}: {e}"))?;
-    Ok(dst.into_vec())
+    match filter.pillow() {
+        Some(f) => pillow::resize(img.as_raw(), w, h, nw, nh, f),
+        None => opencv::linear(img.as_raw(), w, h, nw, nh),
+    }
 }
 
 #[cfg(test)]
@@ -601,6 +713,40 @@ mod tests {
         let mut c = a.clone();
         c.preset = Preset::Unit;
         assert_eq!(a.key(), c.key());
+    }
+
+    #[test]
+    fn keys_name_the_implementation_and_tf_caches_floats() {
+        let a = Preprocess::from_preset(Preset::Torchvision, 224);
+        let mut keys = std::collections::HashSet::new();
+        for implementation in Implementation::ALL {
+            let mut p = a.clone();
+            p.implementation = implementation;
+            assert!(keys.insert((p.key(), p.pixel_key())), "{implementation}");
+            let bytes = if implementation == Implementation::Tf {
+                4
+            } else {
+                1
+            };
+            assert_eq!(p.pixels_len(), 224 * 224 * 3 * bytes);
+        }
+    }
+
+    #[test]
+    fn tf_values_normalise_with_their_fractions() {
+        // A 3x3 ramp (0, 100, 200) upscaled to 4x4, cropped to 2x2 at offset 1: TensorFlow's
+        // floats reach the tensor unrounded, OpenCV's are whole levels.
+        let img = RgbImage::from_fn(3, 3, |x, _| image::Rgb([(x * 100) as u8, 0, 0]));
+        let mut p = Preprocess::from_preset(Preset::Unit, 2);
+        p.crop = 0.5; // short side 4: an upscale
+        p.implementation = Implementation::Tf;
+        let mut out = Vec::new();
+        preprocess(&img, &p, &mut out).unwrap();
+        // Column 1 of the 4-wide resize samples source x = 0.625: 62.5 / 255.
+        assert_eq!(out[0], 62.5 / 255.0);
+        p.implementation = Implementation::Opencv;
+        preprocess(&img, &p, &mut out).unwrap();
+        assert_eq!(out[0] * 255.0, (out[0] * 255.0).round());
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! sweep. The collector finds the environment there without configuration, writes the script
 //! beside it when it differs, and runs the script with the environment's Python. Where the
 //! environment is missing, the engine's cells fail with the command that installs it.
+//!
+//! One more environment is not an engine's: `references` holds the libraries whose
+//! preprocessing deltann reproduces (Pillow, OpenCV, TensorFlow), for the test that checks each
+//! [`crate::preprocess::Implementation`] against the real one and for anyone who wants to
+//! repeat that check (`scripts/preprocess_reference.py`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,30 +30,81 @@ pub const NOT_INSTALLED: &str = "not installed";
 /// Marks an environment whose installation finished.
 const READY: &str = ".deltann-ready";
 
-/// The pinned requirements of a Python engine (`None` for the built-in ones).
-pub fn requirements(engine: EngineKind) -> Option<&'static str> {
-    match engine {
-        EngineKind::Torch => Some(include_str!("../../workers/python/torch.txt")),
-        EngineKind::Openvino => Some(include_str!("../../workers/python/openvino.txt")),
-        EngineKind::Tvm => Some(include_str!("../../workers/python/tvm.txt")),
-        EngineKind::Ort | EngineKind::Tract => None,
+/// A Python environment deltann creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PythonEnv {
+    /// An engine's (built-in engines have none).
+    Engine(EngineKind),
+    /// The preprocessing libraries deltann's implementations are checked against.
+    References,
+}
+
+impl From<EngineKind> for PythonEnv {
+    fn from(engine: EngineKind) -> Self {
+        PythonEnv::Engine(engine)
     }
 }
 
-/// Where the engine's environment lives (whether or not it is installed).
-pub fn env_dir(engine: EngineKind) -> Option<PathBuf> {
-    let reqs = requirements(engine)?;
+impl PythonEnv {
+    /// Every environment that can be installed.
+    pub fn all() -> impl Iterator<Item = PythonEnv> {
+        EngineKind::ALL
+            .into_iter()
+            .filter(|e| e.is_python())
+            .map(PythonEnv::Engine)
+            .chain([PythonEnv::References])
+    }
+
+    /// Its name on the command line and in its directory's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PythonEnv::Engine(engine) => engine.name(),
+            PythonEnv::References => "references",
+        }
+    }
+
+    /// The environment by name.
+    pub fn from_name(name: &str) -> Option<PythonEnv> {
+        PythonEnv::all().find(|e| e.name() == name)
+    }
+}
+
+impl std::fmt::Display for PythonEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The pinned requirements of an environment (`None` for the built-in engines).
+pub fn requirements(env: impl Into<PythonEnv>) -> Option<&'static str> {
+    match env.into() {
+        PythonEnv::Engine(EngineKind::Torch) => {
+            Some(include_str!("../../workers/python/torch.txt"))
+        }
+        PythonEnv::Engine(EngineKind::Openvino) => {
+            Some(include_str!("../../workers/python/openvino.txt"))
+        }
+        PythonEnv::Engine(EngineKind::Tvm) => Some(include_str!("../../workers/python/tvm.txt")),
+        PythonEnv::Engine(EngineKind::Ort | EngineKind::Tract) => None,
+        PythonEnv::References => Some(include_str!("../../workers/python/references.txt")),
+    }
+}
+
+/// Where the environment lives (whether or not it is installed).
+pub fn env_dir(env: impl Into<PythonEnv>) -> Option<PathBuf> {
+    let env = env.into();
+    let reqs = requirements(env)?;
     let hash = &deltann_store::ids::sha256_hex(reqs.as_bytes())[..12];
     Some(
         crate::sweep::deltann_home()
             .join("python")
-            .join(format!("{}-{hash}", engine.name())),
+            .join(format!("{}-{hash}", env.name())),
     )
 }
 
-/// The Python of the engine's environment, when it is installed.
-pub fn python(engine: EngineKind) -> Option<PathBuf> {
-    let dir = env_dir(engine)?;
+/// The Python of the environment, when it is installed.
+pub fn python(env: impl Into<PythonEnv>) -> Option<PathBuf> {
+    let dir = env_dir(env)?;
     let python = dir.join("bin").join("python");
     (dir.join(READY).is_file() && python.exists()).then_some(python)
 }
@@ -85,14 +141,15 @@ pub fn worker_command(engine: EngineKind) -> Result<WorkerCommand> {
     })
 }
 
-/// Creates the engine's environment from its pinned requirements (`python3 -m venv`, then pip),
+/// Creates the environment from its pinned requirements (`python3 -m venv`, then pip),
 /// reporting each step to `say`; an installed one is left as it is. The Python that creates it is
 /// `$DELTANN_PYTHON`, else `python3`.
 ///
 /// # Errors
 /// Fails, with pip's last words, when the environment cannot be created or a package cannot be
 /// installed; a half-made environment is removed by the next attempt.
-pub fn install(engine: EngineKind, say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+pub fn install(env: impl Into<PythonEnv>, say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let engine = env.into();
     let (Some(reqs), Some(dir)) = (requirements(engine), env_dir(engine)) else {
         return Err(Error::Engine(format!(
             "{engine} is built into deltann: nothing to install"
@@ -185,5 +242,12 @@ mod tests {
             }
         }
         assert!(WORKER.contains("def serve("));
+        let references = requirements(PythonEnv::References).unwrap_or_default();
+        assert!(references.contains("opencv-python-headless=="));
+        assert_eq!(
+            PythonEnv::from_name("references"),
+            Some(PythonEnv::References)
+        );
+        assert_eq!(PythonEnv::from_name("ort"), None);
     }
 }

@@ -435,6 +435,7 @@ impl Record for CellRow {
             int32(c.iter().map(|c| saturating_i32(c.repetitions as usize))),
             int32(rows.iter().map(|r| saturating_i32(r.warmup as usize))),
             text(filters.iter().map(String::as_str)),
+            opt_text(c.iter().map(|c| Some(c.preprocess.implementation.name()))),
             text(keys.iter().map(String::as_str)),
             text(rows.iter().map(|r| {
                 if r.skipped {

@@ -30,8 +30,10 @@
 //! batch_size = [1]
 //! repetitions = [1]
 //! resize_filter = ["bilinear"]             # overrides each model's filter
+//! preprocess = ["torchvision", "opencv"]   # whose resize and crop: torchvision | pil-round | opencv | tf
 //! ort_library = ["1.32.0"]                 # versions (fetched by scripts/fetch-onnxruntime.sh) or paths
 //! device = ["cpu", "cuda"]                 # each engine runs on the devices it supports
+//! ort_session_config = [[], ["session.disable_quant_qdq=1"]]  # ORT session config entries
 //! openvino_precision = ["f32", "bf16"]     # and the other engine settings (engine::SETTINGS)
 //! exclude = [ { engine = "tract", threads = 2 }, { openvino_precision = "bf16", threads = 2 } ]
 //! ```
@@ -50,7 +52,7 @@ use serde::Deserialize;
 
 use crate::engine::{EngineKind, OrtOptimization, SETTINGS, TractPlan};
 use crate::error::{Error, Result};
-use crate::preprocess::{Channels, Layout, Preset, ResizeFilter};
+use crate::preprocess::{Channels, Implementation, Layout, Preset, ResizeFilter};
 
 /// Default untimed runs before timing.
 pub const DEFAULT_WARMUP: u32 = 3;
@@ -160,9 +162,11 @@ struct RawEnvironments {
     batch_size: Option<Vec<u32>>,
     repetitions: Option<Vec<u32>>,
     resize_filter: Option<Vec<ResizeFilter>>,
+    preprocess: Option<Vec<Implementation>>,
     ort_library: Option<Vec<String>>,
     device: Option<Vec<Device>>,
     ort_disabled_optimizers: Option<Vec<toml::Value>>,
+    ort_session_config: Option<Vec<toml::Value>>,
     torch_precision: Option<Vec<toml::Value>>,
     torch_compile: Option<Vec<toml::Value>>,
     openvino_precision: Option<Vec<toml::Value>>,
@@ -179,6 +183,7 @@ macro_rules! setting_fields {
         fn setting(&self, key: &str) -> Option<&$ty> {
             match key {
                 "ort_disabled_optimizers" => self.ort_disabled_optimizers.as_ref(),
+                "ort_session_config" => self.ort_session_config.as_ref(),
                 "torch_precision" => self.torch_precision.as_ref(),
                 "torch_compile" => self.torch_compile.as_ref(),
                 "openvino_precision" => self.openvino_precision.as_ref(),
@@ -228,10 +233,12 @@ pub struct Exclude {
     pub batch_size: Option<u32>,
     pub repetitions: Option<u32>,
     pub resize_filter: Option<ResizeFilter>,
+    pub preprocess: Option<Implementation>,
     /// Matches the entry as written in `ort_library`.
     pub ort_library: Option<String>,
     pub device: Option<Device>,
     ort_disabled_optimizers: Option<toml::Value>,
+    ort_session_config: Option<toml::Value>,
     torch_precision: Option<toml::Value>,
     torch_compile: Option<toml::Value>,
     openvino_precision: Option<toml::Value>,
@@ -320,6 +327,8 @@ pub struct Environments {
     pub repetitions: Vec<u32>,
     /// `None`: each model's own filter.
     pub resize_filter: Option<Vec<ResizeFilter>>,
+    /// Whose resize and crop (default: torchvision's alone).
+    pub preprocess: Vec<Implementation>,
     /// Empty when no ORT cell is planned.
     pub ort_library: Vec<LibrarySpec>,
     /// Devices; each engine's cells take those it supports.
@@ -540,6 +549,12 @@ impl Sweep {
                 Some(v) => Some(non_empty("resize_filter", Some(v), Vec::new()).map_err(bad)?),
                 None => None,
             },
+            preprocess: non_empty(
+                "preprocess",
+                env.preprocess,
+                vec![Implementation::Torchvision],
+            )
+            .map_err(bad)?,
             ort_library,
             device,
             settings,
@@ -576,14 +591,25 @@ fn setting_value(setting: &crate::engine::Setting, value: &toml::Value) -> Resul
                         setting.key
                     )
                 })?;
-            if let Some(bad) = names.iter().find(|n| {
-                n.is_empty()
-                    || !n
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            // Session config entries are `key=value`; the others, pass names.
+            let entries = setting.key == "ort_session_config";
+            let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+            if let Some(bad) = names.iter().find(|n| match n.split_once('=') {
+                Some((k, v)) if entries => {
+                    k.is_empty()
+                        || v.is_empty()
+                        || !k.chars().all(name_char)
+                        || !v.chars().all(name_char)
+                }
+                _ => entries || n.is_empty() || !n.chars().all(name_char),
             }) {
+                let what = if entries {
+                    "a session config entry (key=value: letters, digits, '_' and '.')"
+                } else {
+                    "a pass name (letters, digits, '_' and '.')"
+                };
                 return Err(format!(
-                    "environments.{}: `{bad}` is not a pass name (letters, digits, '_' and '.')",
+                    "environments.{}: `{bad}` is not {what}",
                     setting.key
                 ));
             }
@@ -927,6 +953,7 @@ engine = ["tract"]
             let value = match setting.values.first() {
                 Some(v) if setting.key == "tvm_opt_level" => v.to_string(),
                 Some(v) => format!("\"{v}\""),
+                None if setting.key == "ort_session_config" => "[\"some.key=1\"]".to_string(),
                 None => "[\"SomePass\"]".to_string(),
             };
             let text = MINIMAL.replace(

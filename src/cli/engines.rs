@@ -36,24 +36,19 @@ pub fn list() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Installs the environments of the named engines (each once; an installed one is kept).
-pub fn install(engines: &[String]) -> anyhow::Result<ExitCode> {
-    for name in engines {
-        let kind = EngineKind::ALL
-            .into_iter()
-            .find(|k| k.name() == name)
-            .ok_or_else(|| {
-                let python: Vec<&str> = EngineKind::ALL
-                    .into_iter()
-                    .filter(|k| k.is_python())
-                    .map(EngineKind::name)
-                    .collect();
-                anyhow::anyhow!(
-                    "no engine `{name}`: the installable ones are {}",
-                    python.join(", ")
-                )
-            })?;
-        python::install(kind, &mut |line| eprintln!("{line}"))?;
+/// Installs the named environments (each once; an installed one is kept).
+pub fn install(names: &[String]) -> anyhow::Result<ExitCode> {
+    for name in names {
+        let env = python::PythonEnv::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = python::PythonEnv::all().map(|e| e.name()).collect();
+            let what = if EngineKind::ALL.iter().any(|k| k.name() == name) {
+                format!("{name} is built into deltann: nothing to install")
+            } else {
+                format!("no engine `{name}`")
+            };
+            anyhow::anyhow!("{what}: the installable ones are {}", known.join(", "))
+        })?;
+        python::install(env, &mut |line| eprintln!("{line}"))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,7 +19,8 @@ use clap::{Parser, Subcommand};
 /// Differential testing of image-recognition models across computational environments.
 ///
 /// A sweep file lists models, images and environment dimensions (engine, ONNX Runtime
-/// optimization level and version, tract plan, threads, batch size, repetitions, resize filter).
+/// optimization level and version, tract plan, engine settings, device, threads, batch size,
+/// repetitions, resize filter, and whose preprocessing: torchvision, pil-round, opencv, tf).
 /// deltann runs every combination ("cell") on the same preprocessed images and stores every
 /// output (full logits, top-5, per-image latency, provenance) as plain Parquet.
 ///
@@ -246,9 +247,11 @@ pub enum EnginesCommand {
     List,
     /// Create the Python environment of torch, openvino or tvm from pinned PyPI versions, under
     /// ~/.cache/deltann/python (or $DELTANN_HOME/python); once, then reused by every sweep.
-    /// torch brings its CUDA libraries (several GB).
+    /// torch brings its CUDA libraries (several GB). `references` installs the libraries whose
+    /// preprocessing the `preprocess` dimension reproduces (Pillow, OpenCV, TensorFlow), to check
+    /// it with scripts/preprocess_reference.py.
     Install {
-        /// Engines to install.
+        /// Engines to install (torch, openvino, tvm), or references.
         #[arg(required = true, value_name = "ENGINE")]
         engines: Vec<String>,
     },

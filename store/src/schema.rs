@@ -80,6 +80,7 @@ pub mod col {
     pub const TRACT_PLAN: &str = "tract_plan";
     pub const ORT_LIBRARY: &str = "ort_library";
     pub const DEVICE: &str = "device";
+    pub const PREPROCESS: &str = "preprocess";
     pub const ENGINE_SETTINGS: &str = "engine_settings";
     pub const THREADS: &str = "threads";
     pub const BATCH_SIZE: &str = "batch_size";
@@ -248,6 +249,7 @@ pub fn schema(table: Table) -> SchemaRef {
                 Field::new(col::REPETITIONS, Int32, false),
                 Field::new(col::WARMUP, Int32, false),
                 utf8(col::RESIZE_FILTER, false),
+                utf8(col::PREPROCESS, true),
                 utf8(col::PRESET_KEY, false),
                 utf8(col::STATUS, false),
                 utf8(col::ERROR, true),

@@ -632,6 +632,7 @@ fn write_cell_row(
         (col::REPETITIONS, i(spec.repetitions)),
         (col::WARMUP, i(3)),
         (col::RESIZE_FILTER, s("bilinear")),
+        (col::PREPROCESS, s("torchvision")),
         (col::PRESET_KEY, s("synthetic")),
         (
             col::STATUS,

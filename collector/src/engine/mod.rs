@@ -154,6 +154,13 @@ pub const SETTINGS: &[Setting] = &[
         about: "ONNX Runtime's own optimizer names disabled (optimization.disable_specified_optimizers), joined by '+' (each list in the sweep is one value)",
     },
     Setting {
+        key: "ort_session_config",
+        engine: EngineKind::Ort,
+        values: &[],
+        default: "",
+        about: "ONNX Runtime session config entries, each `key=value` (session.disable_quant_qdq=1, session.set_denormal_as_zero=1, session.disable_prepacking=1, mlas.enable_gemm_fastmath_arm64_bfloat16=1), joined by '+' (each list in the sweep is one value)",
+    },
+    Setting {
         key: "torch_precision",
         engine: EngineKind::Torch,
         values: &["fp32", "tf32", "fp16", "bf16"],

@@ -109,6 +109,17 @@ impl OrtEngine {
                 .map_err(|e| e.to_string())?,
             _ => session,
         };
+        // Session config entries (the `ort_session_config` setting), `key=value` joined by '+'.
+        if let Some(entries) = config.settings.get("ort_session_config") {
+            for entry in entries.split('+').filter(|e| !e.is_empty()) {
+                let (key, value) = entry
+                    .split_once('=')
+                    .ok_or_else(|| format!("session config entry `{entry}` is not key=value"))?;
+                session = session
+                    .with_config_entry(key, value)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         let session = session
             .commit_from_file(&config.model_path)
             .map_err(|e| e.to_string())?;
