@@ -9,6 +9,7 @@ mod analyzer_cli;
 mod bad_inputs;
 mod concurrent;
 mod e2e;
+mod float16;
 mod isolation;
 mod ort_versions;
 mod preprocess_reference;

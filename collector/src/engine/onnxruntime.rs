@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use half::f16;
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorElementType;
 use ort::value::TensorRef;
 
 use super::{Engine, EngineConfig, OrtOptimization, RunOutput};
@@ -18,6 +20,8 @@ use super::{Engine, EngineConfig, OrtOptimization, RunOutput};
 pub(super) struct OrtEngine {
     session: Session,
     input_name: String,
+    /// The model takes float16 images.
+    fp16_input: bool,
     input_shape: Vec<usize>,
     version: String,
     _environment: Environment,
@@ -123,17 +127,18 @@ impl OrtEngine {
         let session = session
             .commit_from_file(&config.model_path)
             .map_err(|e| e.to_string())?;
-        let input_name = session
-            .inputs()
-            .first()
-            .map(|i| i.name().to_string())
-            .ok_or("model has no inputs")?;
+        let input = session.inputs().first().ok_or("model has no inputs")?;
+        let input_name = input.name().to_string();
+        // A model whose input is float16 gets the images rounded to it (to nearest, ties to
+        // even, as ONNX's Cast does); any other type is ORT's to refuse.
+        let fp16_input = input.dtype().tensor_type() == Some(TensorElementType::Float16);
         if session.outputs().is_empty() {
             return Err("model has no outputs".into());
         }
         Ok(Self {
             session,
             input_name,
+            fp16_input,
             input_shape: config.input_shape.clone(),
             version,
             _environment: environment,
@@ -150,7 +155,17 @@ impl Engine for OrtEngine {
         let mut shape = Vec::with_capacity(self.input_shape.len() + 1);
         shape.push(rows);
         shape.extend_from_slice(&self.input_shape);
-        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| e.to_string())?;
+        let halves: Vec<f16>;
+        let tensor = if self.fp16_input {
+            halves = input.iter().map(|&v| f16::from_f32(v)).collect();
+            TensorRef::from_array_view((shape, halves.as_slice()))
+                .map_err(|e| e.to_string())?
+                .into_dyn()
+        } else {
+            TensorRef::from_array_view((shape, input))
+                .map_err(|e| e.to_string())?
+                .into_dyn()
+        };
         let started = Instant::now();
         let outputs = self
             .session
@@ -161,11 +176,16 @@ impl Engine for OrtEngine {
             .values()
             .next()
             .ok_or("the run returned no outputs")?;
-        let (shape, values) = first
-            .try_extract_tensor::<f32>()
-            .map_err(|e| format!("first output is not a float32 tensor: {e}"))?;
+        // float32 scores, or float16 ones widened (exactly) to float32.
+        let (shape, values) = match first.try_extract_tensor::<f32>() {
+            Ok((shape, values)) => (shape, values.to_vec()),
+            Err(_) => first
+                .try_extract_tensor::<f16>()
+                .map(|(shape, values)| (shape, values.iter().map(|v| v.to_f32()).collect()))
+                .map_err(|e| format!("first output is not a float32 or float16 tensor: {e}"))?,
+        };
         Ok(RunOutput {
-            values: values.to_vec(),
+            values,
             shape: shape
                 .iter()
                 .map(|&d| usize::try_from(d).unwrap_or(0))

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use super::{Engine, EngineConfig, RunOutput, TRACT_VERSION, TractPlan};
 
@@ -47,8 +48,15 @@ fn build(config: &EngineConfig, rows: usize) -> Result<Plan, String> {
     shape.extend_from_slice(&config.input_shape);
     let model = tract_onnx::onnx()
         .model_for_path(&config.model_path)
-        .map_err(err)?
-        .with_input_fact(0, f32::fact(&shape).into())
+        .map_err(err)?;
+    // A float16 input keeps its type (the images are rounded to it in `run`).
+    let fact = if fp16_input(&model) {
+        f16::fact(&shape)
+    } else {
+        f32::fact(&shape)
+    };
+    let model = model
+        .with_input_fact(0, fact.into())
         .map_err(err)?
         .into_typed()
         .map_err(err)?;
@@ -63,6 +71,13 @@ fn build(config: &EngineConfig, rows: usize) -> Result<Plan, String> {
     model.into_runnable_with_options(&options).map_err(err)
 }
 
+/// Whether the model declares its first input float16.
+fn fp16_input(model: &InferenceModel) -> bool {
+    model
+        .input_fact(0)
+        .is_ok_and(|f| f.datum_type.concretize() == Some(DatumType::F16))
+}
+
 impl Engine for TractEngine {
     fn version(&self) -> &str {
         &self.version
@@ -72,13 +87,27 @@ impl Engine for TractEngine {
         let plan = self.plan(rows)?;
         let mut shape = vec![rows];
         shape.extend_from_slice(&self.config.input_shape);
-        let tensor = Tensor::from_shape(&shape, input).map_err(|e| format!("{e:#}"))?;
+        let mut tensor = Tensor::from_shape(&shape, input).map_err(|e| format!("{e:#}"))?;
+        if plan
+            .model()
+            .input_fact(0)
+            .is_ok_and(|f| f.datum_type == DatumType::F16)
+        {
+            tensor = tensor
+                .cast_to_dt(DatumType::F16)
+                .map_err(|e| format!("{e:#}"))?
+                .into_owned();
+        }
         let started = Instant::now();
         let outputs = plan
             .run(tvec![tensor.into_tvalue()])
             .map_err(|e| format!("{e:#}"))?;
         let elapsed = started.elapsed();
         let first = outputs.first().ok_or("the run returned no outputs")?;
+        // float16 scores are widened (exactly) to float32.
+        let first = first
+            .cast_to::<f32>()
+            .map_err(|e| format!("first output is not a float tensor: {e:#}"))?;
         let view = first
             .to_plain_array_view::<f32>()
             .map_err(|e| format!("first output is not a float32 tensor: {e:#}"))?;
