@@ -2,6 +2,7 @@
 # The collector's throughput with a Python engine against the same engine in a bare Python loop.
 #
 #   scripts/bench-python-engines.sh [BIN] [ENGINE...]     default: target/debug/deltann, openvino torch
+#   N=400 ROUNDS=5 (defaults) set the photo count and how many interleaved rounds are run
 #
 # Collector: the same one-cell sweep (EfficientNet-Lite0, 1 thread, batch 1) over the first N and
 # the first 2N photos of ../shared (or data/'s eight, repeated by the image count); throughput is
@@ -18,7 +19,8 @@ engines=("$@")
 [ ${#engines[@]} -gt 0 ] || engines=(openvino torch)
 shared="$(pwd)/../shared"
 [ -d "$shared/images/imagenet-sample" ] || { echo "bench-python-engines: needs ../shared" >&2; exit 2; }
-n=${N:-200}
+n=${N:-400}
+rounds=${ROUNDS:-5}
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
@@ -40,9 +42,8 @@ TOML
     "$bin" collect --quiet "$work/s$1.toml" > /dev/null
     "$bin" query "$work/store-$engine-$1" "SELECT wall_s FROM cells_latest" --format csv | tail -1
   }
-  w1=$(wall "$n"); w2=$(wall $((2 * n)))
-  python="$(ls -d "${DELTANN_HOME:-$HOME/.cache/deltann}"/python/"$engine"-*/bin/python | head -1)"
-  bare=$("$python" - "$(dirname "$python")/../deltann_worker.py" "$shared/models/efficientnet-lite0.onnx" "$engine" "$n" <<'PY'
+  bare_loop() { # the engine alone, on n ready tensors -> images per second
+    "$python" - "$(dirname "$python")/../deltann_worker.py" "$shared/models/efficientnet-lite0.onnx" "$engine" "$n" <<'PY'
 import importlib.util, sys, time
 import numpy as np
 spec = importlib.util.spec_from_file_location("w", sys.argv[1]); w = importlib.util.module_from_spec(spec); spec.loader.exec_module(w)
@@ -56,11 +57,26 @@ for x in xs:
     engine.run(x)
 print(n / (time.perf_counter() - started))
 PY
-)
-  python3 - "$engine" "$n" "$w1" "$w2" "$bare" <<'PY'
-import sys
-engine, n, w1, w2, bare = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
-collector = n / (w2 - w1)
-print(f"{engine}: collector {collector:.1f} img/s (cells of {n} and {2*n} photos: {w1:.2f} s, {w2:.2f} s), bare loop {bare:.1f} img/s, ratio {collector / bare:.2f}")
+  }
+  python="$(ls -d "${DELTANN_HOME:-$HOME/.cache/deltann}"/python/"$engine"-*/bin/python | head -1)"
+  results=()
+  # Rounds interleave the collector's two cells and the bare loop, so that a slow spell of the
+  # machine touches both sides; the median round is the figure.
+  for round in $(seq "$rounds"); do
+    rm -rf "$work"/store-*
+    w1=$(wall "$n"); w2=$(wall $((2 * n)))
+    bare=$(bare_loop)
+    results+=("$w1 $w2 $bare")
+  done
+  python3 - "$engine" "$n" "${results[@]}" <<'PY'
+import statistics, sys
+engine, n = sys.argv[1], int(sys.argv[2])
+ratios = []
+for r in sys.argv[3:]:
+    w1, w2, bare = map(float, r.split())
+    collector = n / (w2 - w1)
+    ratios.append(collector / bare)
+    print(f"{engine}: collector {collector:.1f} img/s (cells of {n} and {2*n} photos: {w1:.2f} s, {w2:.2f} s), bare loop {bare:.1f} img/s, ratio {collector / bare:.2f}")
+print(f"{engine}: median ratio over {len(ratios)} rounds {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
 PY
 done

@@ -344,5 +344,7 @@ fn preprocess_implementations_are_cells_columns_and_an_analysis_dimension() {
     );
     let plan = util::run(&["plan", sweep.to_str().unwrap()]);
     assert!(plan.status.success(), "{}", text(&plan));
-    assert!(!String::from_utf8_lossy(&plan.stdout).contains("preprocess=opencv"));
+    let planned = String::from_utf8_lossy(&plan.stdout);
+    assert!(!planned.contains("preprocess=opencv"), "{planned}");
+    assert_eq!(planned.matches("engine=tract,").count(), 1, "{planned}");
 }

@@ -13,7 +13,8 @@ use image::RgbImage;
 use crate::util::{self, text};
 
 /// The images compared: every demo photo, then synthetic ones that a 224 or 240 model upscales
-/// (97x61), stretches (1000x150) or resizes from an odd size (333x251).
+/// (97x61), stretches (1000x150) or resizes from an odd size (333x251, and 251x333, whose odd
+/// rows are kept whole with crop 1.0).
 fn images() -> Vec<(String, RgbImage)> {
     let mut out = Vec::new();
     let mut paths: Vec<_> = std::fs::read_dir(util::data().join("images"))
@@ -29,7 +30,7 @@ fn images() -> Vec<(String, RgbImage)> {
         ));
     }
     let mut seed = 7u32;
-    for (w, h) in [(97, 61), (1000, 150), (333, 251)] {
+    for (w, h) in [(97, 61), (1000, 150), (333, 251), (251, 333)] {
         let img = RgbImage::from_fn(w, h, |x, y| {
             // Structure plus noise, so that every rounding path is taken.
             seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
@@ -67,10 +68,15 @@ fn every_preprocess_implementation_matches_its_library_byte_for_byte() {
                 &[ResizeFilter::BilinearNoAntialias]
             };
             for &filter in filters {
-                let mut p = Preprocess::from_preset(Preset::Torchvision, size);
-                p.implementation = implementation;
-                p.filter = filter;
-                recipes.push(p);
+                // crop 0.875 as the models use it; 1.0 keeps the whole short side, so a portrait
+                // image's rows are compared to their last pixel.
+                for crop in [0.875, 1.0] {
+                    let mut p = Preprocess::from_preset(Preset::Torchvision, size);
+                    p.implementation = implementation;
+                    p.filter = filter;
+                    p.crop = crop;
+                    recipes.push(p);
+                }
             }
         }
     }
@@ -140,6 +146,7 @@ fn every_preprocess_implementation_matches_its_library_byte_for_byte() {
         .filter(|(n, p, _, _)| {
             n == "rocket.jpg"
                 && p.size == 240
+                && p.crop == 0.875
                 && matches!(
                     p.filter,
                     ResizeFilter::Bilinear | ResizeFilter::BilinearNoAntialias

@@ -149,8 +149,11 @@ impl CellInfo {
         } else {
             format!(" {}", self.resize_filter)
         };
-        if !matches!(self.preprocess.as_str(), "" | "torchvision") {
-            filter = format!(" {}", self.preprocess);
+        match self.preprocess.as_str() {
+            "" | "torchvision" => {}
+            "pil-round" => filter.push_str(" pil-round"),
+            // OpenCV's and TensorFlow's cells have their own bilinear: the name says it.
+            other => filter = format!(" {other}"),
         }
         format!(
             "{} {}:{} t{} b{}{filter}",
@@ -169,8 +172,12 @@ impl CellInfo {
             (_, Some(p)) => format!("plan={p}"),
             _ => String::new(),
         };
+        let preprocess = match self.preprocess.as_str() {
+            "" | "torchvision" => String::new(),
+            other => format!(" {other}"),
+        };
         format!(
-            "{} {} {} {opt} t={} b={} {}",
+            "{} {} {} {opt} t={} b={} {}{preprocess}",
             self.model,
             self.engine,
             self.engine_version,
@@ -213,11 +220,15 @@ pub fn differences(a: &CellInfo, b: &CellInfo) -> Vec<Dimension> {
     if a.preprocess != b.preprocess {
         out.push(Dimension::Preprocess);
     }
-    // OpenCV's and TensorFlow's cells record their own bilinear: no filter was chosen there.
-    let pillow = |c: &CellInfo| matches!(c.preprocess.as_str(), "torchvision" | "pil-round");
-    if a.resize_filter != b.resize_filter
-        && (a.preprocess == b.preprocess || (pillow(a) && pillow(b)))
-    {
+    // OpenCV's and TensorFlow's cells resample with their own bilinear: against a Pillow cell
+    // they differ in the filter too unless that cell's is bilinear.
+    fn filter(c: &CellInfo) -> &str {
+        match c.preprocess.as_str() {
+            "opencv" | "tf" => "bilinear",
+            _ => c.resize_filter.as_str(),
+        }
+    }
+    if filter(a) != filter(b) {
         out.push(Dimension::ResizeFilter);
     }
     out
@@ -428,6 +439,41 @@ mod tests {
             latency_p50_ms: None,
             started_at_us: 0,
         }
+    }
+
+    #[test]
+    fn opencv_and_tf_cells_count_as_bilinear_against_pillow_filters() {
+        let with = |preprocess: &str, filter: &str| CellInfo {
+            preprocess: preprocess.into(),
+            resize_filter: filter.into(),
+            ..cell("m", "ort", "all", 1)
+        };
+        let opencv = with("opencv", "bilinear-no-antialias");
+        assert_eq!(
+            differences(&with("torchvision", "bilinear"), &opencv),
+            [Dimension::Preprocess]
+        );
+        assert_eq!(
+            differences(&with("torchvision", "bicubic"), &opencv),
+            [Dimension::Preprocess, Dimension::ResizeFilter]
+        );
+        assert_eq!(
+            differences(&with("tf", "bilinear-no-antialias"), &opencv),
+            [Dimension::Preprocess]
+        );
+        assert_eq!(
+            differences(
+                &with("pil-round", "bicubic"),
+                &with("torchvision", "bilinear")
+            ),
+            [Dimension::Preprocess, Dimension::ResizeFilter]
+        );
+        // Labels tell them apart.
+        assert_ne!(
+            with("pil-round", "bicubic").env(),
+            with("pil-round", "bilinear").env()
+        );
+        assert_ne!(opencv.short(), with("tf", "bilinear-no-antialias").short());
     }
 
     #[test]

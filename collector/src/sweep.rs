@@ -578,19 +578,24 @@ impl Sweep {
 /// names (joined by `+`).
 fn setting_value(setting: &crate::engine::Setting, value: &toml::Value) -> Result<String, String> {
     let text = match value {
-        toml::Value::String(s) => s.clone(),
-        toml::Value::Integer(i) => i.to_string(),
-        toml::Value::Array(names) if setting.values.is_empty() => {
-            let names = names
-                .iter()
-                .map(|n| n.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    format!(
-                        "environments.{}: each value is a list of names",
-                        setting.key
-                    )
-                })?;
+        // A list of names (passes, optimizers, config entries) is one value; so is a string
+        // of them joined by '+'.
+        toml::Value::Array(_) | toml::Value::String(_) if setting.values.is_empty() => {
+            let names: Vec<String> = match value {
+                toml::Value::Array(names) => names
+                    .iter()
+                    .map(|n| n.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        format!(
+                            "environments.{}: each value is a list of names",
+                            setting.key
+                        )
+                    })?,
+                toml::Value::String(joined) if joined.is_empty() => Vec::new(),
+                toml::Value::String(joined) => joined.split('+').map(str::to_string).collect(),
+                _ => Vec::new(),
+            };
             // Session config entries are `key=value`; the others, pass names.
             let entries = setting.key == "ort_session_config";
             let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
@@ -615,6 +620,8 @@ fn setting_value(setting: &crate::engine::Setting, value: &toml::Value) -> Resul
             }
             names.join("+")
         }
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
         other => {
             return Err(format!(
                 "environments.{}: `{other}` is not a value it takes",
@@ -945,6 +952,29 @@ engine = ["tract"]
         );
         assert_eq!(env.settings["openvino_precision"], vec!["f32"]);
         assert_eq!(env.settings["torch_compile"], vec!["eager"]);
+    }
+
+    #[test]
+    fn name_lists_are_checked_whether_written_as_lists_or_strings() {
+        let with = |line: &str| {
+            parse(&MINIMAL.replace(
+                "engine = [\"tract\"]",
+                &format!("engine = [\"ort\"]\n{line}"),
+            ))
+        };
+        let s = with("ort_session_config = [\"a.b=1+c=2\", [\"d=3\"], \"\"]").unwrap();
+        assert_eq!(
+            s.environments.settings["ort_session_config"],
+            ["a.b=1+c=2", "d=3", ""]
+        );
+        for bad in [
+            "ort_session_config = [\"session.disable_quant_qdq\"]",
+            "ort_session_config = [\"a=1+b\"]",
+            "ort_disabled_optimizers = [\"Constant Folding\"]",
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("is not a"), "{bad}: {err}");
+        }
     }
 
     #[test]

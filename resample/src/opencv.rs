@@ -48,6 +48,9 @@ impl CvAxis {
 
 /// `cv2.resize(src, (dst_w, dst_h), interpolation=cv2.INTER_LINEAR)` on packed 8-bit RGB.
 pub fn linear(src: &[u8], w: u32, h: u32, dst_w: u32, dst_h: u32) -> Vec<u8> {
+    if w == 0 || h == 0 || dst_w == 0 || dst_h == 0 || src.len() < w as usize * h as usize * 3 {
+        return Vec::new();
+    }
     const CN: usize = 3;
     let (w_us, h_us) = (w as usize, h as usize);
     let cols = CvAxis::new(w, dst_w, true);

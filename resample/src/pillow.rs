@@ -143,6 +143,9 @@ fn clip8(sum: i32) -> u8 {
 
 /// `Image.resize((dst_w, dst_h), filter)` on packed 8-bit RGB.
 pub fn resize(src: &[u8], w: u32, h: u32, dst_w: u32, dst_h: u32, filter: Filter) -> Vec<u8> {
+    if w == 0 || h == 0 || dst_w == 0 || dst_h == 0 || src.len() < w as usize * h as usize * 3 {
+        return Vec::new();
+    }
     if (w, h) == (dst_w, dst_h) {
         return src.to_vec();
     }

@@ -20,6 +20,9 @@ fn tf_axis(src: u32, dst: u32) -> Vec<(usize, usize, f32)> {
 
 /// `tf.image.resize(src, [dst_h, dst_w], method="bilinear")` on packed 8-bit RGB: packed `f32` RGB.
 pub fn bilinear(src: &[u8], w: u32, h: u32, dst_w: u32, dst_h: u32) -> Vec<f32> {
+    if w == 0 || h == 0 || dst_w == 0 || dst_h == 0 || src.len() < w as usize * h as usize * 3 {
+        return Vec::new();
+    }
     const CN: usize = 3;
     let w = w as usize;
     let cols = tf_axis(w as u32, dst_w);

@@ -104,13 +104,17 @@ impl Engine for TractEngine {
             .map_err(|e| format!("{e:#}"))?;
         let elapsed = started.elapsed();
         let first = outputs.first().ok_or("the run returned no outputs")?;
-        // float16 scores are widened (exactly) to float32.
-        let first = first
-            .cast_to::<f32>()
-            .map_err(|e| format!("first output is not a float tensor: {e:#}"))?;
+        // float16 scores are widened (exactly) to float32; other types are refused below.
+        let first = if first.datum_type() == DatumType::F16 {
+            first
+                .cast_to::<f32>()
+                .map_err(|e| format!("cannot widen float16 scores: {e:#}"))?
+        } else {
+            std::borrow::Cow::Borrowed(&**first)
+        };
         let view = first
             .to_plain_array_view::<f32>()
-            .map_err(|e| format!("first output is not a float32 tensor: {e:#}"))?;
+            .map_err(|e| format!("first output is not a float32 or float16 tensor: {e:#}"))?;
         Ok(RunOutput {
             shape: view.shape().to_vec(),
             values: view.iter().copied().collect(),
