@@ -315,22 +315,13 @@ fn preprocess_implementations_are_cells_columns_and_an_analysis_dimension() {
         .map(|(p, f)| (p.to_string(), f.to_string()))
     );
     // The implementations change the tensors of the resized photos, so their logits differ.
-    let hashes = util::run(&[
-        "query",
-        store.to_str().unwrap(),
+    let hashes = util::query_value(
+        &store,
         "SELECT count(DISTINCT c.preprocess) FROM outputs o JOIN cells_latest c \
          ON o.cell_id = c.cell_id WHERE o.image_id LIKE 'rocket%' AND c.resize_filter <> 'bicubic' \
          GROUP BY o.image_id HAVING count(DISTINCT o.logits_hash) = 4",
-        "--format",
-        "csv",
-    ]);
-    assert!(hashes.status.success(), "{}", text(&hashes));
-    assert_eq!(
-        String::from_utf8_lossy(&hashes.stdout).lines().nth(1),
-        Some("4"),
-        "{}",
-        text(&hashes)
     );
+    assert_eq!(hashes, "4");
     let dims = util::attributed_dimensions(&store);
     assert!(
         dims.iter().any(|d| d == "preprocess") && dims.iter().any(|d| d == "resize_filter"),

@@ -86,6 +86,15 @@ pub fn run(args: &[&str]) -> Output {
     deltann().args(args).output().expect("run deltann")
 }
 
+/// The one value `deltann query STORE SQL` answers (its first row's first column, as CSV text).
+pub fn query_value(store: &Path, sql: &str) -> String {
+    let out = run(&["query", store.to_str().unwrap(), sql, "--format", "csv"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = stdout.lines().nth(1).unwrap_or_default();
+    value.split(',').next().unwrap_or_default().to_string()
+}
+
 /// The dimensions `deltann report --format json` attributes flips to, in its order.
 pub fn attributed_dimensions(store: &Path) -> Vec<String> {
     let report = run(&["report", store.to_str().unwrap(), "--format", "json"]);

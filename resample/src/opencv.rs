@@ -70,23 +70,22 @@ pub fn linear(src: &[u8], w: u32, h: u32, dst_w: u32, dst_h: u32) -> Vec<u8> {
         out
     };
     let clamp = |y: i64| y.clamp(0, h_us as i64 - 1) as usize;
-    let mut cache: Vec<Option<Vec<i32>>> = vec![None; h_us];
+    // The last two source rows through the horizontal pass: the source row only grows.
+    let mut held: [(usize, Vec<i32>); 2] = [(usize::MAX, Vec::new()), (usize::MAX, Vec::new())];
     let mut out = Vec::with_capacity(row_len * dst_h as usize);
     for (&sy, &(b0, b1)) in rows.index.iter().zip(&rows.weights) {
         let (y0, y1) = (clamp(sy), clamp(sy + 1));
-        for y in [y0, y1] {
-            if cache[y].is_none() {
-                cache[y] = Some(horizontal(y));
-            }
+        if held[0].0 != y0 {
+            held[0] = if held[1].0 == y0 {
+                std::mem::replace(&mut held[1], (usize::MAX, Vec::new()))
+            } else {
+                (y0, horizontal(y0))
+            };
         }
-        // Rows above y0 are never needed again: the source index only grows.
-        for slot in cache.iter_mut().take(y0) {
-            *slot = None;
+        if held[1].0 != y1 {
+            held[1] = (y1, horizontal(y1));
         }
-        let (r0, r1) = (
-            cache[y0].as_deref().unwrap_or_default(),
-            cache[y1].as_deref().unwrap_or_default(),
-        );
+        let (r0, r1) = (&held[0].1, &held[1].1);
         for (&v0, &v1) in r0.iter().zip(r1) {
             let hi = |v: i32, b: i32| ((v >> 4) * b) >> 16;
             let v = (hi(v0, b0) + hi(v1, b1) + 2) >> 2;
