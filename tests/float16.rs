@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use arrow::array::AsArray;
-use arrow::datatypes::{Float32Type, Int32Type};
+use arrow::datatypes::Int32Type;
 use prost::Message;
 use tract_onnx::pb;
 
@@ -205,7 +205,7 @@ fn outputs(store: &std::path::Path) -> BTreeMap<(String, String, String), (i32, 
         .map(|(id, (m, e))| (id.unwrap(), (m.unwrap(), e.unwrap())))
         .collect();
     let outputs = read_table(store, "outputs").all().unwrap();
-    let logits = outputs.column_by_name("logits").unwrap().as_list::<i32>();
+    let logits = outputs.column_by_name("logits").unwrap().as_binary::<i32>();
     let top1 = outputs
         .column_by_name("top1")
         .unwrap()
@@ -216,8 +216,11 @@ fn outputs(store: &std::path::Path) -> BTreeMap<(String, String, String), (i32, 
         .enumerate()
         .map(|(row, (c, i))| {
             let (m, e) = engines[&c.unwrap()].clone();
-            let values = logits.value(row);
-            let values = values.as_primitive::<Float32Type>().values().to_vec();
+            let values: Vec<f32> = logits
+                .value(row)
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
             ((m, e, i.unwrap()), (top1.value(row), values))
         })
         .collect()

@@ -18,4 +18,5 @@ mod reference;
 mod resume;
 mod store_health;
 mod tui_tmux;
+mod upgrade;
 mod util;

@@ -12,6 +12,7 @@ deltann's analyzer: what a reviewer asks of a store after an overnight sweep.
   the derived Parquet; the suite checks they agree), [`cells`] for the environment dimensions,
   [`stats`] for bootstrap intervals of latency quantiles and contrasts; [`detail`] looks one
   image up.
+- [`udf`] adds `logits_values()`, the logits' bytes as floats in SQL.
 - [`report`] renders an analysis, [`check`] turns it into a CI gate, [`diff`] compares two stores.
 */
 
@@ -32,5 +33,6 @@ pub mod provider;
 pub mod queries;
 pub mod report;
 pub mod stats;
+pub mod udf;
 
 pub use error::{Error, Result};

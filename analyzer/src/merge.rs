@@ -12,10 +12,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{
-    Array, AsArray, GenericListArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+    Array, AsArray, BinaryArray, GenericListArray, Int32Array, Int64Array, RecordBatch,
+    StringArray, UInt64Array,
 };
 use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::{Float32Type, Int32Type, Int64Type, UInt64Type};
+use deltann_store::outputs;
 use deltann_store::schema::col;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
@@ -163,7 +165,7 @@ pub enum Wanted {
 /// A batch's logits: the decoded column, or for a part read with [`Wanted::Rows`], the logits of
 /// the rows that wanted them (`None`: not read; `Some(None)`: the row has none).
 enum BatchLogits {
-    Column(GenericListArray<i32>),
+    Column(BinaryArray),
     Picked(Vec<Option<Option<ScalarBuffer<f32>>>>),
 }
 
@@ -171,7 +173,7 @@ enum BatchLogits {
 /// reader over the logits column alone, with a row selection.
 struct LogitsOnly {
     reader: ParquetRecordBatchReader,
-    batch: Option<GenericListArray<i32>>,
+    batch: Option<BinaryArray>,
     row: usize,
 }
 
@@ -184,18 +186,16 @@ impl LogitsOnly {
             {
                 let i = self.row;
                 self.row += 1;
-                return Ok(b
-                    .is_valid(i)
-                    .then(|| b.value(i).as_primitive::<Float32Type>().values().clone()));
+                return outputs::logits(b, i).map_err(|e| invalid(path, e));
             }
             match self.reader.next() {
                 Some(Ok(batch)) => {
-                    let list = batch
+                    let column = batch
                         .column(0)
-                        .as_list_opt::<i32>()
+                        .as_binary_opt::<i32>()
                         .ok_or_else(|| invalid(path, "no usable column `logits`"))?
                         .clone();
-                    self.batch = Some(list);
+                    self.batch = Some(column);
                     self.row = 0;
                 }
                 Some(Err(e)) => return Err(invalid(path, e)),
@@ -245,7 +245,12 @@ impl Columns {
             top5_prob: list(col::TOP5_PROB)?,
             logits: match logits {
                 Some(l) => l,
-                None => BatchLogits::Column(list(col::LOGITS)?),
+                None => BatchLogits::Column(
+                    get(col::LOGITS)?
+                        .as_binary_opt::<i32>()
+                        .ok_or_else(|| missing(col::LOGITS))?
+                        .clone(),
+                ),
             },
             hash: get(col::LOGITS_HASH)?
                 .as_primitive_opt::<UInt64Type>()
@@ -258,7 +263,7 @@ impl Columns {
         })
     }
 
-    fn row(&self, i: usize) -> Row {
+    fn row(&self, i: usize, path: &Path) -> Result<Row> {
         let ints = |l: &GenericListArray<i32>| -> Vec<i32> {
             let v = l.value(i);
             v.as_primitive::<Int32Type>().values().to_vec()
@@ -267,13 +272,13 @@ impl Columns {
             l.value(i).as_primitive::<Float32Type>().values().clone()
         };
         let (logits, logits_unread) = match &self.logits {
-            BatchLogits::Column(l) => (l.is_valid(i).then(|| floats(l)), false),
+            BatchLogits::Column(l) => (outputs::logits(l, i).map_err(|e| invalid(path, e))?, false),
             BatchLogits::Picked(p) => match p.get(i) {
                 Some(Some(l)) => (l.clone(), false),
                 _ => (None, true),
             },
         };
-        Row {
+        Ok(Row {
             rep: self.repetition.value(i),
             label: self.label.is_valid(i).then(|| self.label.value(i)),
             top5: ints(&self.top5),
@@ -282,7 +287,7 @@ impl Columns {
             logits_unread,
             hash: self.hash.value(i),
             latency: self.latency.value(i),
-        }
+        })
     }
 }
 
@@ -541,7 +546,7 @@ impl Cursor {
     fn take_image(&mut self, id: &str, out: &mut Vec<Row>) -> Result<()> {
         while self.current_id() == Some(id) {
             if let Some(b) = &self.batch {
-                out.push(b.row(self.row));
+                out.push(b.row(self.row, &self.path)?);
             }
             self.row += 1;
             self.fill()?;

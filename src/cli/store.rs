@@ -1,11 +1,14 @@
 //! `deltann store verify` and `deltann store repair`: the store's health, for the damage no crash
-//! leaves but people and disks do (see RELIABILITY.md).
+//! leaves but people and disks do (see RELIABILITY.md); `deltann store upgrade`: an older format
+//! rewritten for this deltann.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
 use deltann_store::StoreWriter;
 use deltann_store::verify::{self, Damaged};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 fn print_damaged(damaged: &[Damaged]) {
     for d in damaged {
@@ -92,5 +95,44 @@ pub fn repair(store: &Path) -> anyhow::Result<ExitCode> {
         );
         print_damaged(&dropped);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn upgrade(store: &Path) -> anyhow::Result<ExitCode> {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) =
+        ProgressStyle::with_template("rewriting outputs parts {pos}/{len} [{bar:30}] ({eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let done = deltann_store::upgrade::upgrade(store, |n, of| {
+        bar.set_length(of as u64);
+        bar.set_position(n as u64);
+    })?;
+    bar.finish_and_clear();
+    if done.already_current {
+        println!(
+            "{}: already format {}; nothing to do",
+            store.display(),
+            deltann_store::layout::FORMAT_VERSION
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for q in &done.quarantined {
+        println!("  quarantined {q} (not in the manifest)");
+    }
+    println!(
+        "{}: now format {}; {} outputs part(s) rewritten ({} rows, {:.1} MB -> {:.1} MB); the \
+         derived analysis is rebuilt by the next `deltann analyze` or `report`",
+        store.display(),
+        deltann_store::layout::FORMAT_VERSION,
+        done.parts,
+        done.rows,
+        done.bytes_before as f64 / 1e6,
+        done.bytes_after as f64 / 1e6,
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -36,8 +36,9 @@ pub const TMP_DIR: &str = "_tmp";
 pub const CACHE_DIR: &str = "_cache";
 /// Files recovery found damaged, kept for inspection rather than deleted.
 pub const QUARANTINE_DIR: &str = "_quarantine";
-/// Current store format version.
-pub const FORMAT_VERSION: u32 = 1;
+/// Current store format version: 2 keeps `outputs.logits` as little-endian float32 bytes, 1 kept
+/// them as Parquet lists (`deltann store upgrade` rewrites a version 1 store).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The tables of a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ Spark, pyarrow), plus an append-only manifest that says which files are committe
 - [`manifest`]: the append-only commit log, tolerant of a torn last line.
 - [`writer`]: the crash-safe commit protocol (temporary file, fsync, rename, manifest entry) and
   recovery of whatever a crash left behind.
+- [`upgrade`]: a format 1 store rewritten to format 2 (logits as binary values), crash-safely.
 - [`verify`]: every listed part checked against its manifest entry (size, checksum, footer),
   for `deltann store verify`; `StoreWriter::repair` drops what cannot be read.
 - [`faults`]: failures injected at each step of that protocol, for the tests that hold it to
@@ -32,6 +33,7 @@ pub mod outputs;
 pub mod reader;
 pub mod schema;
 pub mod stats;
+pub mod upgrade;
 pub mod verify;
 pub mod writer;
 

@@ -5,13 +5,18 @@
 //! so a difference in top-5 can only come from a difference in scores. The collector's sink and
 //! `deltann synth` both build rows through here, so a synthetic store cannot drift from what the
 //! collector writes.
+//!
+//! The logits column holds each row's float32s as little-endian bytes in one binary value
+//! ([`logits_bytes`] writes them, [`logits`] reads them back without copying): the hash is of
+//! exactly those bytes.
 
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, Float32Builder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
-    StringBuilder, UInt64Builder,
+    Array, ArrayBuilder, ArrayRef, BinaryArray, BinaryBuilder, Float32Builder, Int32Builder,
+    Int64Builder, ListBuilder, RecordBatch, StringBuilder, UInt64Builder,
 };
+use arrow::buffer::ScalarBuffer;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
@@ -69,11 +74,48 @@ pub fn rank(values: &[f32], scores: Scores) -> Ranked {
 
 /// The logits hash (see [`Ranked::hash`]).
 pub fn hash_logits(values: &[f32]) -> u64 {
+    xxh3_64(&logits_bytes(values))
+}
+
+/// A logits row as the `logits` column stores it: each float32's little-endian bytes in order.
+pub fn logits_bytes(values: &[f32]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(values.len() * 4);
     for v in values {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    xxh3_64(&bytes)
+    bytes
+}
+
+/// Row `i` of a `logits` column as floats (`None` for a null row, which a sweep that keeps top-5
+/// only writes). On a little-endian machine the floats share the column's buffer whenever it is
+/// 4-byte aligned (Arrow's are), so reading a million rows copies nothing.
+///
+/// # Errors
+/// A value whose length is not a multiple of 4 bytes is not a logits row.
+pub fn logits(column: &BinaryArray, i: usize) -> Result<Option<ScalarBuffer<f32>>> {
+    if column.is_null(i) {
+        return Ok(None);
+    }
+    let offsets = column.value_offsets();
+    let (start, end) = (offsets[i], offsets[i + 1]);
+    let (start, len) = (
+        usize::try_from(start).unwrap_or(0),
+        usize::try_from(end - start).unwrap_or(0),
+    );
+    if len % 4 != 0 {
+        return Err(Error::Invalid(format!(
+            "a logits value of {len} bytes is not a row of float32s"
+        )));
+    }
+    let bytes = column.values().slice_with_length(start, len);
+    if cfg!(target_endian = "little") && bytes.as_ptr().align_offset(4) == 0 {
+        return Ok(Some(ScalarBuffer::new(bytes, 0, len / 4)));
+    }
+    let floats: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Some(ScalarBuffer::from(floats)))
 }
 
 /// Numerically stable softmax, accumulated in f64.
@@ -118,7 +160,7 @@ pub struct OutputsBuilder {
     top1_prob: Float32Builder,
     top5: ListBuilder<Int32Builder>,
     top5_prob: ListBuilder<Float32Builder>,
-    logits: ListBuilder<Float32Builder>,
+    logits: BinaryBuilder,
     logits_hash: UInt64Builder,
     latency_ns: Int64Builder,
     batch_latency_ns: Int64Builder,
@@ -153,11 +195,8 @@ impl OutputsBuilder {
         self.top5_prob.values().append_slice(&r.ranked.prob);
         self.top5_prob.append(true);
         match r.logits {
-            Some(values) => {
-                self.logits.values().append_slice(values);
-                self.logits.append(true);
-            }
-            None => self.logits.append(false),
+            Some(values) => self.logits.append_value(logits_bytes(values)),
+            None => self.logits.append_null(),
         }
         self.logits_hash.append_value(r.ranked.hash);
         self.latency_ns.append_value(r.latency_ns);
@@ -251,6 +290,27 @@ mod tests {
         let batch = b.finish().unwrap();
         assert_eq!(batch.num_rows(), 2);
         assert!(b.is_empty());
-        assert_eq!(batch.column_by_name("logits").unwrap().null_count(), 1);
+        let logits_column = batch.column_by_name("logits").unwrap();
+        assert_eq!(logits_column.null_count(), 1);
+        let column = logits_column
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .unwrap();
+        let first = logits(column, 0).unwrap().unwrap();
+        assert_eq!(&first[..], &[0.1f32, 0.9, 0.3]);
+        assert_eq!(logits(column, 1).unwrap(), None);
+        assert_eq!(xxh3_64(column.value(0)), ranked.hash);
+    }
+
+    #[test]
+    fn logits_read_back_when_unaligned_and_refuse_torn_values() {
+        // A value that starts at an odd offset cannot be viewed as floats: it is copied.
+        let mut b = BinaryBuilder::new();
+        b.append_value([7u8]);
+        b.append_value(logits_bytes(&[1.5, -2.0]));
+        b.append_value([1u8, 2, 3]);
+        let column = b.finish();
+        assert_eq!(&logits(&column, 1).unwrap().unwrap()[..], &[1.5f32, -2.0]);
+        assert!(logits(&column, 2).is_err());
     }
 }

@@ -3,7 +3,11 @@
 //! Column names are constants so that the collector, the analyzer's SQL and the tests cannot drift
 //! apart silently. docs/STORE.md documents every column; a test there checks the two agree.
 //!
-//! Lists (`logits`, `top5`, `mean`, ...) are variable-length Arrow lists. The logits of one model
+//! Lists (`top5`, `mean`, ...) are variable-length Arrow lists. The logits are the exception: one
+//! binary value per row holding the row's float32s little-endian (see [`crate::outputs::logits`]),
+//! because a Parquet list of a thousand floats costs a definition and a repetition level per
+//! float to decode, which made decoding logits most of the analysis's time (store format 2; format
+//! 1 stores held them as lists and `deltann store upgrade` rewrites them). The logits of one model
 //! always have that model's class count (`models.num_classes`), but a store can hold models with
 //! different class counts, and a single table schema must fit them all.
 
@@ -170,7 +174,7 @@ fn host_fields() -> Vec<Field> {
 
 /// The schema of a table's Parquet files (partition columns excluded).
 pub fn schema(table: Table) -> SchemaRef {
-    use DataType::{Float32, Float64, Int32, Int64, UInt64};
+    use DataType::{Binary, Float32, Float64, Int32, Int64, UInt64};
     let fields: Vec<Field> = match table {
         Table::Runs => [
             vec![
@@ -283,7 +287,7 @@ pub fn schema(table: Table) -> SchemaRef {
             Field::new(col::TOP1_PROB, Float32, false),
             Field::new(col::TOP5, list_of(Int32), false),
             Field::new(col::TOP5_PROB, list_of(Float32), false),
-            Field::new(col::LOGITS, list_of(Float32), true),
+            Field::new(col::LOGITS, Binary, true),
             Field::new(col::LOGITS_HASH, UInt64, false),
             Field::new(col::LATENCY_NS, Int64, false),
             Field::new(col::BATCH_LATENCY_NS, Int64, false),

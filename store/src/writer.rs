@@ -38,7 +38,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{KeyValue, ParquetMetaDataReader};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
@@ -148,29 +148,12 @@ impl StoreWriter {
         faults: Option<Arc<dyn Faults>>,
     ) -> Result<(Self, Recovery)> {
         prepare_root(root)?;
-        let lock_path = root.join(layout::LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .io("create", &lock_path)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(fs::TryLockError::Error(e)) => return Err(e).io("lock", &lock_path),
-        }
+        let lock = lock_store(root)?;
 
-        let mut recovery = Recovery::default();
-        let tmp = root.join(layout::TMP_DIR);
-        fs::create_dir_all(&tmp).io("create", &tmp)?;
-        for entry in fs::read_dir(&tmp).io("list", &tmp)? {
-            let path = entry.io("list", &tmp)?.path();
-            if path.is_file() {
-                fs::remove_file(&path).io("remove", &path)?;
-                recovery.tmp_removed += 1;
-            }
-        }
+        let mut recovery = Recovery {
+            tmp_removed: clear_tmp(root)?,
+            ..Recovery::default()
+        };
 
         let manifest_path = root.join(layout::MANIFEST_FILE);
         let read = manifest::read(&manifest_path)?;
@@ -679,23 +662,21 @@ impl PartWriter {
     }
 }
 
-fn writer_properties(table: Table, footer: String) -> WriterProperties {
+pub(crate) fn writer_properties(table: Table, footer: String) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_key_value_metadata(Some(vec![KeyValue::new(PART_META_KEY.into(), footer)]));
     if table == Table::Outputs {
-        // Logits are nearly all distinct floats: a dictionary costs more than it saves (about 6
-        // bytes a value), while splitting the bytes of each float into streams lets zstd find
-        // the redundancy in exponents and high mantissa bits.
-        let logits = ColumnPath::from(vec![
-            crate::schema::col::LOGITS.to_string(),
-            "list".to_string(),
-            "item".to_string(),
-        ]);
+        // Logits are little-endian float32 bytes that nothing compresses much (zstd after byte
+        // splitting saved 15% as lists) while decompressing them would cost more than the rest
+        // of reading them: they are written plain, without dictionary or statistics.
+        let logits = ColumnPath::from(vec![crate::schema::col::LOGITS.to_string()]);
         builder = builder
             .set_max_row_group_row_count(Some(OUTPUTS_ROW_GROUP_ROWS))
+            .set_column_compression(logits.clone(), Compression::UNCOMPRESSED)
             .set_column_dictionary_enabled(logits.clone(), false)
-            .set_column_encoding(logits, Encoding::BYTE_STREAM_SPLIT);
+            .set_column_statistics_enabled(logits.clone(), EnabledStatistics::None)
+            .set_column_encoding(logits, Encoding::PLAIN);
     }
     builder.build()
 }
@@ -724,6 +705,12 @@ fn prepare_root(root: &Path) -> Result<()> {
         }
     }
     fs::create_dir_all(root).io("create store directory", root)?;
+    write_format(root)
+}
+
+/// Writes the format marker of the current version (temporary file, fsync, rename).
+pub(crate) fn write_format(root: &Path) -> Result<()> {
+    let format_path = root.join(layout::FORMAT_FILE);
     let body = serde_json::json!({ "format": "deltann-store", "version": layout::FORMAT_VERSION });
     let tmp = root.join(format!("{}.tmp", layout::FORMAT_FILE));
     fs::write(&tmp, format!("{body:#}\n")).io("write", &tmp)?;
@@ -732,6 +719,17 @@ fn prepare_root(root: &Path) -> Result<()> {
         .io("fsync", &tmp)?;
     fs::rename(&tmp, &format_path).io("rename", &format_path)?;
     sync_dir(root)
+}
+
+/// The format version an existing store's marker names.
+pub(crate) fn format_version(root: &Path) -> Result<Option<u64>> {
+    let path = root.join(layout::FORMAT_FILE);
+    let text = fs::read_to_string(&path).io("read", &path)?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::NotAStore {
+        path: path.clone(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    Ok(value.get("version").and_then(serde_json::Value::as_u64))
 }
 
 /// Checks the format marker of an existing store.
@@ -747,6 +745,16 @@ pub(crate) fn check_format(root: &Path) -> Result<()> {
     })?;
     match value.get("version").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(layout::FORMAT_VERSION) => Ok(()),
+        Some(1) => Err(Error::NotAStore {
+            path,
+            reason: format!(
+                "store format version 1 (logits as Parquet lists), this deltann reads version {}: \
+                 `deltann store upgrade {}` rewrites its outputs parts (keeping the old ones until \
+                 the new ones are committed)",
+                layout::FORMAT_VERSION,
+                root.display()
+            ),
+        }),
         Some(v) => Err(Error::NotAStore {
             path,
             reason: format!(
@@ -782,7 +790,38 @@ pub(crate) fn file_checksum(path: &Path) -> Result<String> {
     Ok(checksum_hex(hash.digest()))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+/// Deletes the unfinished files in `_tmp/` (creating it if needed); returns how many.
+pub(crate) fn clear_tmp(root: &Path) -> Result<usize> {
+    let tmp = root.join(layout::TMP_DIR);
+    fs::create_dir_all(&tmp).io("create", &tmp)?;
+    let mut removed = 0;
+    for entry in fs::read_dir(&tmp).io("list", &tmp)? {
+        let path = entry.io("list", &tmp)?.path();
+        if path.is_file() {
+            fs::remove_file(&path).io("remove", &path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Takes the store's write lock, held for as long as the returned file is open.
+pub(crate) fn lock_store(root: &Path) -> Result<File> {
+    let lock_path = root.join(layout::LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .io("create", &lock_path)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path: lock_path }),
+        Err(fs::TryLockError::Error(e)) => Err(e).io("lock", &lock_path),
+    }
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).io("fsync", dir)
 }
 
@@ -906,7 +945,7 @@ fn adopt(root: &Path, rel: &str, next: u64) -> Result<PartEntry> {
     })
 }
 
-fn quarantine(root: &Path, rel: &str) -> Result<()> {
+pub(crate) fn quarantine(root: &Path, rel: &str) -> Result<()> {
     let from = root.join(rel);
     let mut to = root.join(layout::QUARANTINE_DIR).join(rel);
     if let Some(parent) = to.parent() {

@@ -238,7 +238,11 @@ pub fn advance(
     std::fs::create_dir_all(&dir)
         .and_then(|()| {
             // A read-only store (a copy on shared media) gets a clear message, not a bare EACCES.
-            let probe = dir.join(".probe");
+            // The probe's name is this advance's own: a report and a TUI advancing at once
+            // (before either holds the lock) must not remove each other's.
+            static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let probe = dir.join(format!(".probe-{}-{n}", std::process::id()));
             std::fs::write(&probe, b"")?;
             std::fs::remove_file(&probe)
         })
