@@ -724,7 +724,10 @@ pub(crate) fn write_format(root: &Path) -> Result<()> {
 /// The format version an existing store's marker names.
 pub(crate) fn format_version(root: &Path) -> Result<Option<u64>> {
     let path = root.join(layout::FORMAT_FILE);
-    let text = fs::read_to_string(&path).io("read", &path)?;
+    let text = fs::read_to_string(&path).map_err(|e| Error::NotAStore {
+        path: root.to_path_buf(),
+        reason: format!("cannot read {}: {e}", layout::FORMAT_FILE),
+    })?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::NotAStore {
         path: path.clone(),
         reason: format!("not valid JSON: {e}"),
@@ -735,15 +738,7 @@ pub(crate) fn format_version(root: &Path) -> Result<Option<u64>> {
 /// Checks the format marker of an existing store.
 pub(crate) fn check_format(root: &Path) -> Result<()> {
     let path = root.join(layout::FORMAT_FILE);
-    let text = fs::read_to_string(&path).map_err(|e| Error::NotAStore {
-        path: root.to_path_buf(),
-        reason: format!("cannot read {}: {e}", layout::FORMAT_FILE),
-    })?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::NotAStore {
-        path: path.clone(),
-        reason: format!("not valid JSON: {e}"),
-    })?;
-    match value.get("version").and_then(serde_json::Value::as_u64) {
+    match format_version(root)? {
         Some(v) if v == u64::from(layout::FORMAT_VERSION) => Ok(()),
         Some(1) => Err(Error::NotAStore {
             path,
