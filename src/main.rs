@@ -20,8 +20,25 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc's `mi_option_purge_delay` (mimalloc.h, `mi_option_e`; the same position in its v2
+/// and v3, and absent from libmimalloc-sys's constants).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps freed memory for reuse instead of returning it to the OS 10 ms later (mimalloc's
+/// default): the analysis reads Parquet pages of about 1 MB into fresh buffers, and with purging
+/// the kernel faulted in and zeroed every one of them again (BENCHMARKS.md, "Where a rebuild's
+/// time went"). The collector and its workers keep the default, which holds their memory flat.
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    // SAFETY: mi_option_set only stores an integer option; -1 is documented as "no purging".
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 fn main() -> ExitCode {
     let args = cli::Args::parse();
+    if args.analyses() {
+        keep_freed_memory();
+    }
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {

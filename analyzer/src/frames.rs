@@ -455,23 +455,30 @@ pub fn pair_flips(root: &Path, state: &State) -> Result<HashMap<(String, String)
     };
     let err = |e: pl::PolarsError| polars_error("comparisons", e);
     let df = rows
-        .group_by([col("cell_a"), col("cell_b")])
+        .group_by([col("pair")])
         .agg([
             pl::len().cast(pl::DataType::UInt64).alias("images"),
             col("flip").cast(pl::DataType::UInt64).sum().alias("flips"),
         ])
         .collect()
         .map_err(err)?;
-    let a = df.column("cell_a").and_then(|c| c.str()).map_err(err)?;
-    let b = df.column("cell_b").and_then(|c| c.str()).map_err(err)?;
+    let k = df.column("pair").and_then(|c| c.i32()).map_err(err)?;
     let n = df.column("images").and_then(|c| c.u64()).map_err(err)?;
     let f = df.column("flips").and_then(|c| c.u64()).map_err(err)?;
     for i in 0..df.height() {
+        // The files name a pair by its number in the derived state's `pairs`.
+        let pair = k
+            .get(i)
+            .and_then(|k| usize::try_from(k).ok())
+            .and_then(|k| state.pairs.get(k))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "comparisons: pair {:?} is not in derived/state.json",
+                    k.get(i)
+                ))
+            })?;
         out.insert(
-            (
-                a.get(i).unwrap_or_default().to_string(),
-                b.get(i).unwrap_or_default().to_string(),
-            ),
+            (pair.cell_a.clone(), pair.cell_b.clone()),
             (n.get(i).unwrap_or(0), f.get(i).unwrap_or(0)),
         );
     }

@@ -52,7 +52,8 @@ pub fn rbo(a: &[i32], b: &[i32], p: f64) -> f64 {
     let (mut score, mut norm, mut weight) = (0.0, 0.0, 1.0);
     for d in 1..=k {
         let overlap = a[..d].iter().filter(|x| b[..d].contains(x)).count();
-        score += weight * overlap as f64 / d as f64;
+        // overlap / d first: identical rankings then sum exactly the weights (score = norm).
+        score += weight * (overlap as f64 / d as f64);
         norm += weight;
         weight *= p;
     }
@@ -62,21 +63,31 @@ pub fn rbo(a: &[i32], b: &[i32], p: f64) -> f64 {
 /// Kendall's tau-a over the labels both rankings contain, by their positions in each:
 /// (concordant - discordant) / pairs. `None` when fewer than two labels are shared.
 pub fn kendall_tau(a: &[i32], b: &[i32]) -> Option<f64> {
-    let shared: Vec<(usize, usize)> = a
-        .iter()
-        .enumerate()
-        .filter_map(|(i, x)| b.iter().position(|y| y == x).map(|j| (i, j)))
-        .collect();
-    let n = shared.len();
+    // Called once per compared pair and image (tens of millions of times in a rebuild): the
+    // positions of the shared labels, in a's order, are b's positions alone; a's are increasing.
+    let mut small = [0usize; 16];
+    let mut large = Vec::new();
+    let positions: &mut [usize] = if a.len() <= small.len() {
+        &mut small
+    } else {
+        large.resize(a.len(), 0);
+        &mut large
+    };
+    let mut n = 0;
+    for x in a {
+        if let Some(j) = b.iter().position(|y| y == x) {
+            positions[n] = j;
+            n += 1;
+        }
+    }
     if n < 2 {
         return None;
     }
     let mut s = 0i64;
     for i in 0..n {
         for j in i + 1..n {
-            let da = shared[i].0 as i64 - shared[j].0 as i64;
-            let db = shared[i].1 as i64 - shared[j].1 as i64;
-            s += (da * db).signum();
+            // a's positions of the two shared labels increase with i < j: the sign is b's order.
+            s += (positions[j] as i64 - positions[i] as i64).signum();
         }
     }
     Some(s as f64 / (n * (n - 1) / 2) as f64)

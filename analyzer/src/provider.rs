@@ -32,7 +32,11 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use deltann_store::{Store, Table};
 
-use crate::derived::DerivedTable;
+use datafusion::arrow::array::StringArray;
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr, expressions::Column};
+use datafusion::physical_plan::projection::ProjectionExec;
+
+use crate::derived::{DerivedTable, tables};
 
 /// Where a table's files come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,7 +132,11 @@ impl StoreTable {
             Source::Derived(t) => (t.schema(), &[][..]),
         };
         let partition_keys: Vec<String> = keys.iter().map(|k| (*k).to_string()).collect();
-        let mut fields: Vec<Field> = file_schema
+        let sql_schema = match table {
+            Source::Derived(DerivedTable::Comparisons) => tables::comparisons_sql_schema(),
+            _ => file_schema.clone(),
+        };
+        let mut fields: Vec<Field> = sql_schema
             .fields()
             .iter()
             .map(|f| f.as_ref().clone())
@@ -264,6 +272,9 @@ impl TableProvider for StoreTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if self.table == Source::Derived(DerivedTable::Comparisons) {
+            return self.scan_comparisons(state, projection, limit).await;
+        }
         let files = self.files(filters)?;
         if files.is_empty() {
             let schema = match projection {
@@ -272,6 +283,93 @@ impl TableProvider for StoreTable {
             };
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
+        self.scan_files(state, files, projection.cloned(), limit)
+            .await
+    }
+}
+
+impl StoreTable {
+    /// `comparisons`: its files, with the pair's family and cells added from the derived state
+    /// the statement pinned when a query asks for them (the files hold the pair's number only).
+    async fn scan_comparisons(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let derived = Pin::derived(&self.pin, &self.root)?;
+        let wanted: Vec<usize> = projection
+            .cloned()
+            .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+        let fields: Vec<Field> = wanted
+            .iter()
+            .map(|&i| self.schema.field(i).clone())
+            .collect();
+        let is_name = |f: &Field| tables::PAIR_NAME_COLUMNS.contains(&f.name().as_str());
+        let mut columns: Vec<usize> = fields
+            .iter()
+            .filter(|f| !is_name(f))
+            .map(|f| self.file_schema.index_of(f.name()))
+            .collect::<Result<_, _>>()?;
+        let names = fields.iter().any(is_name);
+        let pair = self.file_schema.index_of("pair")?;
+        if names && !columns.contains(&pair) {
+            columns.push(pair);
+        }
+        let files: Vec<PartitionedFile> = derived
+            .parts_of(DerivedTable::Comparisons)
+            .map(|p| PartitionedFile::new(self.root.join(&p.path).display().to_string(), p.bytes))
+            .collect();
+        if files.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(Arc::new(Schema::new(fields)))));
+        }
+        let scan = self
+            .scan_files(state, files, Some(columns.clone()), limit)
+            .await?;
+        if !names {
+            return Ok(scan);
+        }
+        let position = |i: usize| columns.iter().position(|&c| c == i).unwrap_or(0);
+        let pair_column: Arc<dyn PhysicalExpr> = Arc::new(Column::new("pair", position(pair)));
+        let config = Arc::new(state.config_options().clone());
+        let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(fields.len());
+        for f in &fields {
+            let name = f.name().clone();
+            let expr: Arc<dyn PhysicalExpr> = if is_name(f) {
+                let values: ArrayRef = Arc::new(StringArray::from_iter_values(
+                    derived.pairs.iter().map(|p| match name.as_str() {
+                        "family" => p.family.as_str(),
+                        "cell_a" => p.cell_a.as_str(),
+                        _ => p.cell_b.as_str(),
+                    }),
+                ));
+                Arc::new(ScalarFunctionExpr::new(
+                    &name,
+                    Arc::new(crate::udf::pair_names(&name, values)),
+                    vec![pair_column.clone()],
+                    Arc::new(f.clone()),
+                    config.clone(),
+                ))
+            } else {
+                Arc::new(Column::new(
+                    &name,
+                    position(self.file_schema.index_of(&name)?),
+                ))
+            };
+            exprs.push((expr, name));
+        }
+        Ok(Arc::new(ProjectionExec::try_new(exprs, scan)?))
+    }
+
+    /// A Parquet scan of `files`, `projection` indexing the file columns then the partition
+    /// values.
+    async fn scan_files(
+        &self,
+        state: &dyn Session,
+        files: Vec<PartitionedFile>,
+        projection: Option<Vec<usize>>,
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         // Spread files over the session's partitions, largest first, for parallel scans.
         let groups_n = state.config().target_partitions().max(1).min(files.len());
         let mut files = files;
@@ -296,7 +394,7 @@ impl TableProvider for StoreTable {
         let source = format.file_source(table_schema);
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
             .with_file_groups(groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect())
-            .with_projection_indices(projection.cloned())?
+            .with_projection_indices(projection)?
             .with_limit(limit)
             .build();
         format.create_physical_plan(state, config).await

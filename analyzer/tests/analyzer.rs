@@ -711,6 +711,50 @@ fn flip_matrix_from_comparisons_equals_the_raw_self_join() {
     assert_eq!(derived, run("flip_matrix_raw"));
 }
 
+/// `comparisons` in SQL names each pair's family and cells, which its files leave to `pair`:
+/// the names agree with `pairs`, filter, group, and come back with or without `pair` asked for.
+#[test]
+fn comparisons_name_their_pairs_in_sql() {
+    let dir = small_store();
+    let root = dir.path().join("s");
+    derived::advance(&Store::open(&root).unwrap(), false, &mut |_| {}).unwrap();
+    let session = Session::open(&root, false).unwrap();
+    let csv = |sql: &str| {
+        let out = session.run_blocking(sql).unwrap();
+        format::render(&out[0].batches, PrintFormat::Csv, None).unwrap()
+    };
+    let named = csv(
+        "SELECT family, cell_a, cell_b, count(*) AS n FROM comparisons \
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    );
+    let joined = csv(
+        "SELECT p.family, p.cell_a, p.cell_b, count(*) AS n FROM comparisons c \
+         JOIN pairs p ON p.pair = c.pair GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    );
+    assert!(named.lines().count() > 10, "{named}");
+    assert_eq!(named, joined);
+    let first = named
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let filtered = csv(&format!(
+        "SELECT DISTINCT cell_a FROM comparisons WHERE cell_a = '{first}'"
+    ));
+    assert_eq!(
+        filtered.lines().collect::<Vec<_>>(),
+        ["cell_a", first.as_str()]
+    );
+    let star = csv("SELECT * FROM comparisons LIMIT 1");
+    assert!(
+        star.starts_with("family,pair,cell_a,cell_b,image_id,"),
+        "{star}"
+    );
+}
+
 /// Both implementations of the per-image findings and latencies (Polars frames over the derived
 /// Parquet, and the hand-written pass) give the same analysis, and the comparisons table's flip
 /// counts equal the pairs' running sums.

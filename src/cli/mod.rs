@@ -38,6 +38,23 @@ pub struct Args {
     pub skip_damaged: bool,
 }
 
+impl Args {
+    /// Whether the command analyses a store (reads it through the derived tables and SQL), as
+    /// opposed to collecting into one, running an engine, or writing a synthetic store.
+    pub fn analyses(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Query(_)
+                | Command::Sql(_)
+                | Command::Analyze(_)
+                | Command::Report(_)
+                | Command::Check(_)
+                | Command::Diff(_)
+                | Command::Tui(_)
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show the cells a sweep expands to, and which are already done in its store.

@@ -272,7 +272,14 @@ pub(crate) fn fold(
             if window.is_empty() {
                 break;
             }
-            record(window, cells, acc, rows, &mut stats, &mut flush)?;
+            record(
+                compare_window(window, cells),
+                cells,
+                acc,
+                rows,
+                &mut stats,
+                &mut flush,
+            )?;
         }
         stats.duplicates = reader
             .join()
@@ -304,19 +311,23 @@ fn next_window(
     Ok(window)
 }
 
-/// Compares a window's images in parallel and records the results in image order.
+/// Compares a window's images in parallel, one image per task.
+fn compare_window(window: Vec<Window>, cells: &[CellName]) -> Vec<Image> {
+    window
+        .into_par_iter()
+        .map(|(id, present)| compare_image(id, present, cells))
+        .collect()
+}
+
+/// Records compared images' results in image order.
 fn record(
-    window: Vec<Window>,
+    done: Vec<Image>,
     cells: &[CellName],
     acc: &mut Accumulators<'_>,
     rows: &mut Rows,
     stats: &mut FoldStats,
     flush: &mut impl FnMut(&mut Rows, &str) -> Result<()>,
 ) -> Result<()> {
-    let done: Vec<Image> = window
-        .into_par_iter()
-        .map(|(id, present)| compare_image(id, present, cells))
-        .collect();
     for image in done {
         stats.images += 1;
         let id = &image.id;
@@ -341,13 +352,11 @@ fn record(
         for (&(i, j), c) in image.pairs.iter().zip(&image.comparisons) {
             let (a, b) = (&image.present[i], &image.present[j]);
             let label = a.entry.row.label.or(b.entry.row.label);
-            let (na, nb) = (&cells[a.cell], &cells[b.cell]);
             let k = acc.pair(a.cell, b.cell, cells);
             let number = i32::try_from(k).map_err(|_| {
                 crate::error::Error::Invalid(format!("more than {} pairs of cells", i32::MAX))
             })?;
-            rows.comparisons
-                .push(&na.family, number, &na.id, &nb.id, id, label, c);
+            rows.comparisons.push(number, id, label, c);
             acc.pairs[k].add_comparison(id, label, c);
         }
         stats.comparisons += image.comparisons.len() as u64;
@@ -530,9 +539,10 @@ fn compare_image(id: String, mut present: Vec<Present>, cells: &[CellName]) -> I
             present[i].entry.soft = present[rep[i]].entry.soft.clone();
         }
     }
-    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    let most = n * n.saturating_sub(1) / 2;
+    let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(most);
     let mut distances: Vec<Option<Option<Distance>>> = vec![None; n * n];
-    let mut comparisons = Vec::new();
+    let mut comparisons = Vec::with_capacity(most);
     for i in 0..n {
         for j in i + 1..n {
             let (a, b) = (&present[i], &present[j]);
@@ -591,15 +601,33 @@ pub(crate) fn compare(a: &Entry, b: &Entry) -> Comparison {
 /// Compares two cells' first repetitions of one image, their logit distances given.
 pub(crate) fn compare_with(a: &Entry, b: &Entry, logits: Option<Distance>) -> Comparison {
     let (ta, tb) = (&a.row.top5, &b.row.top5);
+    let (jaccard, rbo, kendall_tau) = if ta == tb && distinct(ta) {
+        // Most pairs rank the same top-5: the three measures' values for identical rankings.
+        (1.0, 1.0, (ta.len() >= 2).then_some(1.0))
+    } else {
+        (
+            metrics::jaccard(ta, tb),
+            metrics::rbo(ta, tb, RBO_P),
+            metrics::kendall_tau(ta, tb),
+        )
+    };
     Comparison {
         top1_a: a.top1(),
         top1_b: b.top1(),
         identical: a.row.hash == b.row.hash,
-        jaccard: metrics::jaccard(ta, tb),
-        rbo: metrics::rbo(ta, tb, RBO_P),
-        kendall_tau: metrics::kendall_tau(ta, tb),
+        jaccard,
+        rbo,
+        kendall_tau,
         logits,
     }
+}
+
+/// Whether a ranking names each label once (as every top-k the engines produce does).
+fn distinct(labels: &[i32]) -> bool {
+    labels
+        .iter()
+        .enumerate()
+        .all(|(i, x)| !labels[i + 1..].contains(x))
 }
 
 /// max |a - b|, sum |a - b|, KL(a || b) and KL(b || a) over two logit rows and their softmaxes,
@@ -665,6 +693,36 @@ mod tests {
         };
         assert!((f64::from(kab) - kl(&pa, &lpa, &lpb)).abs() < 1e-5);
         assert!((f64::from(kba) - kl(&pb, &lpb, &lpa)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn identical_rankings_take_the_values_the_measures_give() {
+        for top in [
+            vec![],
+            vec![3],
+            vec![3, 1],
+            vec![9, 4, 7, 1, 0],
+            (0..12).collect(),
+        ] {
+            let entry = |top: &[i32]| {
+                Entry::bare(Row {
+                    rep: 0,
+                    label: None,
+                    top5: top.to_vec(),
+                    top5_prob: Vec::new(),
+                    logits: None,
+                    logits_unread: false,
+                    hash: 0,
+                    latency: 0,
+                })
+            };
+            let c = compare(&entry(&top), &entry(&top));
+            assert_eq!(c.jaccard, metrics::jaccard(&top, &top), "{top:?}");
+            assert_eq!(c.rbo, metrics::rbo(&top, &top, RBO_P), "{top:?}");
+            assert_eq!(c.kendall_tau, metrics::kendall_tau(&top, &top), "{top:?}");
+        }
+        assert!(!distinct(&[1, 2, 1]));
+        assert!(distinct(&[1, 2, 3]));
     }
 
     #[test]

@@ -249,8 +249,7 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
     for part in state.parts_of(P).filter(|p| may_hold(p, image)) {
         let columns = [
             "image_id",
-            "cell_a",
-            "cell_b",
+            "pair",
             "identical",
             "max_abs_logit",
             "mean_abs_logit",
@@ -260,8 +259,7 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
         for batch in read(root, part, &columns, Some(image))? {
             let c = Cols(&batch, P);
             let ids = c.string("image_id")?;
-            let a = c.string("cell_a")?;
-            let b = c.string("cell_b")?;
+            let numbers = c.int("pair")?;
             let identical = c
                 .get("identical")?
                 .as_boolean_opt()
@@ -273,9 +271,20 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
                 col.is_valid(i).then(|| f64::from(col.value(i)))
             };
             for i in (0..batch.num_rows()).filter(|&i| ids.value(i) == image) {
+                let pair = usize::try_from(numbers.value(i))
+                    .ok()
+                    .and_then(|k| state.pairs.get(k))
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "{}: pair {} is not in derived/state.json (`deltann analyze \
+                             --rebuild` rebuilds the derived tables)",
+                            part.path,
+                            numbers.value(i)
+                        ))
+                    })?;
                 pairs.push(PairRow {
-                    cell_a: a.value(i).to_string(),
-                    cell_b: b.value(i).to_string(),
+                    cell_a: pair.cell_a.clone(),
+                    cell_b: pair.cell_b.clone(),
                     identical: identical.value(i),
                     max_abs_logit: f("max_abs_logit", i),
                     mean_abs_logit: f("mean_abs_logit", i),
