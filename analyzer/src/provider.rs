@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
@@ -28,13 +28,11 @@ use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown, TableType};
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr, expressions::Column};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
-use deltann_store::{Store, Table};
-
-use datafusion::arrow::array::StringArray;
-use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr, expressions::Column};
 use datafusion::physical_plan::projection::ProjectionExec;
+use deltann_store::{Store, Table};
 
 use crate::derived::{DerivedTable, tables};
 
@@ -329,19 +327,26 @@ impl StoreTable {
         if !names {
             return Ok(scan);
         }
-        let position = |i: usize| columns.iter().position(|&c| c == i).unwrap_or(0);
-        let pair_column: Arc<dyn PhysicalExpr> = Arc::new(Column::new("pair", position(pair)));
+        // The scan yields the asked-for file columns in the asked-for order, then `pair` when
+        // only the names need it.
+        let pair_position = columns
+            .iter()
+            .position(|&c| c == pair)
+            .unwrap_or(columns.len() - 1);
+        let pair_column: Arc<dyn PhysicalExpr> = Arc::new(Column::new("pair", pair_position));
         let config = Arc::new(state.config_options().clone());
         let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(fields.len());
+        let mut next_file_column = 0;
         for f in &fields {
             let name = f.name().clone();
             let expr: Arc<dyn PhysicalExpr> = if is_name(f) {
+                let of_pair = |p: &crate::derived::PairAcc| match name.as_str() {
+                    "family" => p.family.clone(),
+                    "cell_a" => p.cell_a.clone(),
+                    _ => p.cell_b.clone(),
+                };
                 let values: ArrayRef = Arc::new(StringArray::from_iter_values(
-                    derived.pairs.iter().map(|p| match name.as_str() {
-                        "family" => p.family.as_str(),
-                        "cell_a" => p.cell_a.as_str(),
-                        _ => p.cell_b.as_str(),
-                    }),
+                    derived.pairs.iter().map(of_pair),
                 ));
                 Arc::new(ScalarFunctionExpr::new(
                     &name,
@@ -351,10 +356,8 @@ impl StoreTable {
                     config.clone(),
                 ))
             } else {
-                Arc::new(Column::new(
-                    &name,
-                    position(self.file_schema.index_of(&name)?),
-                ))
+                next_file_column += 1;
+                Arc::new(Column::new(&name, next_file_column - 1))
             };
             exprs.push((expr, name));
         }
