@@ -26,8 +26,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Keeps freed memory for reuse instead of returning it to the OS 10 ms later (mimalloc's
 /// default): the analysis reads Parquet pages of about 1 MB into fresh buffers, and with purging
-/// the kernel faulted in and zeroed every one of them again (BENCHMARKS.md, "Where a rebuild's
-/// time went"). The collector and its workers keep the default, which holds their memory flat.
+/// the kernel faulted in and zeroed every one of them again (BENCHMARKS.md, "Fewer bytes and less
+/// work per comparison"). The collector and its workers keep the default, which holds their
+/// memory flat.
 #[allow(unsafe_code)]
 fn keep_freed_memory() {
     // SAFETY: mi_option_set only stores an integer option; -1 is documented as "no purging".

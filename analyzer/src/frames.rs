@@ -467,16 +467,7 @@ pub fn pair_flips(root: &Path, state: &State) -> Result<HashMap<(String, String)
     let f = df.column("flips").and_then(|c| c.u64()).map_err(err)?;
     for i in 0..df.height() {
         // The files name a pair by its number in the derived state's `pairs`.
-        let pair = k
-            .get(i)
-            .and_then(|k| usize::try_from(k).ok())
-            .and_then(|k| state.pairs.get(k))
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "comparisons: pair {:?} is not in derived/state.json",
-                    k.get(i)
-                ))
-            })?;
+        let pair = state.pair(k.get(i).unwrap_or(-1), "comparisons")?;
         out.insert(
             (pair.cell_a.clone(), pair.cell_b.clone()),
             (n.get(i).unwrap_or(0), f.get(i).unwrap_or(0)),

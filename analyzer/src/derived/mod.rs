@@ -99,6 +99,22 @@ impl State {
         self.parts.iter().filter(move |p| p.table == table)
     }
 
+    /// The pair a `comparisons` row names by its `pair` number.
+    ///
+    /// # Errors
+    /// A number the state does not hold (a part from another state), naming `part`.
+    pub fn pair(&self, number: i32, part: &str) -> Result<&PairAcc> {
+        usize::try_from(number)
+            .ok()
+            .and_then(|k| self.pairs.get(k))
+            .ok_or_else(|| {
+                crate::error::Error::Invalid(format!(
+                    "{part}: pair {number} is not in derived/state.json (`deltann analyze \
+                     --rebuild` rebuilds the derived tables)"
+                ))
+            })
+    }
+
     /// Reads a store's derived state without advancing it (`None` when there is none, or it is
     /// of another analysis version).
     ///

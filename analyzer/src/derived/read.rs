@@ -271,17 +271,7 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
                 col.is_valid(i).then(|| f64::from(col.value(i)))
             };
             for i in (0..batch.num_rows()).filter(|&i| ids.value(i) == image) {
-                let pair = usize::try_from(numbers.value(i))
-                    .ok()
-                    .and_then(|k| state.pairs.get(k))
-                    .ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "{}: pair {} is not in derived/state.json (`deltann analyze \
-                             --rebuild` rebuilds the derived tables)",
-                            part.path,
-                            numbers.value(i)
-                        ))
-                    })?;
+                let pair = state.pair(numbers.value(i), &part.path)?;
                 pairs.push(PairRow {
                     cell_a: pair.cell_a.clone(),
                     cell_b: pair.cell_b.clone(),

@@ -214,6 +214,8 @@ impl ComparisonsBuilder {
             logit(|l| l.2),
             logit(|l| l.3),
         ];
+        self.pair.reserve(c.len());
+        self.label.reserve(c.len());
         self.comparisons = Vec::with_capacity(c.len());
         Ok(RecordBatch::try_new(comparisons_schema(), columns)?)
     }
