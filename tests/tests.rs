@@ -11,6 +11,7 @@ mod concurrent;
 mod e2e;
 mod float16;
 mod isolation;
+mod localize;
 mod ort_versions;
 mod preprocess_reference;
 mod python_engines;

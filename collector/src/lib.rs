@@ -20,6 +20,7 @@ pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod host;
+pub mod localize;
 pub mod model;
 pub mod plan;
 pub mod prepare;

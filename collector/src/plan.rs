@@ -77,6 +77,7 @@ impl Cell {
             tract_plan: self.tract_plan,
             device: (self.device != Device::Cpu).then(|| self.device.name().to_string()),
             settings: self.settings.clone(),
+            expose: Vec::new(),
         }
     }
 

@@ -42,6 +42,11 @@ pub const BATCH_LATENCY_NS: &str = "batch_latency_ns";
 /// Result column: the engine's error for this call (null when it succeeded).
 pub const ERROR: &str = "error";
 
+/// Tensors-stream column: the tensor's ONNX name (null on error).
+pub const TENSOR_NAME: &str = "tensor_name";
+/// Tensors-stream column: its values, flattened and widened to float32 (null on error).
+pub const VALUES: &str = "values";
+
 /// What the collector asks of a worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Request {
@@ -113,6 +118,28 @@ pub fn result_schema() -> SchemaRef {
         Field::new(BATCH_LATENCY_NS, DataType::Int64, false),
         Field::new(ERROR, DataType::Utf8, true),
     ]))
+}
+
+/// Schema of the results stream of a request that exposes tensors (`engine.expose`, for
+/// `deltann localize`): one row per image and output tensor, the model's outputs first, in the
+/// order the engine lists them; an image whose run failed has one row with the error and no name
+/// or values. Each input batch is answered by one batch.
+pub fn tensors_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(IMAGE_ID, DataType::Utf8, false),
+        Field::new(TENSOR_NAME, DataType::Utf8, true),
+        Field::new(VALUES, DataType::new_list(DataType::Float32, true), true),
+        Field::new(ERROR, DataType::Utf8, true),
+    ]))
+}
+
+/// The schema a worker answers `request` with.
+pub fn results_schema_of(request: &Request) -> SchemaRef {
+    if request.engine.expose.is_empty() {
+        result_schema()
+    } else {
+        tensors_schema()
+    }
 }
 
 /// Writes one message as a JSON line and flushes.
@@ -284,7 +311,12 @@ pub enum Output {
 /// each piece to `emit` as it arrives; stops when `emit` returns false, after `Broken`, or after
 /// Ready alone for a `probe`. Whatever the bytes, it ends with a value, never a panic: the
 /// collector reads this from a process it does not trust.
-pub fn decode_output(mut input: impl BufRead, probe: bool, mut emit: impl FnMut(Output) -> bool) {
+pub fn decode_output(
+    mut input: impl BufRead,
+    probe: bool,
+    schema: &SchemaRef,
+    mut emit: impl FnMut(Output) -> bool,
+) {
     let ready: Ready = match read_line(&mut input) {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -319,7 +351,7 @@ pub fn decode_output(mut input: impl BufRead, probe: bool, mut emit: impl FnMut(
                 return;
             }
         };
-        if reader.schema() != result_schema() {
+        if reader.schema() != *schema {
             emit(Output::Broken(format!(
                 "protocol error: result schema {:?} is not the protocol's",
                 reader.schema()
@@ -377,7 +409,7 @@ mod tests {
 
     fn decode(bytes: &[u8]) -> Vec<String> {
         let mut seen = Vec::new();
-        decode_output(bytes, false, |o| {
+        decode_output(bytes, false, &result_schema(), |o| {
             seen.push(match o {
                 Output::Ready(_) => "ready".to_string(),
                 Output::Results(b) => format!("results {}", b.num_rows()),

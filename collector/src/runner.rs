@@ -112,6 +112,7 @@ pub fn probe(
             tract_plan: None,
             device: None,
             settings: Default::default(),
+            expose: Vec::new(),
         },
         warmup: 0,
         repetitions: 0,
@@ -180,7 +181,8 @@ pub fn run(
     let feed_tx = tx.clone();
     let feeder = std::thread::spawn(move || feed(stdin, &request_for_feeder, inputs, &feed_tx));
     let probe = request.probe;
-    let reader = std::thread::spawn(move || read_stdout(stdout, &tx, probe));
+    let schema = protocol::results_schema_of(request);
+    let reader = std::thread::spawn(move || read_stdout(stdout, &tx, probe, &schema));
     let stderr_tail = std::thread::spawn(move || tail(stderr, 8 * 1024));
 
     let started = Instant::now();
@@ -349,10 +351,16 @@ fn feed(
     let _ = writer.finish();
 }
 
-fn read_stdout(stdout: std::process::ChildStdout, tx: &mpsc::SyncSender<Msg>, probe: bool) {
+fn read_stdout(
+    stdout: std::process::ChildStdout,
+    tx: &mpsc::SyncSender<Msg>,
+    probe: bool,
+    schema: &arrow::datatypes::SchemaRef,
+) {
     protocol::decode_output(
         BufReader::with_capacity(1 << 20, stdout),
         probe,
+        schema,
         |message| {
             let msg = match message {
                 protocol::Output::Ready(r) => Msg::Ready(r),

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, AsArray, Int32Builder, Int64Builder, ListBuilder, StringBuilder};
+use arrow::array::{
+    ArrayRef, AsArray, Int32Builder, Int64Builder, ListBuilder, StringArray, StringBuilder,
+};
 use arrow::datatypes::Float32Type;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
@@ -180,12 +182,21 @@ pub fn serve<R: Read + Send + 'static, W: Write>(input: R, output: W) -> Result<
 
     let faults = Faults::from_env();
     let expected_len = request.engine.input_shape.iter().product::<usize>();
-    let mut writer = StreamWriter::try_new(out, &protocol::result_schema())
+    let mut writer = StreamWriter::try_new(out, &protocol::results_schema_of(&request))
         .map_err(|e| format!("starting result stream: {e}"))?;
     let mut batches = 0u64;
     for batch in rx {
         let batch = batch?;
         faults.before_batch(batches);
+        if !request.engine.expose.is_empty() {
+            let tensors = expose_batch(engine.as_mut(), &batch, expected_len)?;
+            writer
+                .write(&tensors)
+                .and_then(|()| writer.flush())
+                .map_err(|e| format!("writing tensors: {e}"))?;
+            batches += 1;
+            continue;
+        }
         let results = run_batch(
             engine.as_mut(),
             &request,
@@ -235,15 +246,8 @@ fn stray_ids(results: &RecordBatch) -> Result<RecordBatch, String> {
     RecordBatch::try_new(results.schema(), columns).map_err(|e| e.to_string())
 }
 
-fn run_batch(
-    engine: &mut dyn Engine,
-    request: &Request,
-    batch: &RecordBatch,
-    expected_len: usize,
-    batch_index: u64,
-    warm_up: bool,
-    faults: &Faults,
-) -> Result<RecordBatch, String> {
+/// The image ids and the flat float32 tensors of an input batch, checked against the protocol.
+fn input_of(batch: &RecordBatch, expected_len: usize) -> Result<(&StringArray, &[f32]), String> {
     let schema_error = || {
         format!(
             "input batch does not match the protocol (expected {}: utf8, {}: \
@@ -270,7 +274,65 @@ fn run_batch(
         .ok_or_else(schema_error)?
         .values();
     let start = tensors.value_offset(0) as usize;
-    let input = &values[start..start + rows * expected_len];
+    let input = values
+        .get(start..start + rows * expected_len)
+        .ok_or_else(schema_error)?;
+    Ok((ids, input))
+}
+
+/// Runs each image of `batch` alone with every exposed tensor returned: one row per image and
+/// tensor (see [`protocol::tensors_schema`]). An engine error is one row with the error.
+fn expose_batch(
+    engine: &mut dyn Engine,
+    batch: &RecordBatch,
+    expected_len: usize,
+) -> Result<RecordBatch, String> {
+    let (ids, input) = input_of(batch, expected_len)?;
+    let mut image_id = StringBuilder::new();
+    let mut name = StringBuilder::new();
+    let mut values = ListBuilder::new(arrow::array::Float32Builder::new());
+    let mut error = StringBuilder::new();
+    for (row, id) in ids.iter().enumerate() {
+        let id = id.unwrap_or_default();
+        let one = &input[row * expected_len..(row + 1) * expected_len];
+        match engine.run_exposed(one, 1) {
+            Ok(tensors) => {
+                for tensor in tensors {
+                    image_id.append_value(id);
+                    name.append_value(&tensor.name);
+                    values.values().append_slice(&tensor.values);
+                    values.append(true);
+                    error.append_null();
+                }
+            }
+            Err(e) => {
+                image_id.append_value(id);
+                name.append_null();
+                values.append(false);
+                error.append_value(e);
+            }
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(image_id.finish()),
+        Arc::new(name.finish()),
+        Arc::new(values.finish()),
+        Arc::new(error.finish()),
+    ];
+    RecordBatch::try_new(protocol::tensors_schema(), columns).map_err(|e| e.to_string())
+}
+
+fn run_batch(
+    engine: &mut dyn Engine,
+    request: &Request,
+    batch: &RecordBatch,
+    expected_len: usize,
+    batch_index: u64,
+    warm_up: bool,
+    faults: &Faults,
+) -> Result<RecordBatch, String> {
+    let (ids, input) = input_of(batch, expected_len)?;
+    let rows = batch.num_rows();
 
     let injected = faults
         .fail_image

@@ -7,11 +7,17 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
     let probe = bytes.first().is_some_and(|b| b & 1 == 1);
+    // The second flag picks the stream a localisation request is answered with.
+    let schema = if bytes.first().is_some_and(|b| b & 2 == 2) {
+        protocol::tensors_schema()
+    } else {
+        protocol::result_schema()
+    };
     let mut seen = 0usize;
-    protocol::decode_output(bytes, probe, |out| {
+    protocol::decode_output(bytes, probe, &schema, |out| {
         seen += 1;
         if let Output::Results(batch) = &out {
-            assert_eq!(batch.schema(), protocol::result_schema());
+            assert_eq!(batch.schema(), schema);
         }
         true
     });

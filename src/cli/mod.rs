@@ -4,6 +4,7 @@
 mod analyze;
 mod collect;
 mod engines;
+mod localize;
 mod plan;
 mod progress;
 mod query;
@@ -75,6 +76,9 @@ pub enum Command {
     Diff(DiffArgs),
     /// Browse a store in the terminal: heatmap, disagreements, images, performance, SQL.
     Tui(TuiArgs),
+    /// Localise a disagreement between two cells: the optimizer pass that causes it, and the
+    /// first layer where the two part ways.
+    Localize(LocalizeArgs),
     /// Check a store's parts against its manifest (verify), or drop the unreadable ones (repair).
     #[command(subcommand)]
     Store(StoreCommand),
@@ -99,6 +103,77 @@ pub struct PlanArgs {
     #[arg(long)]
     pub store: Option<PathBuf>,
 }
+
+/// Arguments of `deltann localize`.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = LOCALIZE_HELP)]
+pub struct LocalizeArgs {
+    /// A result store (its cells are planned again from the sweep its last run recorded), or a
+    /// sweep file.
+    pub target: PathBuf,
+    /// The two cells, by id (or a unique prefix of one); the first is the reference.
+    #[arg(long, num_args = 2, value_names = ["A", "B"], required = true)]
+    pub pair: Vec<String>,
+    /// The store holding the pair's comparisons, when TARGET is a sweep file (default: the
+    /// sweep's `store`).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Images to run, by id (repeatable). Default: the images on which the pair's top-1
+    /// answers differ, largest logit difference first, else those with the largest logit
+    /// difference.
+    #[arg(long = "image", value_name = "ID")]
+    pub images: Vec<String>,
+    /// How many images to take by default.
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: u64,
+    /// Only the pass bisection.
+    #[arg(long, conflicts_with = "layers")]
+    pub passes: bool,
+    /// Only the layer localisation.
+    #[arg(long)]
+    pub layers: bool,
+    /// Images to localise layers on (the first of the chosen images, by default one).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub layer_images: u64,
+    /// Bisection: largest |logit difference| that still counts as agreeing (top-1 must match
+    /// too).
+    #[arg(long, default_value_t = 1e-4, value_name = "X")]
+    pub tolerance: f64,
+    /// Bisection: the optimizer names to search, comma-separated (default: ONNX Runtime's).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub candidates: Vec<String>,
+    /// Layers: relative error (||b-a|| / ||a||) below which a node counts as agreeing.
+    #[arg(long, default_value_t = 1e-3, value_name = "X")]
+    pub node_tolerance: f64,
+    /// Layers: how many times the error its inputs carried a node must exceed to be where the
+    /// divergence starts.
+    #[arg(long, default_value_t = 10.0, value_name = "X")]
+    pub gain: f64,
+    /// Layers: print every node's error, not only those around the first divergent one.
+    #[arg(long)]
+    pub all_nodes: bool,
+    /// Kill a worker that sends nothing for this many seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout: u64,
+}
+
+const LOCALIZE_HELP: &str = "\
+Pass bisection (for two ONNX Runtime cells that differ in optimization level): runs the more
+optimised cell with sets of ONNX Runtime's optimizer names disabled
+(optimization.disable_specified_optimizers), delta-debugging to the smallest set whose disabling
+makes it answer as the other cell does on the chosen images. Each trial is one worker run.
+
+Layer localisation (ONNX Runtime and tract cells whose models share tensor names): runs both cells
+with every intermediate tensor exposed, compares them node by node in graph order, and names the
+first node whose relative error exceeds --node-tolerance and --gain times what its inputs carried
+in. ONNX Runtime exposes the tensors that survive the cell's optimization level (at `disabled`,
+all of them); tract keeps exposed tensors through its optimisation, so fusions across them do not
+happen.
+
+Examples:
+  deltann plan sweep.toml                          # cell ids
+  deltann localize results/ --pair 3f2a 9c1d       # both, on the pair's flipped images
+  deltann localize results/ --pair 3f2a 9c1d --layers --image n01440764/x.JPEG --all-nodes";
 
 /// Arguments of `deltann collect`.
 #[derive(Debug, clap::Args)]
@@ -539,6 +614,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Query(a) => query::run(&a),
         Command::Sql(a) => sql::run(&a),
         Command::Analyze(a) => analyze::run(&a),
+        Command::Localize(a) => localize::run(&a),
         Command::Store(StoreCommand::Verify(a)) => store::verify(&a.store),
         Command::Store(StoreCommand::Repair(a)) => store::repair(&a.store),
         Command::Store(StoreCommand::Upgrade(a)) => store::upgrade(&a.store),
@@ -596,6 +672,7 @@ fn skip_damaged(command: &Command) -> anyhow::Result<()> {
         Command::Tui(a) => vec![&a.store],
         Command::Diff(a) => vec![&a.store_a, &a.store_b],
         Command::Plan(_)
+        | Command::Localize(_)
         | Command::Collect(_)
         | Command::Store(_)
         | Command::Synth(_)

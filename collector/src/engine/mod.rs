@@ -241,6 +241,11 @@ pub struct EngineConfig {
     /// name.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub settings: std::collections::BTreeMap<String, String>,
+    /// Intermediate tensors to expose, by their ONNX names (for `deltann localize`; empty in a
+    /// sweep). An engine exposes those that exist in the graph it runs (see
+    /// [`Engine::run_exposed`]); the model's own outputs come first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<String>,
 }
 
 /// The output of one engine call.
@@ -254,6 +259,16 @@ pub struct RunOutput {
     pub elapsed: Duration,
 }
 
+/// One named tensor of a run: a model output or an exposed intermediate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    /// Its ONNX name.
+    pub name: String,
+    /// Its values, flattened row-major, widened to float32 whatever the tensor's type (integer
+    /// tensors of a quantised graph compare as their integer values).
+    pub values: Vec<f32>,
+}
+
 /// A loaded model, ready to run batches.
 pub trait Engine {
     /// The runtime's version, as it reports it.
@@ -263,6 +278,12 @@ pub trait Engine {
     /// # Errors
     /// Returns the runtime's own error message.
     fn run(&mut self, input: &[f32], rows: usize) -> Result<RunOutput, String>;
+    /// Runs one batch and returns every output the loaded graph has: the model's outputs, then
+    /// the tensors of [`EngineConfig::expose`] that the engine could expose, in graph order.
+    ///
+    /// # Errors
+    /// Returns the runtime's own error message.
+    fn run_exposed(&mut self, input: &[f32], rows: usize) -> Result<Vec<NamedTensor>, String>;
 }
 
 /// Loads `config.model_path` in the configured engine.

@@ -4,6 +4,7 @@
 //! libonnxruntime; this is one reason each cell runs in its own worker process, and it is what lets
 //! two cells of a sweep compare two ONNX Runtime versions.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -11,11 +12,13 @@ use std::time::Instant;
 use half::f16;
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::TensorElementType;
-use ort::value::TensorRef;
+use ort::value::{Tensor, TensorRef};
+use prost::Message;
+use tract_onnx::pb::{ModelProto, ValueInfoProto};
 
-use super::{Engine, EngineConfig, OrtOptimization, RunOutput};
+use super::{Engine, EngineConfig, NamedTensor, OrtOptimization, RunOutput};
 
 pub(super) struct OrtEngine {
     session: Session,
@@ -96,37 +99,17 @@ impl OrtEngine {
             // ORT_ENABLE_LAYOUT, which libraries before 1.22 refuse as invalid.)
             OrtOptimization::All => GraphOptimizationLevel::All,
         };
-        let session = Session::builder(&environment)
-            .map_err(|e| e.to_string())?
-            .with_optimization_level(level)
-            .map_err(|e| e.to_string())?
-            .with_intra_threads(config.threads)
-            .map_err(|e| e.to_string())?
-            .with_inter_threads(1)
-            .map_err(|e| e.to_string())?
-            .with_parallel_execution(false)
-            .map_err(|e| e.to_string())?;
-        // ORT's own optimizer names, disabled (the `ort_disabled_optimizers` setting).
-        let mut session = match config.settings.get("ort_disabled_optimizers") {
-            Some(names) if !names.is_empty() => session
-                .with_disabled_optimizers(names.replace('+', ";"))
-                .map_err(|e| e.to_string())?,
-            _ => session,
+        let session = if config.expose.is_empty() {
+            builder(&environment, config, level)?
+                .commit_from_file(&config.model_path)
+                .map_err(|e| e.to_string())?
+        } else {
+            let model = exposed_model(&environment, config, level)?;
+            // The graph is already optimised as the cell's level would: run it as it is.
+            builder(&environment, config, GraphOptimizationLevel::Disable)?
+                .commit_from_memory(&model)
+                .map_err(|e| e.to_string())?
         };
-        // Session config entries (the `ort_session_config` setting), `key=value` joined by '+'.
-        if let Some(entries) = config.settings.get("ort_session_config") {
-            for entry in entries.split('+').filter(|e| !e.is_empty()) {
-                let (key, value) = entry
-                    .split_once('=')
-                    .ok_or_else(|| format!("session config entry `{entry}` is not key=value"))?;
-                session = session
-                    .with_config_entry(key, value)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        let session = session
-            .commit_from_file(&config.model_path)
-            .map_err(|e| e.to_string())?;
         let input = session.inputs().first().ok_or("model has no inputs")?;
         let input_name = input.name().to_string();
         // A model whose input is float16 gets the images rounded to it (to nearest, ties to
@@ -143,6 +126,119 @@ impl OrtEngine {
             version,
             _environment: environment,
         })
+    }
+}
+
+/// A session builder with the cell's threads, disabled optimizers and session config entries,
+/// at `level`.
+fn builder(
+    environment: &Environment,
+    config: &EngineConfig,
+    level: GraphOptimizationLevel,
+) -> Result<SessionBuilder, String> {
+    let session = Session::builder(environment)
+        .map_err(|e| e.to_string())?
+        .with_optimization_level(level)
+        .map_err(|e| e.to_string())?
+        .with_intra_threads(config.threads)
+        .map_err(|e| e.to_string())?
+        .with_inter_threads(1)
+        .map_err(|e| e.to_string())?
+        .with_parallel_execution(false)
+        .map_err(|e| e.to_string())?;
+    // ORT's own optimizer names, disabled (the `ort_disabled_optimizers` setting).
+    let mut session = match config.settings.get("ort_disabled_optimizers") {
+        Some(names) if !names.is_empty() => session
+            .with_disabled_optimizers(names.replace('+', ";"))
+            .map_err(|e| e.to_string())?,
+        _ => session,
+    };
+    // Session config entries (the `ort_session_config` setting), `key=value` joined by '+'.
+    if let Some(entries) = config.settings.get("ort_session_config") {
+        for entry in entries.split('+').filter(|e| !e.is_empty()) {
+            let (key, value) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("session config entry `{entry}` is not key=value"))?;
+            session = session
+                .with_config_entry(key, value)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(session)
+}
+
+/// The model as the cell runs it, with the tensors of `config.expose` that it still computes
+/// added to its outputs, serialised.
+///
+/// Exposing a tensor in the original graph would stop ONNX Runtime from fusing it away, so
+/// the cell would no longer compute what it computes in a sweep. Instead the graph is first
+/// optimised at the cell's level and saved (ORT's `optimized_model_filepath`); the names that
+/// survive optimisation are exposed in that graph, which then runs with optimisation off. At
+/// `disabled` every tensor survives; at `all`, layout transformations rename most of them.
+fn exposed_model(
+    environment: &Environment,
+    config: &EngineConfig,
+    level: GraphOptimizationLevel,
+) -> Result<Vec<u8>, String> {
+    let bytes = if matches!(level, GraphOptimizationLevel::Disable) {
+        std::fs::read(&config.model_path)
+            .map_err(|e| format!("cannot read {}: {e}", config.model_path.display()))?
+    } else {
+        let saved = std::env::temp_dir().join(format!(
+            "deltann-optimized-{}-{}.onnx",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let session = builder(environment, config, level)?
+            .with_optimized_model_path(&saved)
+            .map_err(|e| e.to_string())?
+            .commit_from_file(&config.model_path)
+            .map_err(|e| e.to_string());
+        let bytes = std::fs::read(&saved)
+            .map_err(|e| format!("ONNX Runtime did not save the optimised graph: {e}"));
+        let _ = std::fs::remove_file(&saved);
+        drop(session?);
+        bytes?
+    };
+    let mut model = ModelProto::decode(bytes.as_slice())
+        .map_err(|e| format!("cannot decode {}: {e}", config.model_path.display()))?;
+    let graph = model.graph.as_mut().ok_or("the model has no graph")?;
+    let wanted: HashSet<&str> = config.expose.iter().map(String::as_str).collect();
+    let mut outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    let mut added = Vec::new();
+    for node in &graph.node {
+        for name in &node.output {
+            if wanted.contains(name.as_str()) && outputs.insert(name.clone()) {
+                // An output without a type: ONNX Runtime takes the type it infers.
+                added.push(ValueInfoProto {
+                    name: name.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    graph.output.extend(added);
+    Ok(model.encode_to_vec())
+}
+
+impl OrtEngine {
+    /// The input tensor of `rows` images, copied (rounded to float16 for a float16 model).
+    fn input(&self, input: &[f32], rows: usize) -> Result<ort::value::DynValue, String> {
+        let mut shape = Vec::with_capacity(self.input_shape.len() + 1);
+        shape.push(rows);
+        shape.extend_from_slice(&self.input_shape);
+        if self.fp16_input {
+            let halves: Vec<f16> = input.iter().map(|&v| f16::from_f32(v)).collect();
+            Tensor::from_array((shape, halves))
+                .map(|t| t.into_dyn())
+                .map_err(|e| e.to_string())
+        } else {
+            Tensor::from_array((shape, input.to_vec()))
+                .map(|t| t.into_dyn())
+                .map_err(|e| e.to_string())
+        }
     }
 }
 
@@ -193,6 +289,48 @@ impl Engine for OrtEngine {
             elapsed,
         })
     }
+
+    fn run_exposed(&mut self, input: &[f32], rows: usize) -> Result<Vec<NamedTensor>, String> {
+        let tensor = self.input(input, rows)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])
+            .map_err(|e| e.to_string())?;
+        outputs
+            .iter()
+            .map(|(name, value)| {
+                widen(&value)
+                    .map(|values| NamedTensor {
+                        name: name.to_string(),
+                        values,
+                    })
+                    .map_err(|e| format!("output {name}: {e}"))
+            })
+            .collect()
+    }
+}
+
+/// A tensor's values as float32, from any numeric element type.
+fn widen(value: &ort::value::DynValue) -> Result<Vec<f32>, String> {
+    macro_rules! try_as {
+        ($($t:ty => $f:expr),* $(,)?) => {
+            $(if let Ok((_, values)) = value.try_extract_tensor::<$t>() {
+                return Ok(values.iter().map($f).collect());
+            })*
+        };
+    }
+    try_as!(
+        f32 => |&v| v,
+        f16 => |v| v.to_f32(),
+        u8 => |&v| f32::from(v),
+        i8 => |&v| f32::from(v),
+        u16 => |&v| f32::from(v),
+        i16 => |&v| f32::from(v),
+        i32 => |&v| v as f32,
+        i64 => |&v| v as f32,
+        f64 => |&v| v as f32,
+    );
+    Err("not a numeric tensor".into())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use super::{Engine, EngineConfig, RunOutput, TRACT_VERSION, TractPlan};
+use super::{Engine, EngineConfig, NamedTensor, RunOutput, TRACT_VERSION, TractPlan};
 
 type Plan = Arc<TypedSimplePlan>;
 
@@ -19,15 +19,18 @@ pub(super) struct TractEngine {
     plans: Vec<(usize, Plan)>,
     config: EngineConfig,
     version: String,
+    /// The names of the plan's outputs, in order.
+    outputs: Vec<String>,
 }
 
 impl TractEngine {
     pub(super) fn load(config: &EngineConfig) -> Result<Self, String> {
-        let plan = build(config, config.batch_size)?;
+        let (plan, outputs) = build(config, config.batch_size)?;
         Ok(Self {
             plans: vec![(config.batch_size, plan)],
             config: config.clone(),
             version: TRACT_VERSION.to_string(),
+            outputs,
         })
     }
 
@@ -36,19 +39,44 @@ impl TractEngine {
         if let Some((_, plan)) = self.plans.iter().find(|(n, _)| *n == rows) {
             return Ok(plan.clone());
         }
-        let plan = build(&self.config, rows)?;
+        let (plan, _) = build(&self.config, rows)?;
         self.plans.push((rows, plan.clone()));
         Ok(plan)
     }
 }
 
-fn build(config: &EngineConfig, rows: usize) -> Result<Plan, String> {
+/// The runnable plan for `rows` images, and the names of its outputs: the model's own, then
+/// those of `config.expose` that name a tensor of the graph tract loaded. An exposed tensor
+/// stays an output through tract's optimisation, so fusions across it do not happen.
+fn build(config: &EngineConfig, rows: usize) -> Result<(Plan, Vec<String>), String> {
     let err = |e: TractError| format!("{e:#}");
     let mut shape = vec![rows];
     shape.extend_from_slice(&config.input_shape);
-    let model = tract_onnx::onnx()
+    let mut model = tract_onnx::onnx()
         .model_for_path(&config.model_path)
         .map_err(err)?;
+    let mut outputs: Vec<String> = model
+        .output_outlets()
+        .map_err(err)?
+        .iter()
+        .map(|&o| {
+            model.outlet_label(o).map_or_else(
+                || format!("{}:{}", model.node(o.node).name, o.slot),
+                str::to_string,
+            )
+        })
+        .collect();
+    if !config.expose.is_empty() {
+        let own: std::collections::HashSet<String> = outputs.iter().cloned().collect();
+        outputs.extend(
+            config
+                .expose
+                .iter()
+                .filter(|name| !own.contains(*name) && model.find_outlet_label(name).is_some())
+                .cloned(),
+        );
+        model.select_outputs_by_name(&outputs).map_err(err)?;
+    }
     // A float16 input keeps its type (the images are rounded to it in `run`).
     let fact = if fp16_input(&model) {
         f16::fact(&shape)
@@ -68,7 +96,8 @@ fn build(config: &EngineConfig, rows: usize) -> Result<Plan, String> {
         executor: (config.threads > 1).then(|| Executor::multithread(config.threads)),
         ..RunOptions::default()
     };
-    model.into_runnable_with_options(&options).map_err(err)
+    let plan = model.into_runnable_with_options(&options).map_err(err)?;
+    Ok((plan, outputs))
 }
 
 /// Whether the model declares its first input float16.
@@ -78,13 +107,9 @@ fn fp16_input(model: &InferenceModel) -> bool {
         .is_ok_and(|f| f.datum_type.concretize() == Some(DatumType::F16))
 }
 
-impl Engine for TractEngine {
-    fn version(&self) -> &str {
-        &self.version
-    }
-
-    fn run(&mut self, input: &[f32], rows: usize) -> Result<RunOutput, String> {
-        let plan = self.plan(rows)?;
+impl TractEngine {
+    /// The input tensor of `rows` images, in the type the plan takes.
+    fn input(&self, plan: &Plan, input: &[f32], rows: usize) -> Result<Tensor, String> {
         let mut shape = vec![rows];
         shape.extend_from_slice(&self.config.input_shape);
         let mut tensor = Tensor::from_shape(&shape, input).map_err(|e| format!("{e:#}"))?;
@@ -98,6 +123,18 @@ impl Engine for TractEngine {
                 .map_err(|e| format!("{e:#}"))?
                 .into_owned();
         }
+        Ok(tensor)
+    }
+}
+
+impl Engine for TractEngine {
+    fn version(&self) -> &str {
+        &self.version
+    }
+
+    fn run(&mut self, input: &[f32], rows: usize) -> Result<RunOutput, String> {
+        let plan = self.plan(rows)?;
+        let tensor = self.input(&plan, input, rows)?;
         let started = Instant::now();
         let outputs = plan
             .run(tvec![tensor.into_tvalue()])
@@ -120,5 +157,27 @@ impl Engine for TractEngine {
             values: view.iter().copied().collect(),
             elapsed,
         })
+    }
+
+    fn run_exposed(&mut self, input: &[f32], rows: usize) -> Result<Vec<NamedTensor>, String> {
+        let plan = self.plan(rows)?;
+        let tensor = self.input(&plan, input, rows)?;
+        let outputs = plan
+            .run(tvec![tensor.into_tvalue()])
+            .map_err(|e| format!("{e:#}"))?;
+        outputs
+            .iter()
+            .zip(&self.outputs)
+            .map(|(value, name)| {
+                let values = value
+                    .cast_to::<f32>()
+                    .and_then(|t| Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect()))
+                    .map_err(|e| format!("output {name}: {e:#}"))?;
+                Ok(NamedTensor {
+                    name: name.clone(),
+                    values,
+                })
+            })
+            .collect()
     }
 }

@@ -1,0 +1,509 @@
+//! `deltann localize`: which optimizer pass causes a pair's disagreement, and at which node the
+//! two cells part ways. The cells are planned again from the sweep their store recorded, so they
+//! run exactly as they did in the sweep; the algorithms are in `deltann_collector::localize`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use arrow::array::{Array, AsArray};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use deltann_analyzer::context::Session;
+use deltann_collector::engine::{EngineKind, OrtOptimization};
+use deltann_collector::localize::{self, Images, NodeError};
+use deltann_collector::plan::{Cell, Plan};
+use deltann_collector::preprocess;
+use deltann_collector::runner::{Timeouts, WorkerCommand};
+use deltann_collector::sweep::Sweep;
+
+use super::LocalizeArgs;
+
+pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
+    let worker = WorkerCommand::current_exe().context("cannot locate the deltann executable")?;
+    let (sweeps, store) = sweeps_and_store(args)?;
+    let (sweep, a, b) = find_pair(&sweeps, &args.pair, &worker)?;
+    let ids = if args.images.is_empty() {
+        let Some(store) = &store else {
+            bail!("no store to choose images from: give --image ID (or --store DIR)");
+        };
+        default_images(store, &a, &b, args.limit)?
+    } else {
+        args.images.clone()
+    };
+    let timeouts = Timeouts {
+        stall: Duration::from_secs(args.stall_timeout),
+        cell: None,
+    };
+    println!("reference A: {} {}", a.id, a.label());
+    println!("other     B: {} {}", b.id, b.label());
+    let passes = !args.layers;
+    let layers = !args.passes;
+    let mut ran = false;
+    if passes {
+        match optimization_pair(&a, &b) {
+            Some((reference, optimised)) => {
+                let images = load_images(&sweep, optimised, &ids)?;
+                bisect(args, &worker, reference, optimised, &images, timeouts)?;
+                ran = true;
+            }
+            None if args.passes => bail!(
+                "pass bisection needs two ONNX Runtime cells of one model that differ in \
+                 optimization level (A: {}, B: {})",
+                a.tag,
+                b.tag
+            ),
+            None => println!(
+                "\npasses: skipped (A and B are not ONNX Runtime cells of one model at two \
+                 optimization levels)"
+            ),
+        }
+    }
+    if layers {
+        let supported = |c: &Cell| matches!(c.engine, EngineKind::Ort | EngineKind::Tract);
+        if !supported(&a) || !supported(&b) {
+            bail!(
+                "layer localisation runs ONNX Runtime and tract cells (A is {}, B is {}); the \
+                 Python engines do not expose intermediate tensors yet",
+                a.engine,
+                b.engine
+            );
+        }
+        let take = ids
+            .len()
+            .min(usize::try_from(args.layer_images).unwrap_or(usize::MAX));
+        layer(args, &worker, &sweep, &a, &b, &ids[..take], timeouts)?;
+        ran = true;
+    }
+    Ok(if ran {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// The sweeps that may have planned the pair (a store's recorded runs, latest first; or the one
+/// sweep file given), and the store to pick images from.
+fn sweeps_and_store(args: &LocalizeArgs) -> anyhow::Result<(Vec<Sweep>, Option<PathBuf>)> {
+    if args.target.is_dir() {
+        let store = args.target.clone();
+        let session = Session::open(&store, false)?;
+        let outputs = session
+            .run_blocking("SELECT sweep_path, sweep_toml FROM runs ORDER BY started_at DESC")?;
+        let mut sweeps = Vec::new();
+        for batch in outputs.iter().flat_map(|o| &o.batches) {
+            let paths = batch.column(0).as_string_opt::<i32>();
+            let texts = batch.column(1).as_string_opt::<i32>();
+            let (Some(paths), Some(texts)) = (paths, texts) else {
+                continue;
+            };
+            for row in 0..batch.num_rows() {
+                let path = Path::new(paths.value(row));
+                match Sweep::parse(path, texts.value(row)) {
+                    Ok(sweep) => sweeps.push(sweep),
+                    Err(e) => eprintln!(
+                        "deltann: warning: the sweep recorded from {} no longer parses: {e}",
+                        path.display()
+                    ),
+                }
+            }
+        }
+        if sweeps.is_empty() {
+            bail!(
+                "{}: the store records no run to plan cells from",
+                store.display()
+            );
+        }
+        Ok((sweeps, Some(store)))
+    } else {
+        let (sweep, store) = super::load_sweep(&args.target, args.store.as_deref())?;
+        let store = store
+            .join(deltann_store::layout::FORMAT_FILE)
+            .is_file()
+            .then_some(store);
+        Ok((vec![sweep], store))
+    }
+}
+
+/// The first sweep whose plan holds both cells, with them.
+fn find_pair(
+    sweeps: &[Sweep],
+    pair: &[String],
+    worker: &WorkerCommand,
+) -> anyhow::Result<(Sweep, Cell, Cell)> {
+    let [a, b] = pair else {
+        bail!("--pair takes two cell ids");
+    };
+    let mut last = None;
+    for sweep in sweeps {
+        let plan = Plan::build(sweep, &|engine, lib| {
+            deltann_collector::collect::probe_version(worker, engine, lib)
+        })?;
+        match (cell(&plan, a), cell(&plan, b)) {
+            (Ok(x), Ok(y)) => return Ok((sweep.clone(), x, y)),
+            (Err(e), _) | (_, Err(e)) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no sweep to plan the cells from")))
+}
+
+/// The cell whose id is `id` or starts with it (when only one does).
+fn cell(plan: &Plan, id: &str) -> anyhow::Result<Cell> {
+    if let Some(c) = plan.cells.iter().find(|c| c.id == id) {
+        return Ok(c.clone());
+    }
+    let matching: Vec<&Cell> = plan.cells.iter().filter(|c| c.id.starts_with(id)).collect();
+    match matching.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => bail!("no cell `{id}` in the sweep (see `deltann plan`)"),
+        many => bail!(
+            "`{id}` names {} cells ({}...): give more of the id",
+            many.len(),
+            many.iter()
+                .take(3)
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The pair's images where their top-1 differs, largest logit difference first; else those with
+/// the largest logit difference.
+fn default_images(store: &Path, a: &Cell, b: &Cell, limit: u64) -> anyhow::Result<Vec<String>> {
+    let quote = |s: &str| s.replace('\'', "''");
+    let sql = format!(
+        "SELECT image_id FROM comparisons \
+         WHERE (cell_a = '{a}' AND cell_b = '{b}') OR (cell_a = '{b}' AND cell_b = '{a}') \
+         ORDER BY flip DESC, max_abs_logit DESC NULLS LAST, image_id LIMIT {limit}",
+        a = quote(&a.id),
+        b = quote(&b.id),
+    );
+    super::refresh_derived(store, &sql);
+    let session = Session::open(store, false)?;
+    let mut ids = Vec::new();
+    for output in session.run_blocking(&sql)? {
+        for batch in &output.batches {
+            let column = batch.column(0);
+            let column = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)?;
+            let strings = column.as_string::<i32>();
+            ids.extend((0..strings.len()).map(|i| strings.value(i).to_string()));
+        }
+    }
+    if ids.is_empty() {
+        bail!(
+            "{}: no comparisons of {} and {} (both must have run on the same images): give \
+             --image ID",
+            store.display(),
+            a.id,
+            b.id
+        );
+    }
+    Ok(ids)
+}
+
+/// The images, read from the sweep's dataset and preprocessed as `cell` does.
+fn load_images(sweep: &Sweep, cell: &Cell, ids: &[String]) -> anyhow::Result<Images> {
+    let len = cell.preprocess.tensor_len();
+    let mut tensors = Vec::with_capacity(ids.len());
+    for id in ids {
+        let path = sweep.dataset.images.join(id);
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read image {}", path.display()))?;
+        let (image, _) =
+            preprocess::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut tensor = Vec::with_capacity(len);
+        preprocess::preprocess(&image, &cell.preprocess, &mut tensor)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        tensors.push(tensor);
+    }
+    Ok(Images {
+        ids: ids.to_vec(),
+        tensors,
+        len,
+    })
+}
+
+fn level(c: &Cell) -> OrtOptimization {
+    c.ort_optimization.unwrap_or(OrtOptimization::All)
+}
+
+/// (reference, optimised) when the cells are ONNX Runtime runs of one model at two levels.
+fn optimization_pair<'c>(a: &'c Cell, b: &'c Cell) -> Option<(&'c Cell, &'c Cell)> {
+    let ort = a.engine == EngineKind::Ort && b.engine == EngineKind::Ort;
+    if !ort || a.model.info.sha256 != b.model.info.sha256 || level(a) == level(b) {
+        return None;
+    }
+    Some(if level(a) < level(b) { (a, b) } else { (b, a) })
+}
+
+fn bisect(
+    args: &LocalizeArgs,
+    worker: &WorkerCommand,
+    reference: &Cell,
+    optimised: &Cell,
+    images: &Images,
+    timeouts: Timeouts,
+) -> anyhow::Result<()> {
+    println!(
+        "\npasses: which of ONNX Runtime's optimizers make {} (opt={}) answer differently from \
+         {} (opt={}) on {} images",
+        optimised.id,
+        level(optimised).name(),
+        reference.id,
+        level(reference).name(),
+        images.ids.len()
+    );
+    let started = Instant::now();
+    let expected = localize::logits(worker, &reference.engine_config(), images, timeouts)
+        .context("running the reference cell")?;
+    let candidates: Vec<String> = if args.candidates.is_empty() {
+        localize::ORT_OPTIMIZERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        args.candidates.clone()
+    };
+    let base = optimised.engine_config();
+    let already = base
+        .settings
+        .get("ort_disabled_optimizers")
+        .cloned()
+        .unwrap_or_default();
+    let mut trial = |set: &[String]| -> deltann_collector::Result<localize::Trial> {
+        let mut config = base.clone();
+        let mut names: Vec<&str> = already.split('+').filter(|s| !s.is_empty()).collect();
+        names.extend(set.iter().map(String::as_str));
+        if !names.is_empty() {
+            config
+                .settings
+                .insert("ort_disabled_optimizers".into(), names.join("+"));
+        }
+        let logits = localize::logits(worker, &config, images, timeouts)?;
+        let (agrees, max_abs, flips) = localize::agreement(&expected, &logits, args.tolerance);
+        eprintln!(
+            "  trial {:>3} disabled: {:<60} {} (max |dlogit| {max_abs:.3e}, {flips} flips)",
+            set.len(),
+            abbreviate(set),
+            if agrees { "agrees" } else { "differs" },
+        );
+        Ok(localize::Trial {
+            disabled: set.to_vec(),
+            agrees,
+            max_abs,
+            flips,
+        })
+    };
+    let found = localize::bisect(&candidates, &mut trial)?;
+    let first = &found.trials[0];
+    println!(
+        "  as collected: max |dlogit| {:.3e}, {} of {} top-1 answers differ",
+        first.max_abs,
+        first.flips,
+        images.ids.len()
+    );
+    if found.explained {
+        println!(
+            "  culprit{}: {}  (disabling {} removes the divergence on these images; {} trials, \
+             {:.1}s)",
+            if found.culprits.len() == 1 { "" } else { "s" },
+            found.culprits.join(", "),
+            if found.culprits.len() == 1 {
+                "it"
+            } else {
+                "them"
+            },
+            found.trials.len(),
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        let all = &found.trials[1];
+        println!(
+            "  not a pass: with all {} candidates disabled the answers still differ (max \
+             |dlogit| {:.3e}, {} flips); the difference lies in what the levels share or in \
+             names not searched ({:.1}s)",
+            candidates.len(),
+            all.max_abs,
+            all.flips,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn abbreviate(set: &[String]) -> String {
+    let text = if set.is_empty() {
+        "(none)".to_string()
+    } else {
+        set.join(",")
+    };
+    if text.len() > 60 {
+        format!("{}...", &text[..text.floor_char_boundary(57)])
+    } else {
+        text
+    }
+}
+
+fn layer(
+    args: &LocalizeArgs,
+    worker: &WorkerCommand,
+    sweep: &Sweep,
+    a: &Cell,
+    b: &Cell,
+    ids: &[String],
+    timeouts: Timeouts,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let nodes = localize::graph(&a.model.spec.path)?;
+    let nodes_b = localize::graph(&b.model.spec.path)?;
+    let images_a = load_images(sweep, a, ids)?;
+    let images_b = load_images(sweep, b, ids)?;
+    let expose = localize::exposable(&nodes);
+    let (mut tensors_a, _) =
+        localize::capture(worker, &a.engine_config(), &expose, &images_a, timeouts)
+            .context("running cell A with its tensors exposed")?;
+    let expose = localize::exposable(&nodes_b);
+    let (mut tensors_b, _) =
+        localize::capture(worker, &b.engine_config(), &expose, &images_b, timeouts)
+            .context("running cell B with its tensors exposed")?;
+    for (i, id) in ids.iter().enumerate() {
+        let (exposed_a, exposed_b) = (tensors_a[i].len(), tensors_b[i].len());
+        localize::as_the_next_layer_sees(&nodes, &mut tensors_a[i]);
+        localize::as_the_next_layer_sees(&nodes_b, &mut tensors_b[i]);
+        let errors = localize::node_errors(&nodes, &tensors_a[i], &tensors_b[i]);
+        println!(
+            "\nlayers: image {id}: {} of {} nodes compared ({exposed_a} tensors exposed by A, \
+             {exposed_b} by B)",
+            errors.len(),
+            nodes.len(),
+        );
+        if errors.is_empty() {
+            println!(
+                "  no tensor name in common: the two cells' graphs share no intermediate names"
+            );
+            continue;
+        }
+        if let Some(e) = errors.iter().find(|e| e.error > 0.0 && e.carried == 0.0) {
+            println!(
+                "  first node that differs at all: {} ({}, #{}): relative error {:.3e}, max |d| \
+                 {:.3e}, from inputs that agree exactly{}",
+                e.node,
+                e.op,
+                e.order,
+                e.error,
+                e.max_abs,
+                unobserved(&errors, e)
+            );
+        }
+        let first = localize::first_divergent(&errors, args.node_tolerance, args.gain);
+        match first {
+            Some(e) => println!(
+                "  first divergent node: {} ({}, #{} in graph order): relative error {:.3e}, \
+                 {:.0}x what its inputs carried in ({:.3e}){}",
+                e.node,
+                e.op,
+                e.order,
+                e.error,
+                e.amplification,
+                e.carried,
+                unobserved(&errors, e)
+            ),
+            None => println!(
+                "  no node diverges (relative error above {:.0e} and {}x its inputs'); largest \
+                 error {:.3e}",
+                args.node_tolerance,
+                args.gain,
+                errors.iter().map(|e| e.error).fold(0.0, f64::max)
+            ),
+        }
+        if let Some(f) = first
+            && let Some(e) = errors
+                .iter()
+                .filter(|e| e.order > f.order && e.error > args.node_tolerance)
+                .max_by(|x, y| x.amplification.total_cmp(&y.amplification))
+        {
+            println!(
+                "  largest amplification after it: {} ({}, #{}): {:.1}x, to a relative error of \
+                 {:.3e}",
+                e.node, e.op, e.order, e.amplification, e.error
+            );
+        }
+        print_curve(&errors, first, args.all_nodes);
+    }
+    println!("({:.1}s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// When nodes before `e` went uncompared (one side's optimised graph does not compute their
+/// tensors), the divergence may start among them: says which.
+fn unobserved(errors: &[NodeError], e: &NodeError) -> String {
+    let before = errors
+        .iter()
+        .take_while(|x| x.order < e.order)
+        .last()
+        .map_or(0, |x| x.order + 1);
+    if e.order > before {
+        format!(
+            " (nodes #{before}-#{} before it not compared: one side does not compute them)",
+            e.order - 1
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// The per-node error curve: every node with --all-nodes, else a window around the first
+/// divergent node and the last node.
+fn print_curve(errors: &[NodeError], first: Option<&NodeError>, all: bool) {
+    let at = first.map_or(0, |f| {
+        errors.iter().position(|e| e.order == f.order).unwrap_or(0)
+    });
+    let shown: Vec<usize> = if all {
+        (0..errors.len()).collect()
+    } else {
+        let mut v: Vec<usize> = (at.saturating_sub(3)..(at + 6).min(errors.len())).collect();
+        if v.last() != Some(&(errors.len() - 1)) {
+            v.push(errors.len() - 1);
+        }
+        v
+    };
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "#",
+        "node",
+        "op",
+        "rel. error",
+        "carried in",
+        "gain",
+        "max |d|",
+        "",
+    ]);
+    let top = errors.iter().map(|e| e.error).fold(0.0, f64::max);
+    for &i in &shown {
+        let e = &errors[i];
+        t.add_row(vec![
+            e.order.to_string(),
+            e.node.clone(),
+            e.op.clone(),
+            format!("{:.3e}", e.error),
+            format!("{:.3e}", e.carried),
+            format!("{:.1}", e.amplification),
+            format!("{:.3e}", e.max_abs),
+            bar(e.error, top),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// A bar on a log scale from 1e-8 to the largest error.
+fn bar(error: f64, top: f64) -> String {
+    if error <= 0.0 || top <= 0.0 {
+        return String::new();
+    }
+    let floor = 1e-8f64;
+    let span = (top.max(floor * 10.0) / floor).log10();
+    let filled = ((error.max(floor) / floor).log10() / span * 20.0).round();
+    "█".repeat(filled.clamp(0.0, 20.0) as usize)
+}
