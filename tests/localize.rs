@@ -3,6 +3,7 @@
 //! optimizer that changes MobileNetV2-int8's answers between optimization levels must be found by
 //! bisection and, disabled in a sweep of its own, make the two levels agree.
 
+use arrow::array::AsArray;
 use prost::Message;
 use tract_onnx::pb;
 
@@ -96,13 +97,16 @@ tract_plan = ["optimized"]
             planted.display()
         ),
     );
+    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let store = dir.path().join("store");
     let cells = cells(&sweep);
     for engine in ["engine=ort", "engine=tract"] {
         let a = cell(&cells, "lite0", engine);
         let b = cell(&cells, "planted", engine);
         let out = util::run(&[
             "localize",
-            sweep.to_str().unwrap(),
+            store.to_str().unwrap(),
             "--pair",
             a,
             b,
@@ -125,6 +129,33 @@ tract_plan = ["optimized"]
             stdout.contains(&format!("first node that differs at all: {node} (Conv,")),
             "{stdout}"
         );
+    }
+
+    // The results, read back from the store's files by arrow-rs: one `layers` row per engine
+    // naming the planted node, and its curve, in which that node amplifies the most.
+    let found = util::read_table(&store, "localizations").all().unwrap();
+    assert_eq!(
+        util::strings(&found, "node"),
+        vec![Some(node.clone()), Some(node.clone())]
+    );
+    assert_eq!(
+        util::strings(&found, "kind"),
+        vec![Some("layers".to_string()); 2]
+    );
+    let curve = util::read_table(&store, "node_errors").all().unwrap();
+    let ids = util::strings(&curve, "localization_id");
+    let names = util::strings(&curve, "node");
+    let gains = curve
+        .column_by_name("amplification")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Float64Type>()
+        .clone();
+    for id in util::strings(&found, "localization_id") {
+        let loudest = (0..curve.num_rows())
+            .filter(|&i| ids[i] == id)
+            .max_by(|&x, &y| gains.value(x).total_cmp(&gains.value(y)))
+            .unwrap();
+        assert_eq!(names[loudest].as_deref(), Some(node.as_str()));
     }
 }
 
@@ -183,6 +214,12 @@ exclude = [{{ ort_optimization = "disabled", ort_disabled_optimizers = ["QDQSele
         stdout.contains("culprit: QDQSelectorActionTransformer "),
         "{stdout}"
     );
+    let found = util::read_table(&store, "localizations").all().unwrap();
+    assert_eq!(
+        util::strings(&found, "culprits"),
+        vec![Some("QDQSelectorActionTransformer".to_string())]
+    );
+    assert_eq!(util::strings(&found, "cell_b"), vec![Some(all.to_string())]);
 
     // Independently of the bisection: the sweep's own cell with that pass disabled answers as
     // the unoptimised one does, image for image, while the fully optimised one does not.

@@ -821,8 +821,9 @@ fn check_labels(sweep: &Sweep, dataset: &Dataset, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// A sortable, readable run id: `20261126T142233Z-<pid>`.
-fn run_id() -> String {
+/// A sortable, readable run id: `20261126T142233Z-<pid>` (also the prefix of `deltann
+/// localize`'s ids).
+pub fn run_id() -> String {
     let secs = deltann_store::now_micros() / 1_000_000;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Float32Array, Float32Builder, Float64Array, Int32Array, Int64Array, ListBuilder,
-    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    ArrayRef, BooleanArray, Float32Array, Float32Builder, Float64Array, Int32Array, Int64Array,
+    ListBuilder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
 use deltann_store::schema::{self, status};
 use deltann_store::{PartMeta, PartWriter, Partition, StoreWriter, Table};
@@ -466,5 +466,107 @@ impl Record for CellRow {
         ];
         columns.extend(host_columns(&hosts));
         batch(Table::Cells, columns)
+    }
+}
+
+/// One `deltann localize` result (see docs/STORE.md, `localizations`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LocalizationRow {
+    pub localization_id: String,
+    pub at_us: i64,
+    /// `passes` or `layers` ([`schema::kind`]).
+    pub kind: &'static str,
+    pub cell_a: String,
+    pub cell_b: String,
+    pub image_id: Option<String>,
+    pub images: usize,
+    pub tolerance: f64,
+    pub gain: Option<f64>,
+    pub culprits: Option<String>,
+    pub explained: Option<bool>,
+    pub trials: Option<usize>,
+    pub flips_before: Option<usize>,
+    pub max_abs_before: Option<f64>,
+    pub node: Option<String>,
+    pub op: Option<String>,
+    pub node_order: Option<usize>,
+    pub rel_error: Option<f64>,
+    pub amplification: Option<f64>,
+    pub first_difference: Option<String>,
+    pub nodes_compared: Option<usize>,
+    pub seconds: f64,
+}
+
+impl Record for LocalizationRow {
+    const TABLE: Table = Table::Localizations;
+    fn batch(rows: &[Self], _run_id: &str) -> Result<RecordBatch> {
+        let f64s = |f: fn(&Self) -> f64| -> ArrayRef {
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(f)))
+        };
+        let opt_count = |f: fn(&Self) -> Option<usize>| {
+            opt_int32(rows.iter().map(move |r| f(r).map(saturating_i32)))
+        };
+        batch(
+            Table::Localizations,
+            vec![
+                text(rows.iter().map(|r| r.localization_id.as_str())),
+                timestamps(rows.iter().map(|r| r.at_us)),
+                text(rows.iter().map(|_| env!("CARGO_PKG_VERSION"))),
+                text(rows.iter().map(|r| r.kind)),
+                text(rows.iter().map(|r| r.cell_a.as_str())),
+                text(rows.iter().map(|r| r.cell_b.as_str())),
+                opt_text(rows.iter().map(|r| r.image_id.as_deref())),
+                int32(rows.iter().map(|r| saturating_i32(r.images))),
+                f64s(|r| r.tolerance),
+                opt_f64(rows.iter().map(|r| r.gain)),
+                opt_text(rows.iter().map(|r| r.culprits.as_deref())),
+                Arc::new(BooleanArray::from_iter(rows.iter().map(|r| r.explained))),
+                opt_count(|r| r.trials),
+                opt_count(|r| r.flips_before),
+                opt_f64(rows.iter().map(|r| r.max_abs_before)),
+                opt_text(rows.iter().map(|r| r.node.as_deref())),
+                opt_text(rows.iter().map(|r| r.op.as_deref())),
+                opt_count(|r| r.node_order),
+                opt_f64(rows.iter().map(|r| r.rel_error)),
+                opt_f64(rows.iter().map(|r| r.amplification)),
+                opt_text(rows.iter().map(|r| r.first_difference.as_deref())),
+                opt_count(|r| r.nodes_compared),
+                f64s(|r| r.seconds),
+            ],
+        )
+    }
+}
+
+/// One node of a layer localisation's error curve (see docs/STORE.md, `node_errors`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeErrorRow {
+    pub localization_id: String,
+    pub image_id: String,
+    pub error: crate::localize::NodeError,
+}
+
+impl Record for NodeErrorRow {
+    const TABLE: Table = Table::NodeErrors;
+    fn batch(rows: &[Self], _run_id: &str) -> Result<RecordBatch> {
+        let f64s = |f: fn(&crate::localize::NodeError) -> f64| -> ArrayRef {
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| f(&r.error)),
+            ))
+        };
+        batch(
+            Table::NodeErrors,
+            vec![
+                text(rows.iter().map(|r| r.localization_id.as_str())),
+                text(rows.iter().map(|r| r.image_id.as_str())),
+                int32(rows.iter().map(|r| saturating_i32(r.error.order))),
+                text(rows.iter().map(|r| r.error.node.as_str())),
+                text(rows.iter().map(|r| r.error.op.as_str())),
+                text(rows.iter().map(|r| r.error.tensor.as_str())),
+                f64s(|e| e.error),
+                f64s(|e| e.max_abs),
+                f64s(|e| e.carried),
+                f64s(|e| e.amplification),
+            ],
+        )
     }
 }

@@ -14,8 +14,11 @@ use deltann_collector::engine::{EngineKind, OrtOptimization};
 use deltann_collector::localize::{self, Images, NodeError};
 use deltann_collector::plan::{Cell, Plan};
 use deltann_collector::preprocess;
+use deltann_collector::records::{self, LocalizationRow, NodeErrorRow};
 use deltann_collector::runner::{Timeouts, WorkerCommand};
 use deltann_collector::sweep::Sweep;
+use deltann_store::StoreWriter;
+use deltann_store::schema::kind;
 
 use super::LocalizeArgs;
 
@@ -39,13 +42,17 @@ pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
     println!("other     B: {} {}", b.id, b.label());
     let passes = !args.layers;
     let layers = !args.passes;
-    let mut ran = false;
+    let mut found = Found {
+        prefix: deltann_collector::collect::run_id(),
+        ..Found::default()
+    };
     if passes {
         match optimization_pair(&a, &b) {
             Some((reference, optimised)) => {
                 let images = load_images(&sweep, optimised, &ids)?;
-                bisect(args, &worker, reference, optimised, &images, timeouts)?;
-                ran = true;
+                bisect(
+                    args, &worker, reference, optimised, &images, timeouts, &mut found,
+                )?;
             }
             None if args.passes => bail!(
                 "pass bisection needs two ONNX Runtime cells of one model that differ in \
@@ -72,14 +79,70 @@ pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
         let take = ids
             .len()
             .min(usize::try_from(args.layer_images).unwrap_or(usize::MAX));
-        layer(args, &worker, &sweep, &a, &b, &ids[..take], timeouts)?;
-        ran = true;
+        layer(
+            args,
+            &worker,
+            &sweep,
+            &a,
+            &b,
+            &ids[..take],
+            timeouts,
+            &mut found,
+        )?;
     }
-    Ok(if ran {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    match &store {
+        Some(store) if !found.localizations.is_empty() => {
+            save(store, &found)?;
+            println!(
+                "\nstored in {}: {} rows in `localizations`, {} in `node_errors` (ids {}-*)",
+                store.display(),
+                found.localizations.len(),
+                found.node_errors.len(),
+                found.prefix
+            );
+        }
+        _ => println!("\nnot stored: no store (give --store DIR to keep the results)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What one invocation found, as rows of the store's `localizations` and `node_errors`.
+#[derive(Default)]
+struct Found {
+    prefix: String,
+    localizations: Vec<LocalizationRow>,
+    node_errors: Vec<NodeErrorRow>,
+}
+
+impl Found {
+    /// A row with the next id and the fields every kind shares.
+    fn row(&self, kind: &'static str, a: &Cell, b: &Cell, started: Instant) -> LocalizationRow {
+        LocalizationRow {
+            localization_id: format!("{}-{}", self.prefix, self.localizations.len() + 1),
+            at_us: deltann_store::now_micros(),
+            kind,
+            cell_a: a.id.clone(),
+            cell_b: b.id.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+            ..LocalizationRow::default()
+        }
+    }
+}
+
+/// Commits the rows to the store, both tables in one group.
+fn save(store: &Path, found: &Found) -> anyhow::Result<()> {
+    let (writer, _) = StoreWriter::open(store).with_context(|| {
+        format!(
+            "cannot store the results in {} (is a collector writing to it?)",
+            store.display()
+        )
+    })?;
+    let parts = [
+        records::part(&writer, None, &found.prefix, &found.localizations)?,
+        records::part(&writer, None, &found.prefix, &found.node_errors)?,
+    ];
+    writer.commit_group(parts.into_iter().flatten().collect())?;
+    Ok(())
 }
 
 /// The sweeps that may have planned the pair (a store's recorded runs, latest first; or the one
@@ -244,6 +307,7 @@ fn bisect(
     optimised: &Cell,
     images: &Images,
     timeouts: Timeouts,
+    out: &mut Found,
 ) -> anyhow::Result<()> {
     println!(
         "\npasses: which of ONNX Runtime's optimizers make {} (opt={}) answer differently from \
@@ -303,6 +367,18 @@ fn bisect(
         first.flips,
         images.ids.len()
     );
+    let row = LocalizationRow {
+        image_id: None,
+        images: images.ids.len(),
+        tolerance: args.tolerance,
+        culprits: found.explained.then(|| found.culprits.join("+")),
+        explained: Some(found.explained),
+        trials: Some(found.trials.len()),
+        flips_before: Some(first.flips),
+        max_abs_before: Some(first.max_abs),
+        ..out.row(kind::PASSES, reference, optimised, started)
+    };
+    out.localizations.push(row);
     if found.explained {
         println!(
             "  culprit{}: {}  (disabling {} removes the divergence on these images; {} trials, \
@@ -353,6 +429,7 @@ fn layer(
     b: &Cell,
     ids: &[String],
     timeouts: Timeouts,
+    out: &mut Found,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let nodes = localize::graph(&a.model.spec.path)?;
@@ -384,7 +461,8 @@ fn layer(
             );
             continue;
         }
-        if let Some(e) = errors.iter().find(|e| e.error > 0.0 && e.carried == 0.0) {
+        let differs = errors.iter().find(|e| e.error > 0.0 && e.carried == 0.0);
+        if let Some(e) = differs {
             println!(
                 "  first node that differs at all: {} ({}, #{}): relative error {:.3e}, max |d| \
                  {:.3e}, from inputs that agree exactly{}",
@@ -430,6 +508,26 @@ fn layer(
             );
         }
         print_curve(&errors, first, args.all_nodes);
+        let row = LocalizationRow {
+            image_id: Some(id.clone()),
+            images: 1,
+            tolerance: args.node_tolerance,
+            gain: Some(args.gain),
+            node: first.map(|e| e.node.clone()),
+            op: first.map(|e| e.op.clone()),
+            node_order: first.map(|e| e.order),
+            rel_error: first.map(|e| e.error),
+            amplification: first.map(|e| e.amplification),
+            first_difference: differs.map(|e| e.node.clone()),
+            nodes_compared: Some(errors.len()),
+            ..out.row(kind::LAYERS, a, b, started)
+        };
+        out.node_errors.extend(errors.iter().map(|e| NodeErrorRow {
+            localization_id: row.localization_id.clone(),
+            image_id: id.clone(),
+            error: e.clone(),
+        }));
+        out.localizations.push(row);
     }
     println!("({:.1}s)", started.elapsed().as_secs_f64());
     Ok(())

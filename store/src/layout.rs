@@ -56,17 +56,24 @@ pub enum Table {
     Outputs,
     /// One row per failure that is not a whole cell: undecodable images, per-image engine errors.
     Errors,
+    /// One row per `deltann localize` result: a pass bisection, or one image's first divergent
+    /// node.
+    Localizations,
+    /// One row per node compared in a layer localisation: the per-node error curve.
+    NodeErrors,
 }
 
 impl Table {
     /// Every table, in the order documentation lists them.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 8] = [
         Table::Runs,
         Table::Models,
         Table::Images,
         Table::Cells,
         Table::Outputs,
         Table::Errors,
+        Table::Localizations,
+        Table::NodeErrors,
     ];
 
     /// The table's directory name (also its SQL name).
@@ -78,6 +85,8 @@ impl Table {
             Table::Cells => "cells",
             Table::Outputs => "outputs",
             Table::Errors => "errors",
+            Table::Localizations => "localizations",
+            Table::NodeErrors => "node_errors",
         }
     }
 

@@ -121,6 +121,39 @@ pub mod col {
     pub const STAGE: &str = "stage";
     pub const MESSAGE: &str = "message";
     pub const AT: &str = "at";
+
+    // localizations, node_errors
+    pub const LOCALIZATION_ID: &str = "localization_id";
+    pub const KIND: &str = "kind";
+    pub const CELL_A: &str = "cell_a";
+    pub const CELL_B: &str = "cell_b";
+    pub const IMAGES: &str = "images";
+    pub const TOLERANCE: &str = "tolerance";
+    pub const GAIN: &str = "gain";
+    pub const CULPRITS: &str = "culprits";
+    pub const EXPLAINED: &str = "explained";
+    pub const TRIALS: &str = "trials";
+    pub const FLIPS_BEFORE: &str = "flips_before";
+    pub const MAX_ABS_BEFORE: &str = "max_abs_before";
+    pub const NODE: &str = "node";
+    pub const OP: &str = "op";
+    pub const NODE_ORDER: &str = "node_order";
+    pub const TENSOR: &str = "tensor";
+    pub const REL_ERROR: &str = "rel_error";
+    pub const MAX_ABS: &str = "max_abs";
+    pub const CARRIED: &str = "carried";
+    pub const AMPLIFICATION: &str = "amplification";
+    pub const FIRST_DIFFERENCE: &str = "first_difference";
+    pub const NODES_COMPARED: &str = "nodes_compared";
+    pub const SECONDS: &str = "seconds";
+}
+
+/// Values of `localizations.kind`.
+pub mod kind {
+    /// A pass bisection over an engine's optimizer names.
+    pub const PASSES: &str = "passes";
+    /// One image's layer localisation.
+    pub const LAYERS: &str = "layers";
 }
 
 /// Values of `cells.status`.
@@ -299,6 +332,43 @@ pub fn schema(table: Table) -> SchemaRef {
             utf8(col::STAGE, false),
             utf8(col::MESSAGE, false),
             Field::new(col::AT, timestamp_type(), false),
+        ],
+        Table::Localizations => vec![
+            utf8(col::LOCALIZATION_ID, false),
+            Field::new(col::AT, timestamp_type(), false),
+            utf8(col::DELTANN_VERSION, false),
+            utf8(col::KIND, false),
+            utf8(col::CELL_A, false),
+            utf8(col::CELL_B, false),
+            utf8(col::IMAGE_ID, true),
+            Field::new(col::IMAGES, Int32, false),
+            Field::new(col::TOLERANCE, Float64, false),
+            Field::new(col::GAIN, Float64, true),
+            utf8(col::CULPRITS, true),
+            Field::new(col::EXPLAINED, DataType::Boolean, true),
+            Field::new(col::TRIALS, Int32, true),
+            Field::new(col::FLIPS_BEFORE, Int32, true),
+            Field::new(col::MAX_ABS_BEFORE, Float64, true),
+            utf8(col::NODE, true),
+            utf8(col::OP, true),
+            Field::new(col::NODE_ORDER, Int32, true),
+            Field::new(col::REL_ERROR, Float64, true),
+            Field::new(col::AMPLIFICATION, Float64, true),
+            utf8(col::FIRST_DIFFERENCE, true),
+            Field::new(col::NODES_COMPARED, Int32, true),
+            Field::new(col::SECONDS, Float64, false),
+        ],
+        Table::NodeErrors => vec![
+            utf8(col::LOCALIZATION_ID, false),
+            utf8(col::IMAGE_ID, false),
+            Field::new(col::NODE_ORDER, Int32, false),
+            utf8(col::NODE, false),
+            utf8(col::OP, false),
+            utf8(col::TENSOR, false),
+            Field::new(col::REL_ERROR, Float64, false),
+            Field::new(col::MAX_ABS, Float64, false),
+            Field::new(col::CARRIED, Float64, false),
+            Field::new(col::AMPLIFICATION, Float64, false),
         ],
     };
     Arc::new(Schema::new(fields))
