@@ -34,9 +34,12 @@ pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.images.clone()
     };
-    let timeouts = Timeouts {
-        stall: Duration::from_secs(args.stall_timeout),
-        cell: None,
+    let workers = Workers {
+        command: worker,
+        timeouts: Timeouts {
+            stall: Duration::from_secs(args.stall_timeout),
+            cell: None,
+        },
     };
     println!("reference A: {} {}", a.id, a.label());
     println!("other     B: {} {}", b.id, b.label());
@@ -50,9 +53,7 @@ pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
         match optimization_pair(&a, &b) {
             Some((reference, optimised)) => {
                 let images = load_images(&sweep, optimised, &ids)?;
-                bisect(
-                    args, &worker, reference, optimised, &images, timeouts, &mut found,
-                )?;
+                bisect(args, &workers, reference, optimised, &images, &mut found)?;
             }
             None if args.passes => bail!(
                 "pass bisection needs two ONNX Runtime cells of one model that differ in \
@@ -79,16 +80,7 @@ pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
         let take = ids
             .len()
             .min(usize::try_from(args.layer_images).unwrap_or(usize::MAX));
-        layer(
-            args,
-            &worker,
-            &sweep,
-            &a,
-            &b,
-            &ids[..take],
-            timeouts,
-            &mut found,
-        )?;
+        layer(args, &workers, &sweep, &a, &b, &ids[..take], &mut found)?;
     }
     match &store {
         Some(store) if !found.localizations.is_empty() => {
@@ -104,6 +96,12 @@ pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
         _ => println!("\nnot stored: no store (give --store DIR to keep the results)"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the cells run: worker processes, as in a sweep.
+struct Workers {
+    command: WorkerCommand,
+    timeouts: Timeouts,
 }
 
 /// What one invocation found, as rows of the store's `localizations` and `node_errors`.
@@ -302,11 +300,10 @@ fn optimization_pair<'c>(a: &'c Cell, b: &'c Cell) -> Option<(&'c Cell, &'c Cell
 
 fn bisect(
     args: &LocalizeArgs,
-    worker: &WorkerCommand,
+    workers: &Workers,
     reference: &Cell,
     optimised: &Cell,
     images: &Images,
-    timeouts: Timeouts,
     out: &mut Found,
 ) -> anyhow::Result<()> {
     println!(
@@ -319,8 +316,13 @@ fn bisect(
         images.ids.len()
     );
     let started = Instant::now();
-    let expected = localize::logits(worker, &reference.engine_config(), images, timeouts)
-        .context("running the reference cell")?;
+    let expected = localize::logits(
+        &workers.command,
+        &reference.engine_config(),
+        images,
+        workers.timeouts,
+    )
+    .context("running the reference cell")?;
     let candidates: Vec<String> = if args.candidates.is_empty() {
         localize::ORT_OPTIMIZERS
             .iter()
@@ -344,7 +346,7 @@ fn bisect(
                 .settings
                 .insert("ort_disabled_optimizers".into(), names.join("+"));
         }
-        let logits = localize::logits(worker, &config, images, timeouts)?;
+        let logits = localize::logits(&workers.command, &config, images, workers.timeouts)?;
         let (agrees, max_abs, flips) = localize::agreement(&expected, &logits, args.tolerance);
         eprintln!(
             "  trial {:>3} disabled: {:<60} {} (max |dlogit| {max_abs:.3e}, {flips} flips)",
@@ -423,12 +425,11 @@ fn abbreviate(set: &[String]) -> String {
 
 fn layer(
     args: &LocalizeArgs,
-    worker: &WorkerCommand,
+    workers: &Workers,
     sweep: &Sweep,
     a: &Cell,
     b: &Cell,
     ids: &[String],
-    timeouts: Timeouts,
     out: &mut Found,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -437,13 +438,23 @@ fn layer(
     let images_a = load_images(sweep, a, ids)?;
     let images_b = load_images(sweep, b, ids)?;
     let expose = localize::exposable(&nodes);
-    let (mut tensors_a, _) =
-        localize::capture(worker, &a.engine_config(), &expose, &images_a, timeouts)
-            .context("running cell A with its tensors exposed")?;
+    let (mut tensors_a, _) = localize::capture(
+        &workers.command,
+        &a.engine_config(),
+        &expose,
+        &images_a,
+        workers.timeouts,
+    )
+    .context("running cell A with its tensors exposed")?;
     let expose = localize::exposable(&nodes_b);
-    let (mut tensors_b, _) =
-        localize::capture(worker, &b.engine_config(), &expose, &images_b, timeouts)
-            .context("running cell B with its tensors exposed")?;
+    let (mut tensors_b, _) = localize::capture(
+        &workers.command,
+        &b.engine_config(),
+        &expose,
+        &images_b,
+        workers.timeouts,
+    )
+    .context("running cell B with its tensors exposed")?;
     for (i, id) in ids.iter().enumerate() {
         let (exposed_a, exposed_b) = (tensors_a[i].len(), tensors_b[i].len());
         localize::as_the_next_layer_sees(&nodes, &mut tensors_a[i]);
