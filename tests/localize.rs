@@ -157,6 +157,12 @@ tract_plan = ["optimized"]
             .unwrap();
         assert_eq!(names[loudest].as_deref(), Some(node.as_str()));
     }
+    // And the report shows them.
+    let out = util::run(&["report", store.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    let section = &report[report.find("Localisations").expect("a Localisations section")..];
+    assert_eq!(section.matches(&format!("{node} (Conv)")).count(), 2, "{section}");
 }
 
 #[test]

@@ -139,6 +139,9 @@ pub struct Analysis {
     pub signatures: Vec<LabelledSignature>,
     pub performance: Vec<CellPerf>,
     pub contrasts: Vec<Contrast>,
+    /// `deltann localize`'s results (latest per pair, kind and image).
+    #[serde(default)]
+    pub localizations: Vec<cells::Localization>,
 }
 
 impl Analysis {
@@ -334,6 +337,7 @@ pub fn from_derived(store: &Store, state: &derived::State, options: &Options) ->
         signatures,
         performance,
         contrasts,
+        localizations: cells::load_localizations(store)?,
     })
 }
 

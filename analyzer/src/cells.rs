@@ -503,3 +503,120 @@ mod tests {
         );
     }
 }
+
+/// One `deltann localize` result, as the report shows it (the latest per pair, kind and image).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Localization {
+    pub localization_id: String,
+    /// `passes` or `layers`.
+    pub kind: String,
+    pub cell_a: String,
+    pub cell_b: String,
+    pub image_id: Option<String>,
+    pub images: i32,
+    /// `passes`: the optimizers whose disabling removes the divergence, joined by `+`.
+    pub culprits: Option<String>,
+    pub explained: Option<bool>,
+    pub trials: Option<i32>,
+    /// `layers`: the first divergent node, its operator, relative error and amplification.
+    pub node: Option<String>,
+    pub op: Option<String>,
+    pub rel_error: Option<f64>,
+    pub amplification: Option<f64>,
+    pub first_difference: Option<String>,
+}
+
+fn opt_floats(batch: &RecordBatch, name: &str) -> Vec<Option<f64>> {
+    match batch
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<Float64Type>())
+    {
+        Some(c) => (0..c.len())
+            .map(|i| c.is_valid(i).then(|| c.value(i)))
+            .collect(),
+        None => vec![None; batch.num_rows()],
+    }
+}
+
+fn opt_ints(batch: &RecordBatch, name: &str) -> Vec<Option<i32>> {
+    match batch
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<Int32Type>())
+    {
+        Some(c) => (0..c.len())
+            .map(|i| c.is_valid(i).then(|| c.value(i)))
+            .collect(),
+        None => vec![None; batch.num_rows()],
+    }
+}
+
+/// Reads the store's `localizations`, keeping the latest result per (kind, pair, image), in the
+/// order they were found.
+///
+/// # Errors
+/// Fails when a `localizations` part cannot be read.
+pub fn load_localizations(store: &Store) -> Result<Vec<Localization>> {
+    let mut rows: Vec<Localization> = Vec::new();
+    for batch in store.scan_table(Table::Localizations, &[]) {
+        let batch = batch?;
+        let text = |name| strings(&batch, name);
+        let (ids, kinds, a, b, images) = (
+            text(col::LOCALIZATION_ID),
+            text(col::KIND),
+            text(col::CELL_A),
+            text(col::CELL_B),
+            text(col::IMAGE_ID),
+        );
+        let (culprits, nodes, ops, firsts) = (
+            text(col::CULPRITS),
+            text(col::NODE),
+            text(col::OP),
+            text(col::FIRST_DIFFERENCE),
+        );
+        let counts = ints(&batch, col::IMAGES);
+        let trials = opt_ints(&batch, col::TRIALS);
+        let explained = batch
+            .column_by_name(col::EXPLAINED)
+            .and_then(|c| c.as_boolean_opt())
+            .map(|c| (0..c.len()).map(|i| c.is_valid(i).then(|| c.value(i))).collect())
+            .unwrap_or_else(|| vec![None; batch.num_rows()]);
+        let (errors, gains) = (
+            opt_floats(&batch, col::REL_ERROR),
+            opt_floats(&batch, col::AMPLIFICATION),
+        );
+        for i in 0..batch.num_rows() {
+            rows.push(Localization {
+                localization_id: ids[i].clone().unwrap_or_default(),
+                kind: kinds[i].clone().unwrap_or_default(),
+                cell_a: a[i].clone().unwrap_or_default(),
+                cell_b: b[i].clone().unwrap_or_default(),
+                image_id: images[i].clone(),
+                images: counts[i],
+                culprits: culprits[i].clone(),
+                explained: explained[i],
+                trials: trials[i],
+                node: nodes[i].clone(),
+                op: ops[i].clone(),
+                rel_error: errors[i],
+                amplification: gains[i],
+                first_difference: firsts[i].clone(),
+            });
+        }
+    }
+    // Parts are read in commit order: a later result for the same question replaces the earlier.
+    let mut latest: HashMap<(String, String, String, Option<String>), usize> = HashMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        latest.insert(
+            (
+                r.kind.clone(),
+                r.cell_a.clone(),
+                r.cell_b.clone(),
+                r.image_id.clone(),
+            ),
+            i,
+        );
+    }
+    let mut keep: Vec<usize> = latest.into_values().collect();
+    keep.sort_unstable();
+    Ok(keep.into_iter().map(|i| rows[i].clone()).collect())
+}

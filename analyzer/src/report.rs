@@ -452,5 +452,59 @@ pub fn render(a: &Analysis, format: ReportFormat, limits: Limits) -> Result<Stri
         ]);
     }
     let _ = writeln!(out, "{t}");
+    localizations(&mut out, a, format);
     Ok(out)
+}
+
+/// The results of `deltann localize` (shown only when there are some).
+fn localizations(out: &mut String, a: &Analysis, format: ReportFormat) {
+    if a.localizations.is_empty() {
+        return;
+    }
+    heading(
+        out,
+        format,
+        "Localisations",
+        "From `deltann localize` (latest per pair and image; A is the reference). passes: the \
+         smallest set of optimizers whose disabling makes B answer as A; layers: the first node \
+         whose relative error exceeds the tolerance and what its inputs carried in, with that \
+         ratio, and the first node that differs at all. The curves are in `node_errors`.",
+    );
+    let number = |id: &str| {
+        a.cells
+            .iter()
+            .position(|c| c.cell_id == id)
+            .map_or_else(|| id.chars().take(8).collect(), |i| format!("#{}", i + 1))
+    };
+    let mut t = new_table(
+        format,
+        vec!["kind", "A", "B", "images", "found", "first difference"],
+    );
+    for l in &a.localizations {
+        let found = match (l.kind.as_str(), &l.culprits, &l.node) {
+            ("passes", Some(culprits), _) => format!(
+                "{culprits} ({} trials)",
+                l.trials.map_or_else(|| "?".into(), |t| t.to_string())
+            ),
+            ("passes", None, _) => "not a pass: disabling every candidate still differs".into(),
+            (_, _, Some(node)) => format!(
+                "{node} ({}): {} rel. error, {:.0}x its inputs'",
+                l.op.as_deref().unwrap_or("?"),
+                sci(l.rel_error),
+                l.amplification.unwrap_or(0.0)
+            ),
+            _ => "no node diverges".into(),
+        };
+        t.add_row(vec![
+            l.kind.clone(),
+            number(&l.cell_a),
+            number(&l.cell_b),
+            l.image_id
+                .clone()
+                .unwrap_or_else(|| l.images.to_string()),
+            found,
+            l.first_difference.clone().unwrap_or_default(),
+        ]);
+    }
+    let _ = writeln!(out, "{t}");
 }
