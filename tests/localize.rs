@@ -161,8 +161,14 @@ tract_plan = ["optimized"]
     let out = util::run(&["report", store.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let report = String::from_utf8_lossy(&out.stdout);
-    let section = &report[report.find("Localisations").expect("a Localisations section")..];
-    assert_eq!(section.matches(&format!("{node} (Conv)")).count(), 2, "{section}");
+    let section = &report[report
+        .find("Localisations")
+        .expect("a Localisations section")..];
+    assert_eq!(
+        section.matches(&format!("{node} (Conv)")).count(),
+        2,
+        "{section}"
+    );
 }
 
 #[test]

@@ -578,7 +578,11 @@ pub fn load_localizations(store: &Store) -> Result<Vec<Localization>> {
         let explained = batch
             .column_by_name(col::EXPLAINED)
             .and_then(|c| c.as_boolean_opt())
-            .map(|c| (0..c.len()).map(|i| c.is_valid(i).then(|| c.value(i))).collect())
+            .map(|c| {
+                (0..c.len())
+                    .map(|i| c.is_valid(i).then(|| c.value(i)))
+                    .collect()
+            })
             .unwrap_or_else(|| vec![None; batch.num_rows()]);
         let (errors, gains) = (
             opt_floats(&batch, col::REL_ERROR),
@@ -619,4 +623,44 @@ pub fn load_localizations(store: &Store) -> Result<Vec<Localization>> {
     let mut keep: Vec<usize> = latest.into_values().collect();
     keep.sort_unstable();
     Ok(keep.into_iter().map(|i| rows[i].clone()).collect())
+}
+
+/// One node of a layer localisation's error curve.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodePoint {
+    pub order: i32,
+    pub node: String,
+    pub op: String,
+    pub rel_error: f64,
+    pub amplification: f64,
+}
+
+/// The error curve of one `layers` localisation, in graph order.
+///
+/// # Errors
+/// Fails when a `node_errors` part cannot be read.
+pub fn load_node_errors(store: &Store, localization_id: &str) -> Result<Vec<NodePoint>> {
+    let mut out = Vec::new();
+    for batch in store.scan_table(Table::NodeErrors, &[]) {
+        let batch = batch?;
+        let ids = strings(&batch, col::LOCALIZATION_ID);
+        let (nodes, ops) = (strings(&batch, col::NODE), strings(&batch, col::OP));
+        let orders = ints(&batch, col::NODE_ORDER);
+        let errors = opt_floats(&batch, col::REL_ERROR);
+        let gains = opt_floats(&batch, col::AMPLIFICATION);
+        for i in 0..batch.num_rows() {
+            if ids[i].as_deref() != Some(localization_id) {
+                continue;
+            }
+            out.push(NodePoint {
+                order: orders[i],
+                node: nodes[i].clone().unwrap_or_default(),
+                op: ops[i].clone().unwrap_or_default(),
+                rel_error: errors[i].unwrap_or(0.0),
+                amplification: gains[i].unwrap_or(0.0),
+            });
+        }
+    }
+    out.sort_by_key(|p| p.order);
+    Ok(out)
 }

@@ -499,9 +499,7 @@ fn localizations(out: &mut String, a: &Analysis, format: ReportFormat) {
             l.kind.clone(),
             number(&l.cell_a),
             number(&l.cell_b),
-            l.image_id
-                .clone()
-                .unwrap_or_else(|| l.images.to_string()),
+            l.image_id.clone().unwrap_or_else(|| l.images.to_string()),
             found,
             l.first_difference.clone().unwrap_or_default(),
         ]);

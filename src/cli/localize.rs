@@ -86,7 +86,7 @@ pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
         Some(store) if !found.localizations.is_empty() => {
             save(store, &found)?;
             println!(
-                "\nstored in {}: {} rows in `localizations`, {} in `node_errors` (ids {}-*)",
+                "\nstored in {}: `localizations` +{}, `node_errors` +{} (ids {}-*)",
                 store.display(),
                 found.localizations.len(),
                 found.node_errors.len(),

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use deltann_analyzer::analysis::Analysis;
-use deltann_analyzer::cells::Dimension;
+use deltann_analyzer::cells::{Dimension, Localization, NodePoint};
 use deltann_analyzer::detail::DetailRow;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
@@ -96,6 +96,9 @@ pub struct ImageView {
     /// The decoded picture (None while loading, or when the file is gone).
     pub picture: Option<image::DynamicImage>,
     pub cursor: usize,
+    /// The latest layer localisation of this image (`deltann localize`), with its per-node
+    /// error curve once loaded.
+    pub curve: Option<(Localization, Vec<NodePoint>)>,
 }
 
 /// Work for the background thread.
@@ -103,8 +106,9 @@ pub struct ImageView {
 pub enum Request {
     /// (Re)load the analysis.
     Analyze,
-    /// One image's detail, and its picture from this path.
-    Image(String, Option<PathBuf>),
+    /// One image's detail, its picture from this path, and the error curve of this
+    /// localisation.
+    Image(String, Option<PathBuf>, Option<String>),
     /// Run SQL.
     Sql(String),
 }
@@ -153,6 +157,8 @@ pub enum Action {
         Result<Vec<DetailRow>, String>,
         Option<image::DynamicImage>,
     ),
+    /// An image's per-node error curve (from `node_errors`) arrived.
+    CurveLoaded(String, Result<Vec<NodePoint>, String>),
     /// A SQL result arrived.
     SqlDone(Result<SqlResult, String>),
     /// The store has a new number of committed parts (a live `collect`).
@@ -373,6 +379,16 @@ impl App {
                     view.picture = picture;
                 }
             }
+            Action::CurveLoaded(id, result) => {
+                if let Some(view) = self.image.as_mut().filter(|v| v.image_id == id)
+                    && let Some((_, points)) = view.curve.as_mut()
+                {
+                    match result {
+                        Ok(p) => *points = p,
+                        Err(e) => view.error = Some(e),
+                    }
+                }
+            }
             Action::SqlDone(result) => {
                 self.busy = None;
                 self.sql_scroll = 0;
@@ -518,6 +534,22 @@ impl App {
         self.back.push(self.screen);
         self.screen = Screen::Image;
         self.picture.borrow_mut().take();
+        // The latest layer localisation of this image between two cells of this family.
+        let curve = self.analysis.as_ref().and_then(|a| {
+            let members = &a.groups.get(group)?.cells;
+            let in_family = |id: &str| members.iter().any(|&c| a.cells[c].cell_id == id);
+            a.localizations
+                .iter()
+                .rev()
+                .find(|l| {
+                    l.kind == "layers"
+                        && l.image_id.as_deref() == Some(image_id.as_str())
+                        && in_family(&l.cell_a)
+                        && in_family(&l.cell_b)
+                })
+                .cloned()
+        });
+        let localization = curve.as_ref().map(|l| l.localization_id.clone());
         self.image = Some(ImageView {
             path: self.image_paths.get(&image_id).cloned(),
             image_id: image_id.clone(),
@@ -526,9 +558,10 @@ impl App {
             error: None,
             picture: None,
             cursor: 0,
+            curve: curve.map(|l| (l, Vec::new())),
         });
         let path = self.image_paths.get(&image_id).cloned();
-        Some(Request::Image(image_id, path))
+        Some(Request::Image(image_id, path, localization))
     }
 
     fn enter(&mut self) -> Option<Request> {

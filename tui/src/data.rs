@@ -12,6 +12,7 @@ use std::time::Instant;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float32Type, Int32Type};
 use deltann_analyzer::analysis::{self, Options};
+use deltann_analyzer::cells;
 use deltann_analyzer::context::Session;
 use deltann_analyzer::detail::{Detail, DetailRow};
 use deltann_store::schema::col;
@@ -64,13 +65,23 @@ impl Loader {
                     Err(e) => vec![Action::Analyzed(Err(e))],
                 }
             }
-            Request::Image(id, path) => {
+            Request::Image(id, path, localization) => {
                 let rows = match &self.detail {
                     Some(d) => d.lookup(&id).map_err(|e| e.to_string()),
                     None => self.detail_by_sql(&id),
                 };
                 let picture = path.as_deref().and_then(picture);
-                vec![Action::ImageLoaded(id, rows, picture)]
+                let mut actions = vec![Action::ImageLoaded(id.clone(), rows, picture)];
+                if let Some(localization) = localization {
+                    let curve = Store::open(&self.store)
+                        .map_err(|e| e.to_string())
+                        .and_then(|store| {
+                            cells::load_node_errors(&store, &localization)
+                                .map_err(|e| e.to_string())
+                        });
+                    actions.push(Action::CurveLoaded(id, curve));
+                }
+                actions
             }
             Request::Sql(sql) => vec![Action::SqlDone(self.sql(&sql))],
         }

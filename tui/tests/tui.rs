@@ -405,6 +405,116 @@ fn screens_snapshot() {
     }
 }
 
+/// Opens the first flipped image of the reference cell against the first int8 cell, from the
+/// overview's heatmap.
+fn open_int8_flip(app: &mut App, loader: &mut Loader) {
+    let a = app.analysis.clone().unwrap();
+    let column = app
+        .family_cells()
+        .iter()
+        .position(|&c| a.cells[c].precision == "int8")
+        .unwrap();
+    while app.heat.1 < column {
+        key(app, loader, KeyCode::Char('l'));
+    }
+    key(app, loader, KeyCode::Enter);
+    key(app, loader, KeyCode::Enter);
+    assert_eq!(app.screen, Screen::Image);
+}
+
+#[test]
+fn a_localised_image_shows_its_node_error_curve() {
+    use deltann_collector::localize::NodeError;
+    use deltann_collector::records::{self, LocalizationRow, NodeErrorRow};
+
+    let fx = fixture();
+    let (mut app, mut loader) = loaded(&fx.store);
+    open_int8_flip(&mut app, &mut loader);
+    let view = app.image.clone().unwrap();
+    assert!(view.curve.is_none(), "no localisation yet");
+    let a = app.analysis.clone().unwrap();
+    let group = &a.groups[view.group].cells;
+    let reference = a.cells[group[0]].cell_id.clone();
+    let int8 = group
+        .iter()
+        .map(|&c| &a.cells[c])
+        .find(|c| c.precision == "int8")
+        .unwrap()
+        .cell_id
+        .clone();
+
+    // A curve as `deltann localize` stores it: errors growing with depth, a jump at node 12.
+    let id = "20261201T000000Z-1-1".to_string();
+    let errors: Vec<NodeError> = (0..30)
+        .map(|i| {
+            let error = if i < 12 {
+                1e-7 * f64::from(i + 1)
+            } else {
+                0.05
+            };
+            NodeError {
+                order: 2 * i as usize,
+                node: format!("conv{i}"),
+                op: "Conv".into(),
+                tensor: format!("t{i}"),
+                error,
+                max_abs: error,
+                carried: 1e-7,
+                amplification: error / 1e-7,
+            }
+        })
+        .collect();
+    let row = LocalizationRow {
+        localization_id: id.clone(),
+        kind: "layers",
+        cell_a: reference,
+        cell_b: int8,
+        image_id: Some(view.image_id.clone()),
+        images: 1,
+        tolerance: 1e-3,
+        gain: Some(10.0),
+        node: Some("conv12".into()),
+        op: Some("Conv".into()),
+        node_order: Some(24),
+        rel_error: Some(0.05),
+        amplification: Some(5e5),
+        first_difference: Some("conv0".into()),
+        nodes_compared: Some(30),
+        seconds: 1.0,
+        ..LocalizationRow::default()
+    };
+    let curve: Vec<NodeErrorRow> = errors
+        .into_iter()
+        .map(|error| NodeErrorRow {
+            localization_id: id.clone(),
+            image_id: view.image_id.clone(),
+            error,
+        })
+        .collect();
+    {
+        let (writer, _) = deltann_store::StoreWriter::open(&fx.store).unwrap();
+        let parts = [
+            records::part(&writer, None, "t", &[row]).unwrap(),
+            records::part(&writer, None, "t", &curve).unwrap(),
+        ];
+        writer
+            .commit_group(parts.into_iter().flatten().collect())
+            .unwrap();
+    }
+
+    let (mut app, mut loader) = loaded(&fx.store);
+    open_int8_flip(&mut app, &mut loader);
+    let view = app.image.clone().unwrap();
+    let (localization, points) = view.curve.expect("the image's localisation");
+    assert_eq!(localization.node.as_deref(), Some("conv12"));
+    assert_eq!(points.len(), 30);
+    assert!(points.windows(2).all(|w| w[0].order < w[1].order));
+    insta::assert_snapshot!("image-curve@160x48", render(&app, 160, 48));
+    // Too short for the chart: the table keeps the room.
+    let short = render(&app, 80, 14);
+    assert!(!short.contains("Node error"), "{short}");
+}
+
 #[test]
 fn narrow_and_tiny_terminals_do_not_panic() {
     let fx = fixture();

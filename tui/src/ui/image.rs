@@ -1,13 +1,15 @@
 //! Image: the picture, its ground truth, and every cell's top-5 with probabilities side by side;
 //! cells whose top-1 differs from the family's majority are highlighted, with each cell's logit
-//! distance to the reference cell.
+//! distance to the reference cell. When `deltann localize` localised this image, its per-node
+//! error curve is drawn under the table.
 
 use deltann_analyzer::analysis::Analysis;
+use deltann_analyzer::cells::{Localization, NodePoint};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{Cell, Paragraph, Row, Sparkline, Table, TableState, Wrap};
 use ratatui_image::StatefulImage;
 
 use super::{block, focused_block, selected, window};
@@ -34,6 +36,62 @@ fn clip(text: &str, width: usize) -> String {
         out.push('…');
         out
     }
+}
+
+/// The per-node relative error of a layer localisation, in graph order, on a log scale from 1e-8
+/// (empty) to 1 (full), each column the largest error of the nodes it covers.
+fn draw_curve(
+    frame: &mut Frame<'_>,
+    area: Rect,
+    (localization, points): &(Localization, Vec<NodePoint>),
+    a: &Analysis,
+) {
+    let number = |id: &str| {
+        a.cells
+            .iter()
+            .position(|c| c.cell_id == id)
+            .map_or_else(|| "?".to_string(), |i| format!("#{}", i + 1))
+    };
+    let found = match (&localization.node, localization.rel_error) {
+        (Some(node), Some(e)) => format!(
+            "first divergent: {} ({}) {e:.1e}",
+            node,
+            localization.op.as_deref().unwrap_or("?")
+        ),
+        _ => "no node diverges".into(),
+    };
+    let title = format!(
+        "Node error {} vs {} (log, 1e-8..1) · {found}",
+        number(&localization.cell_a),
+        number(&localization.cell_b)
+    );
+    let block = block(&title);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if points.is_empty() {
+        frame.render_widget(Paragraph::new("loading…"), inner);
+        return;
+    }
+    // Nodes share columns when there are more than the width, and spread over several when fewer.
+    let width = usize::from(inner.width.max(1));
+    let per = points.len().div_ceil(width);
+    let repeat = (width / points.len()).max(1);
+    let data: Vec<u64> = points
+        .chunks(per)
+        .flat_map(|c| {
+            let e = c.iter().map(|p| p.rel_error).fold(0.0, f64::max);
+            // 0 at 1e-8 and below, 80 at 1.
+            let level = ((e.max(1e-8).log10() + 8.0) * 10.0)
+                .round()
+                .clamp(0.0, 80.0) as u64;
+            std::iter::repeat_n(level, repeat)
+        })
+        .collect();
+    let spark = Sparkline::default()
+        .data(&data)
+        .max(80)
+        .style(Style::default().fg(Color::Yellow));
+    frame.render_widget(spark, inner);
 }
 
 pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
@@ -121,6 +179,17 @@ pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
         }
     }
     frame.render_widget(Paragraph::new(facts).block(block("Answers")), facts_area);
+
+    // The layer localisation's error curve under the table, when `deltann localize` made one.
+    let right = match &view.curve {
+        Some(curve) if right.height >= 16 => {
+            let [table, chart] =
+                Layout::vertical([Constraint::Min(6), Constraint::Length(7)]).areas(right);
+            draw_curve(frame, chart, curve, a);
+            table
+        }
+        _ => right,
+    };
 
     // Every cell's top-5, one column per rank. Narrow tables drop the environment and distance
     // columns first, then class names (the answers panel names the selected cell's classes).
