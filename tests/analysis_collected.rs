@@ -162,7 +162,7 @@ fn every_analysis_on_a_collected_store() {
         .expect("the analysis loads");
     assert_eq!(analysis.cells.len(), 3);
     let image = state.folded[0].range.clone().unwrap().0;
-    let actions = loader.handle(Request::Image(image.clone(), None));
+    let actions = loader.handle(Request::Image(image.clone(), None, None));
     let rows = actions
         .iter()
         .find_map(|a| match a {
