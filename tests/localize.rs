@@ -169,6 +169,57 @@ tract_plan = ["optimized"]
         2,
         "{section}"
     );
+
+    // From the TUI: `L` on the image screen runs the same command for the family's reference
+    // against the selected cell, and the screen then shows the new curve.
+    let mut loader = deltann_tui::data::Loader::new(&store)
+        .with_program(std::path::PathBuf::from(env!("CARGO_BIN_EXE_deltann")));
+    let mut app = deltann_tui::app::App::new(store.clone());
+    drive(&mut app, &mut loader, deltann_tui::app::Request::Analyze);
+    let analysis = app.analysis.clone().unwrap();
+    let family = analysis
+        .groups
+        .iter()
+        .position(|g| g.family == "lite0")
+        .unwrap();
+    let request = app.open_image("grace_hopper.jpg".into(), family).unwrap();
+    drive(&mut app, &mut loader, request);
+    let reference = analysis.groups[family].cells[0];
+    let view = app.image.as_mut().unwrap();
+    assert!(view.curve.is_none());
+    view.cursor = view
+        .rows
+        .as_ref()
+        .unwrap()
+        .iter()
+        .position(|r| r.cell != reference)
+        .unwrap();
+    let other = view.rows.as_ref().unwrap()[view.cursor].cell;
+    let request = app.update(deltann_tui::app::Action::Localize).unwrap();
+    drive(&mut app, &mut loader, request);
+    assert_eq!(app.error, None);
+    let (localization, points) = app.image.as_ref().unwrap().curve.clone().unwrap();
+    assert_eq!(localization.cell_a, analysis.cells[reference].cell_id);
+    assert_eq!(localization.cell_b, analysis.cells[other].cell_id);
+    assert_eq!(
+        points.len(),
+        94,
+        "every non-constant node of EfficientNet-Lite0"
+    );
+}
+
+/// Performs `request` and everything the app asks for in turn, as the TUI's loop would.
+fn drive(
+    app: &mut deltann_tui::app::App,
+    loader: &mut deltann_tui::data::Loader,
+    request: deltann_tui::app::Request,
+) {
+    let mut pending = vec![request];
+    while let Some(request) = pending.pop() {
+        for action in loader.handle(request) {
+            pending.extend(app.update(action));
+        }
+    }
 }
 
 #[test]

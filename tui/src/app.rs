@@ -111,6 +111,12 @@ pub enum Request {
     Image(String, Option<PathBuf>, Option<String>),
     /// Run SQL.
     Sql(String),
+    /// Run `deltann localize --layers` on one image for a pair of cells (ids), then re-analyse.
+    Localize {
+        cell_a: String,
+        cell_b: String,
+        image_id: String,
+    },
 }
 
 /// Everything that can happen.
@@ -147,6 +153,10 @@ pub enum Action {
     ClearFilters,
     /// Start editing the SQL line.
     EditSql,
+    /// Localise the open image: the family's reference against the selected cell.
+    Localize,
+    /// `deltann localize` ended (its error output when it failed).
+    Localized(Result<(), String>),
     /// The analysis arrived (or failed).
     Analyzed(Result<Arc<Analysis>, String>),
     /// Image paths from the store's `images` table.
@@ -313,6 +323,7 @@ impl App {
             KeyCode::Char('e') | KeyCode::Char('i') if self.screen == Screen::Sql => {
                 Action::EditSql
             }
+            KeyCode::Char('L') if self.screen == Screen::Image => Action::Localize,
             _ => return None,
         })
     }
@@ -352,8 +363,17 @@ impl App {
                         self.analysis = Some(a);
                         self.error = None;
                         self.clamp();
+                        // A localisation may have arrived for the open image.
+                        return self.refresh_curve();
                     }
                     Err(e) => self.error = Some(e),
+                }
+            }
+            Action::Localize => return self.localize(),
+            Action::Localized(result) => {
+                self.busy = None;
+                if let Err(e) = result {
+                    self.error = Some(e);
                 }
             }
             Action::ImagePaths(paths) => self.image_paths = paths,
@@ -530,25 +550,79 @@ impl App {
         None
     }
 
-    fn open_image(&mut self, image_id: String, group: usize) -> Option<Request> {
+    /// The latest layer localisation of `image_id` between two cells of family `group`.
+    fn localization_of(&self, image_id: &str, group: usize) -> Option<Localization> {
+        let a = self.analysis.as_ref()?;
+        let members = &a.groups.get(group)?.cells;
+        let in_family = |id: &str| members.iter().any(|&c| a.cells[c].cell_id == id);
+        a.localizations
+            .iter()
+            .rev()
+            .find(|l| {
+                l.kind == "layers"
+                    && l.image_id.as_deref() == Some(image_id)
+                    && in_family(&l.cell_a)
+                    && in_family(&l.cell_b)
+            })
+            .cloned()
+    }
+
+    /// After a new analysis: when the open image has a newer localisation than the one shown,
+    /// show it and load its curve.
+    fn refresh_curve(&mut self) -> Option<Request> {
+        let view = self.image.as_ref()?;
+        let latest = self.localization_of(&view.image_id, view.group)?;
+        if view
+            .curve
+            .as_ref()
+            .is_some_and(|(l, _)| l.localization_id == latest.localization_id)
+        {
+            return None;
+        }
+        let request = Request::Image(
+            view.image_id.clone(),
+            view.path.clone(),
+            Some(latest.localization_id.clone()),
+        );
+        if let Some(view) = self.image.as_mut() {
+            view.curve = Some((latest, Vec::new()));
+        }
+        Some(request)
+    }
+
+    /// Asks for `deltann localize` on the open image: the family's reference cell (A) against
+    /// the selected row's cell (B).
+    fn localize(&mut self) -> Option<Request> {
+        let view = self.image.as_ref()?;
+        let a = self.analysis.as_ref()?;
+        let reference = *a.groups.get(view.group)?.cells.first()?;
+        let selected = view.rows.as_ref()?.get(view.cursor)?.cell;
+        if selected == reference {
+            self.error = Some(format!(
+                "#{} is the reference: select another cell to localise against it",
+                reference + 1
+            ));
+            return None;
+        }
+        self.error = None;
+        self.busy = Some(format!(
+            "deltann localize: #{} vs #{} on this image (layers)",
+            reference + 1,
+            selected + 1
+        ));
+        Some(Request::Localize {
+            cell_a: a.cells[reference].cell_id.clone(),
+            cell_b: a.cells[selected].cell_id.clone(),
+            image_id: view.image_id.clone(),
+        })
+    }
+
+    /// Opens the image screen on `image_id` in family `group` (as Enter on an image does).
+    pub fn open_image(&mut self, image_id: String, group: usize) -> Option<Request> {
         self.back.push(self.screen);
         self.screen = Screen::Image;
         self.picture.borrow_mut().take();
-        // The latest layer localisation of this image between two cells of this family.
-        let curve = self.analysis.as_ref().and_then(|a| {
-            let members = &a.groups.get(group)?.cells;
-            let in_family = |id: &str| members.iter().any(|&c| a.cells[c].cell_id == id);
-            a.localizations
-                .iter()
-                .rev()
-                .find(|l| {
-                    l.kind == "layers"
-                        && l.image_id.as_deref() == Some(image_id.as_str())
-                        && in_family(&l.cell_a)
-                        && in_family(&l.cell_b)
-                })
-                .cloned()
-        });
+        let curve = self.localization_of(&image_id, group);
         let localization = curve.as_ref().map(|l| l.localization_id.clone());
         self.image = Some(ImageView {
             path: self.image_paths.get(&image_id).cloned(),

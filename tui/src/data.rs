@@ -28,6 +28,8 @@ pub struct Loader {
     session: Option<Session>,
     /// Cell id -> index in the current analysis, for the detail fallback.
     cells: HashMap<String, usize>,
+    /// The deltann executable, to run `deltann localize` (none: localising is refused).
+    program: Option<PathBuf>,
 }
 
 impl Loader {
@@ -37,7 +39,15 @@ impl Loader {
             detail: None,
             session: None,
             cells: HashMap::new(),
+            program: None,
         }
+    }
+
+    /// Lets the loader run `program localize ...` for [`Request::Localize`].
+    #[must_use]
+    pub fn with_program(mut self, program: PathBuf) -> Self {
+        self.program = Some(program);
+        self
     }
 
     /// Performs one request. `Analyze` also yields the image paths.
@@ -84,6 +94,46 @@ impl Loader {
                 actions
             }
             Request::Sql(sql) => vec![Action::SqlDone(self.sql(&sql))],
+            Request::Localize {
+                cell_a,
+                cell_b,
+                image_id,
+            } => {
+                let result = self.localize(&cell_a, &cell_b, &image_id);
+                let ok = result.is_ok();
+                let mut actions = vec![Action::Localized(result)];
+                if ok {
+                    // The store has the new rows: the analysis picks them up, and the image
+                    // screen its curve.
+                    actions.extend(self.handle(Request::Analyze));
+                }
+                actions
+            }
+        }
+    }
+
+    /// Runs `deltann localize STORE --pair A B --image ID --layers` and waits for it.
+    fn localize(&self, cell_a: &str, cell_b: &str, image_id: &str) -> Result<(), String> {
+        let program = self
+            .program
+            .as_ref()
+            .ok_or("this TUI cannot start `deltann localize`; run it in a shell")?;
+        let out = std::process::Command::new(program)
+            .arg("localize")
+            .arg(&self.store)
+            .args(["--pair", cell_a, cell_b, "--image", image_id, "--layers"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            Err(format!(
+                "deltann localize failed: {}",
+                last.unwrap_or("no message")
+            ))
         }
     }
 
@@ -228,6 +278,10 @@ pub enum Event {
 pub fn spawn(store: &Path, events: Sender<Event>) -> Sender<Request> {
     let (tx, rx): (Sender<Request>, Receiver<Request>) = std::sync::mpsc::channel();
     let mut loader = Loader::new(store);
+    // The TUI runs inside the deltann binary, which also runs `deltann localize`.
+    if let Ok(exe) = std::env::current_exe() {
+        loader = loader.with_program(exe);
+    }
     std::thread::spawn(move || {
         for request in rx {
             for action in loader.handle(request) {
