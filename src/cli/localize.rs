@@ -364,7 +364,7 @@ fn bisect(
     let found = localize::bisect(&candidates, &mut trial)?;
     let first = &found.trials[0];
     println!(
-        "  as collected: max |dlogit| {:.3e}, {} of {} top-1 answers differ",
+        "  run again with nothing disabled: max |dlogit| {:.3e}, {} of {} top-1 answers differ",
         first.max_abs,
         first.flips,
         images.ids.len()

@@ -176,8 +176,7 @@ c / d / x         filter by class / dimension / cell;  0 clears
 unstable list     labels: distinct top-1s; agree: share with majority
 /                 search image ids and class names (Ctrl-U clears)
 e                 edit the SQL line (SQL screen), Enter runs it, Ctrl-U clears
-L                 localise (Image): run `deltann localize --layers` on this image,
-                  the family's reference against the selected cell; chart below
+L                 localise the image: reference vs selected cell
 ?                 this help;  q quit";
 
 fn draw_help(frame: &mut Frame<'_>, area: Rect) {
