@@ -95,10 +95,13 @@ pub const ORT_OPTIMIZERS: &[&str] = &[
     "FuseReluClip",
     "GemmSumFusion",
     "GemmTransposeFusion",
+    "CastChainElimination",
     "LabelEncoderFusion",
+    "MatmulBNFusion",
     "NoopElimination",
     "NotWhereFusion",
     "PadFusion",
+    "PreShapeNodeElimination",
     "ReluQuantFusion",
     "UnsqueezeElimination",
 ];
@@ -332,27 +335,57 @@ pub fn exposable(nodes: &[Node]) -> Vec<String> {
         .collect()
 }
 
-/// Replaces, in `tensors`, each float tensor that a graph quantises (`x -> QuantizeLinear ->
-/// DequantizeLinear -> x_dq`) by its dequantised value `x_dq`: what the next layer of a quantised
-/// graph actually receives. A quantiser that removes a Relu or Clip keeps its output name on the
-/// convolution before it and lets the quantisation range do the clipping, so `x` itself is not
-/// the activation a float graph's `x` is. Tensors the run does not have are left as they are.
-pub fn as_the_next_layer_sees(nodes: &[Node], tensors: &mut Tensors) {
+/// The float tensors a graph quantises (`x -> QuantizeLinear -> DequantizeLinear -> x_dq`), as
+/// `x -> x_dq`.
+fn dequantized(nodes: &[Node]) -> HashMap<String, String> {
     let quantized: HashMap<&str, &str> = nodes
         .iter()
         .filter(|n| n.op == "QuantizeLinear")
         .filter_map(|n| Some((n.outputs.first()?.as_str(), n.inputs.first()?.as_str())))
         .collect();
-    for n in nodes.iter().filter(|n| n.op == "DequantizeLinear") {
-        let (Some(input), Some(output)) = (n.inputs.first(), n.outputs.first()) else {
-            continue;
-        };
-        if let Some(&x) = quantized.get(input.as_str())
-            && let Some(value) = tensors.get(output).cloned()
-        {
-            tensors.insert(x.to_string(), value);
-        }
-    }
+    nodes
+        .iter()
+        .filter(|n| n.op == "DequantizeLinear")
+        .filter_map(|n| {
+            let x = quantized.get(n.inputs.first()?.as_str())?;
+            Some((x.to_string(), n.outputs.first()?.clone()))
+        })
+        .collect()
+}
+
+/// Makes each side's tensor `x` what the next layer of a quantised graph receives: its
+/// dequantised value `x_dq` (`x -> QuantizeLinear -> DequantizeLinear -> x_dq`). A quantiser that
+/// removes a Relu or Clip keeps its output name on the convolution before it and lets the
+/// quantisation range do the clipping, so a quantised graph's `x` is not a float graph's `x`.
+///
+/// A side's `x` is replaced when its run has `x_dq` and the other side either does not quantise
+/// `x` (a float graph) or has `x_dq` too; when both graphs quantise `x` but only one run computed
+/// `x_dq` (the other fused it away), both keep `x`, which then means the same on both sides.
+pub fn as_the_next_layer_sees(
+    nodes_a: &[Node],
+    a: &mut Tensors,
+    nodes_b: &[Node],
+    b: &mut Tensors,
+) {
+    let (qa, qb) = (dequantized(nodes_a), dequantized(nodes_b));
+    let side = |mine: &HashMap<String, String>,
+                theirs: &HashMap<String, String>,
+                tensors: &Tensors,
+                other: &Tensors| {
+        mine.iter()
+            .filter_map(|(x, dq)| {
+                let value = tensors.get(dq)?;
+                match theirs.get(x) {
+                    Some(their_dq) if !other.contains_key(their_dq) => None,
+                    _ => Some((x.clone(), value.clone())),
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let for_a = side(&qa, &qb, a, b);
+    let for_b = side(&qb, &qa, b, a);
+    a.extend(for_a);
+    b.extend(for_b);
 }
 
 /// How far one node's output is from the reference's, on one image.
@@ -373,6 +406,17 @@ pub struct NodeError {
     pub carried: f64,
     /// `error / max(carried, AMPLIFICATION_FLOOR)`.
     pub amplification: f64,
+    /// Whether every input of the node was itself compared (or cannot differ: a weight, a
+    /// constant). When not, the divergence may start in the nodes before it.
+    pub inputs_compared: bool,
+}
+
+impl NodeError {
+    /// The relative L2 error and the largest absolute difference of `b` against `a` (as
+    /// [`node_errors`] measures each tensor).
+    pub fn between(a: &[f32], b: &[f32]) -> (f64, f64) {
+        compare(a, b)
+    }
 }
 
 /// Errors below this (a few float32 roundings) count as none when dividing by what a node was
@@ -383,6 +427,15 @@ pub const AMPLIFICATION_FLOOR: f64 = 1e-7;
 fn compare(a: &[f32], b: &[f32]) -> (f64, f64) {
     let (mut diff, mut norm, mut max_abs) = (0f64, 0f64, 0f64);
     for (&x, &y) in a.iter().zip(b) {
+        // Equal values (equal infinities too) agree; a NaN, or a finite value against an
+        // infinite one, is as far apart as can be: it must not vanish from the sums and maxima.
+        if x == y {
+            norm += f64::from(x) * f64::from(x);
+            continue;
+        }
+        if !(x.is_finite() && y.is_finite()) {
+            return (f64::INFINITY, f64::INFINITY);
+        }
         let d = f64::from(y) - f64::from(x);
         diff += d * d;
         norm += f64::from(x) * f64::from(x);
@@ -390,7 +443,7 @@ fn compare(a: &[f32], b: &[f32]) -> (f64, f64) {
     }
     let error = if diff == 0.0 {
         0.0
-    } else if norm == 0.0 {
+    } else if norm == 0.0 || !norm.is_finite() {
         f64::INFINITY
     } else {
         (diff / norm).sqrt()
@@ -399,25 +452,43 @@ fn compare(a: &[f32], b: &[f32]) -> (f64, f64) {
 }
 
 /// Compares the tensors of `b` against the reference `a`, node by node in graph order. Nodes none
-/// of whose outputs both sides computed (with the same number of values) are left out.
+/// of whose outputs both sides computed (with the same number of values) are left out. Tensors
+/// no node computes (weights, the graph's inputs) carry no error unless both sides hold them (the
+/// caller may put the graph's input in, as each side fed it).
 pub fn node_errors(nodes: &[Node], a: &Tensors, b: &Tensors) -> Vec<NodeError> {
+    let produced: HashMap<&str, &str> = nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n.op.as_str())))
+        .collect();
+    let measure = |tensor: &str| match (a.get(tensor), b.get(tensor)) {
+        (Some(x), Some(y)) if x.len() == y.len() => Some(compare(x, y)),
+        _ => None,
+    };
     // The error each tensor carries: measured where both sides have it, else what the node that
-    // computed it was given.
-    let mut at: HashMap<&str, f64> = HashMap::new();
+    // computed it was given; and whether it was measured (or cannot differ: a Constant's).
+    let mut at: HashMap<&str, (f64, bool)> = HashMap::new();
     let mut out = Vec::new();
     for (order, node) in nodes.iter().enumerate() {
-        let carried = node
-            .inputs
-            .iter()
-            .map(|i| at.get(i.as_str()).copied().unwrap_or(0.0))
-            .fold(0.0, f64::max);
+        let mut carried = 0f64;
+        let mut inputs_compared = true;
+        for input in &node.inputs {
+            let (error, seen) = match at.get(input.as_str()) {
+                Some(&known) => known,
+                None if produced.contains_key(input.as_str()) => (0.0, false),
+                // A weight or a graph input: compared when both sides hold it.
+                None => measure(input).map_or((0.0, true), |(e, _)| (e, true)),
+            };
+            carried = carried.max(error);
+            inputs_compared &= seen;
+        }
         let mut first = None;
         for tensor in &node.outputs {
-            let measured = match (a.get(tensor), b.get(tensor)) {
-                (Some(x), Some(y)) if x.len() == y.len() => Some(compare(x, y)),
-                _ => None,
+            let measured = measure(tensor);
+            let known = match measured {
+                Some((e, _)) => (e, true),
+                None => (carried, node.op == "Constant"),
             };
-            at.insert(tensor, measured.map_or(carried, |(e, _)| e));
+            at.insert(tensor, known);
             if first.is_none()
                 && let Some(m) = measured
             {
@@ -434,6 +505,7 @@ pub fn node_errors(nodes: &[Node], a: &Tensors, b: &Tensors) -> Vec<NodeError> {
                 max_abs,
                 carried,
                 amplification: error / carried.max(AMPLIFICATION_FLOOR),
+                inputs_compared,
             });
         }
     }
@@ -441,11 +513,16 @@ pub fn node_errors(nodes: &[Node], a: &Tensors, b: &Tensors) -> Vec<NodeError> {
 }
 
 /// The first node whose error exceeds `tolerance` and is more than `gain` times what its inputs
-/// carried in.
+/// carried in (a NaN error counts as exceeding both).
 pub fn first_divergent(errors: &[NodeError], tolerance: f64, gain: f64) -> Option<&NodeError> {
     errors
         .iter()
-        .find(|e| e.error > tolerance && e.amplification > gain)
+        .find(|e| above(e.error, tolerance) && above(e.amplification, gain))
+}
+
+/// `x > bound`, with NaN above every bound (a NaN error is a divergence, not a pass).
+fn above(x: f64, bound: f64) -> bool {
+    x.is_nan() || x > bound
 }
 
 /// One trial of a bisection: the optimizers disabled and whether that removed the divergence.
@@ -486,7 +563,11 @@ pub fn agreement(
         if a.len() != b.len() {
             return (false, f64::INFINITY, flips + 1);
         }
-        max_abs = max_abs.max(compare(a, b).1);
+        let (error, abs) = compare(a, b);
+        max_abs = max_abs.max(abs);
+        if error.is_infinite() {
+            max_abs = f64::INFINITY;
+        }
         if argmax(a) != argmax(b) {
             flips += 1;
         }
@@ -702,8 +783,37 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        as_the_next_layer_sees(&nodes, &mut t);
+        // Against a float graph (no quantisation): compared after the pair.
+        let mut float: Tensors = Tensors::new();
+        as_the_next_layer_sees(&[], &mut float, &nodes, &mut t);
         assert_eq!(t["relu_out"], vec![0.0, 2.0]);
+        // Against the same quantised graph whose run fused the pair away: left as it is.
+        let mut t: Tensors = [("relu_out", vec![-1.0, 2.0]), ("dq_out", vec![0.0, 2.0])]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let mut fused: Tensors = [("relu_out", vec![-1.0, 2.0])]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        as_the_next_layer_sees(&nodes, &mut t, &nodes, &mut fused);
+        assert_eq!(t["relu_out"], vec![-1.0, 2.0]);
+    }
+
+    #[test]
+    fn nan_and_infinite_values_are_divergences_not_agreements() {
+        assert_eq!(compare(&[1.0, f32::INFINITY], &[1.0, f32::INFINITY]).0, 0.0);
+        assert!(compare(&[1.0, 2.0], &[1.0, f32::NAN]).0.is_infinite());
+        assert!(compare(&[1.0, 2.0], &[f32::INFINITY, 2.0]).1.is_infinite());
+        let nodes = vec![node("conv", "Conv", &["x", "w"], &["y"])];
+        let a: Tensors = [("y".to_string(), vec![1.0, 2.0])].into_iter().collect();
+        let b: Tensors = [("y".to_string(), vec![1.0, f32::NAN])]
+            .into_iter()
+            .collect();
+        let errors = node_errors(&nodes, &a, &b);
+        assert_eq!(first_divergent(&errors, 1e-3, 10.0).unwrap().node, "conv");
+        let (agrees, max_abs, _) = agreement(&[vec![1.0, 2.0]], &[vec![1.0, f32::NAN]], 1e-4);
+        assert!(!agrees && max_abs.is_infinite());
     }
 
     #[test]

@@ -43,6 +43,27 @@ pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
     };
     println!("reference A: {} {}", a.id, a.label());
     println!("other     B: {} {}", b.id, b.label());
+    if a.batch_size > 1 || b.batch_size > 1 {
+        eprintln!(
+            "deltann: note: localize runs one image at a time; the sweep ran batches of {} and \
+             {}, whose kernels can round differently",
+            a.batch_size, b.batch_size
+        );
+    }
+    // Hold the store's lock from here: results are not computed only to find it taken.
+    let writer = match &store {
+        Some(store) => Some(
+            StoreWriter::open(store)
+                .with_context(|| {
+                    format!(
+                        "cannot store results in {} (is a collector writing to it?)",
+                        store.display()
+                    )
+                })?
+                .0,
+        ),
+        None => None,
+    };
     let passes = !args.layers;
     let layers = !args.passes;
     let mut found = Found {
@@ -51,20 +72,14 @@ pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
     };
     if passes {
         match optimization_pair(&a, &b) {
-            Some((reference, optimised)) => {
+            Ok((reference, optimised)) => {
                 let images = load_images(&sweep, optimised, &ids)?;
                 bisect(args, &workers, reference, optimised, &images, &mut found)?;
+                // Kept even if the layer localisation then fails.
+                save(writer.as_ref(), &mut found)?;
             }
-            None if args.passes => bail!(
-                "pass bisection needs two ONNX Runtime cells of one model that differ in \
-                 optimization level (A: {}, B: {})",
-                a.tag,
-                b.tag
-            ),
-            None => println!(
-                "\npasses: skipped (A and B are not ONNX Runtime cells of one model at two \
-                 optimization levels)"
-            ),
+            Err(why) if args.passes => bail!("no pass bisection: {why}"),
+            Err(why) => println!("\npasses: skipped ({why})"),
         }
     }
     if layers {
@@ -82,18 +97,16 @@ pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
             .min(usize::try_from(args.layer_images).unwrap_or(usize::MAX));
         layer(args, &workers, &sweep, &a, &b, &ids[..take], &mut found)?;
     }
-    match &store {
-        Some(store) if !found.localizations.is_empty() => {
-            save(store, &found)?;
-            println!(
-                "\nstored in {}: `localizations` +{}, `node_errors` +{} (ids {}-*)",
-                store.display(),
-                found.localizations.len(),
-                found.node_errors.len(),
-                found.prefix
-            );
-        }
-        _ => println!("\nnot stored: no store (give --store DIR to keep the results)"),
+    save(writer.as_ref(), &mut found)?;
+    match (&store, found.saved) {
+        (Some(store), 0) => println!("\nnothing stored in {}", store.display()),
+        (Some(store), n) => println!(
+            "\nstored in {}: {n} row{} in `localizations`, curves in `node_errors` (ids {}-*)",
+            store.display(),
+            if n == 1 { "" } else { "s" },
+            found.prefix
+        ),
+        (None, _) => println!("\nnot stored: no store (give --store DIR to keep the results)"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -110,13 +123,19 @@ struct Found {
     prefix: String,
     localizations: Vec<LocalizationRow>,
     node_errors: Vec<NodeErrorRow>,
+    /// `localizations` rows already committed.
+    saved: usize,
 }
 
 impl Found {
     /// A row with the next id and the fields every kind shares.
     fn row(&self, kind: &'static str, a: &Cell, b: &Cell, started: Instant) -> LocalizationRow {
         LocalizationRow {
-            localization_id: format!("{}-{}", self.prefix, self.localizations.len() + 1),
+            localization_id: format!(
+                "{}-{}",
+                self.prefix,
+                self.saved + self.localizations.len() + 1
+            ),
             at_us: deltann_store::now_micros(),
             kind,
             cell_a: a.id.clone(),
@@ -127,19 +146,20 @@ impl Found {
     }
 }
 
-/// Commits the rows to the store, both tables in one group.
-fn save(store: &Path, found: &Found) -> anyhow::Result<()> {
-    let (writer, _) = StoreWriter::open(store).with_context(|| {
-        format!(
-            "cannot store the results in {} (is a collector writing to it?)",
-            store.display()
-        )
-    })?;
+/// Commits the rows found since the last call (both tables in one group) and forgets them; rows
+/// are numbered on across calls.
+fn save(writer: Option<&StoreWriter>, found: &mut Found) -> anyhow::Result<()> {
+    let Some(writer) = writer else {
+        return Ok(());
+    };
     let parts = [
-        records::part(&writer, None, &found.prefix, &found.localizations)?,
-        records::part(&writer, None, &found.prefix, &found.node_errors)?,
+        records::part(writer, None, &found.prefix, &found.localizations)?,
+        records::part(writer, None, &found.prefix, &found.node_errors)?,
     ];
     writer.commit_group(parts.into_iter().flatten().collect())?;
+    found.saved += found.localizations.len();
+    found.localizations.clear();
+    found.node_errors.clear();
     Ok(())
 }
 
@@ -197,9 +217,17 @@ fn find_pair(
     };
     let mut last = None;
     for sweep in sweeps {
-        let plan = Plan::build(sweep, &|engine, lib| {
+        // A recorded sweep whose files moved or whose engines are gone cannot plan: the next
+        // (older) one may.
+        let plan = match Plan::build(sweep, &|engine, lib| {
             deltann_collector::collect::probe_version(worker, engine, lib)
-        })?;
+        }) {
+            Ok(plan) => plan,
+            Err(e) => {
+                last = Some(anyhow::Error::from(e).context("cannot plan a recorded sweep"));
+                continue;
+            }
+        };
         match (cell(&plan, a), cell(&plan, b)) {
             (Ok(x), Ok(y)) => return Ok((sweep.clone(), x, y)),
             (Err(e), _) | (_, Err(e)) => last = Some(e),
@@ -289,13 +317,42 @@ fn level(c: &Cell) -> OrtOptimization {
     c.ort_optimization.unwrap_or(OrtOptimization::All)
 }
 
-/// (reference, optimised) when the cells are ONNX Runtime runs of one model at two levels.
-fn optimization_pair<'c>(a: &'c Cell, b: &'c Cell) -> Option<(&'c Cell, &'c Cell)> {
-    let ort = a.engine == EngineKind::Ort && b.engine == EngineKind::Ort;
-    if !ort || a.model.info.sha256 != b.model.info.sha256 || level(a) == level(b) {
-        return None;
+/// (reference, optimised) when the cells are ONNX Runtime runs of one model that differ in
+/// optimization level only (the optimizers they disable aside); else why a bisection over
+/// optimizer names cannot explain their difference.
+fn optimization_pair<'c>(a: &'c Cell, b: &'c Cell) -> Result<(&'c Cell, &'c Cell), String> {
+    if a.engine != EngineKind::Ort || b.engine != EngineKind::Ort {
+        return Err("A and B are not both ONNX Runtime cells".into());
     }
-    Some(if level(a) < level(b) { (a, b) } else { (b, a) })
+    if a.model.info.sha256 != b.model.info.sha256 {
+        return Err("A and B run different model files".into());
+    }
+    if level(a) == level(b) {
+        return Err("A and B run at the same optimization level".into());
+    }
+    let settings = |c: &Cell| {
+        let mut s = c.settings.clone();
+        s.remove("ort_disabled_optimizers");
+        s
+    };
+    let library = |c: &Cell| c.ort_library.as_ref().map(|l| l.path.clone());
+    let others: Vec<&str> = [
+        (library(a) != library(b), "ONNX Runtime library"),
+        (a.threads != b.threads, "threads"),
+        (a.batch_size != b.batch_size, "batch size"),
+        (a.preprocess.key() != b.preprocess.key(), "preprocessing"),
+        (settings(a) != settings(b), "session settings"),
+    ]
+    .into_iter()
+    .filter_map(|(differs, what)| differs.then_some(what))
+    .collect();
+    if !others.is_empty() {
+        return Err(format!(
+            "A and B also differ in {}, which disabling optimizers cannot undo",
+            others.join(", ")
+        ));
+    }
+    Ok(if level(a) < level(b) { (a, b) } else { (b, a) })
 }
 
 fn bisect(
@@ -329,7 +386,24 @@ fn bisect(
             .map(|s| s.to_string())
             .collect()
     } else {
-        args.candidates.clone()
+        let names: Vec<String> = args
+            .candidates
+            .iter()
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        // ONNX Runtime ignores names it does not know: a misspelt one would look like a pass
+        // that changes nothing.
+        for name in names
+            .iter()
+            .filter(|n| !localize::ORT_OPTIMIZERS.contains(&n.as_str()))
+        {
+            eprintln!(
+                "deltann: warning: `{name}` is not among the optimizer names deltann knows; \
+                 ONNX Runtime ignores names it does not know"
+            );
+        }
+        names
     };
     let base = optimised.engine_config();
     let already = base
@@ -337,6 +411,7 @@ fn bisect(
         .get("ort_disabled_optimizers")
         .cloned()
         .unwrap_or_default();
+    let mut number = 0usize;
     let mut trial = |set: &[String]| -> deltann_collector::Result<localize::Trial> {
         let mut config = base.clone();
         let mut names: Vec<&str> = already.split('+').filter(|s| !s.is_empty()).collect();
@@ -346,13 +421,28 @@ fn bisect(
                 .settings
                 .insert("ort_disabled_optimizers".into(), names.join("+"));
         }
-        let logits = localize::logits(&workers.command, &config, images, workers.timeouts)?;
-        let (agrees, max_abs, flips) = localize::agreement(&expected, &logits, args.tolerance);
+        number += 1;
+        // A set of disabled passes that leaves a graph ONNX Runtime cannot run does not remove
+        // the divergence: the trial counts as disagreeing, and the search goes on.
+        let (agrees, max_abs, flips, outcome) =
+            match localize::logits(&workers.command, &config, images, workers.timeouts) {
+                Ok(logits) => {
+                    let (agrees, max_abs, flips) =
+                        localize::agreement(&expected, &logits, args.tolerance);
+                    let outcome = if agrees { "agrees" } else { "differs" };
+                    (
+                        agrees,
+                        max_abs,
+                        flips,
+                        format!("{outcome} (max |dlogit| {max_abs:.3e}, {flips} flips)"),
+                    )
+                }
+                Err(e) => (false, f64::NAN, 0, format!("failed: {e}")),
+            };
         eprintln!(
-            "  trial {:>3} disabled: {:<60} {} (max |dlogit| {max_abs:.3e}, {flips} flips)",
+            "  trial {number:>3}, {:>2} disabled: {:<60} {outcome}",
             set.len(),
             abbreviate(set),
-            if agrees { "agrees" } else { "differs" },
         );
         Ok(localize::Trial {
             disabled: set.to_vec(),
@@ -455,10 +545,18 @@ fn layer(
         workers.timeouts,
     )
     .context("running cell B with its tensors exposed")?;
+    let capture_s = started.elapsed().as_secs_f64();
     for (i, id) in ids.iter().enumerate() {
+        let image_started = Instant::now();
         let (exposed_a, exposed_b) = (tensors_a[i].len(), tensors_b[i].len());
-        localize::as_the_next_layer_sees(&nodes, &mut tensors_a[i]);
-        localize::as_the_next_layer_sees(&nodes_b, &mut tensors_b[i]);
+        // The graph's input as each side fed it (a quantised graph's first layer then sees it
+        // after its QuantizeLinear/DequantizeLinear pair), so input quantisation counts as error
+        // carried into the first nodes rather than as theirs.
+        let input = a.model.info.input_name.clone();
+        tensors_a[i].insert(input.clone(), images_a.tensors[i].clone());
+        tensors_b[i].insert(b.model.info.input_name.clone(), images_b.tensors[i].clone());
+        let (one, other) = (&mut tensors_a[i], &mut tensors_b[i]);
+        localize::as_the_next_layer_sees(&nodes, one, &nodes_b, other);
         let errors = localize::node_errors(&nodes, &tensors_a[i], &tensors_b[i]);
         println!(
             "\nlayers: image {id}: {} of {} nodes compared ({exposed_a} tensors exposed by A, \
@@ -466,6 +564,17 @@ fn layer(
             errors.len(),
             nodes.len(),
         );
+        if let (Some(x), Some(y)) = (tensors_a[i].get(&input), tensors_b[i].get(&input))
+            && x.len() == y.len()
+            && x != y
+        {
+            let e = localize::NodeError::between(x, y);
+            println!(
+                "  the input already differs as the first layers receive it: relative error \
+                 {:.3e}, max |d| {:.3e}",
+                e.0, e.1
+            );
+        }
         if errors.is_empty() {
             println!(
                 "  no tensor name in common: the two cells' graphs share no intermediate names"
@@ -476,13 +585,13 @@ fn layer(
         if let Some(e) = differs {
             println!(
                 "  first node that differs at all: {} ({}, #{}): relative error {:.3e}, max |d| \
-                 {:.3e}, from inputs that agree exactly{}",
+                 {:.3e}, from inputs that agree{}",
                 e.node,
                 e.op,
                 e.order,
                 e.error,
                 e.max_abs,
-                unobserved(&errors, e)
+                unobserved(e)
             );
         }
         let first = localize::first_divergent(&errors, args.node_tolerance, args.gain);
@@ -496,7 +605,7 @@ fn layer(
                 e.error,
                 e.amplification,
                 e.carried,
-                unobserved(&errors, e)
+                unobserved(e)
             ),
             None => println!(
                 "  no node diverges (relative error above {:.0e} and {}x its inputs'); largest \
@@ -506,16 +615,20 @@ fn layer(
                 errors.iter().map(|e| e.error).fold(0.0, f64::max)
             ),
         }
-        if let Some(f) = first
-            && let Some(e) = errors
-                .iter()
-                .filter(|e| e.order > f.order && e.error > args.node_tolerance)
-                .max_by(|x, y| x.amplification.total_cmp(&y.amplification))
+        let after = first.map_or(0, |f| f.order + 1);
+        if let Some(e) = errors
+            .iter()
+            .filter(|e| e.order >= after && e.error > args.node_tolerance)
+            .max_by(|x, y| x.amplification.total_cmp(&y.amplification))
         {
             println!(
-                "  largest amplification after it: {} ({}, #{}): {:.1}x, to a relative error of \
-                 {:.3e}",
-                e.node, e.op, e.order, e.amplification, e.error
+                "  largest amplification{}: {} ({}, #{}): {:.1}x, to a relative error of {:.3e}",
+                if first.is_some() { " after it" } else { "" },
+                e.node,
+                e.op,
+                e.order,
+                e.amplification,
+                e.error
             );
         }
         print_curve(&errors, first, args.all_nodes);
@@ -531,7 +644,9 @@ fn layer(
             amplification: first.map(|e| e.amplification),
             first_difference: differs.map(|e| e.node.clone()),
             nodes_compared: Some(errors.len()),
-            ..out.row(kind::LAYERS, a, b, started)
+            // Its share of the two captures, and its own comparison.
+            seconds: capture_s / ids.len().max(1) as f64 + image_started.elapsed().as_secs_f64(),
+            ..out.row(kind::LAYERS, a, b, image_started)
         };
         out.node_errors.extend(errors.iter().map(|e| NodeErrorRow {
             localization_id: row.localization_id.clone(),
@@ -544,21 +659,15 @@ fn layer(
     Ok(())
 }
 
-/// When nodes before `e` went uncompared (one side's optimised graph does not compute their
-/// tensors), the divergence may start among them: says which.
-fn unobserved(errors: &[NodeError], e: &NodeError) -> String {
-    let before = errors
-        .iter()
-        .take_while(|x| x.order < e.order)
-        .last()
-        .map_or(0, |x| x.order + 1);
-    if e.order > before {
-        format!(
-            " (nodes #{before}-#{} before it not compared: one side does not compute them)",
-            e.order - 1
-        )
-    } else {
+/// When some inputs of `e` went uncompared (one side's optimised graph does not compute them),
+/// the divergence may start before it: says so.
+fn unobserved(e: &NodeError) -> String {
+    if e.inputs_compared {
         String::new()
+    } else {
+        " (some of its inputs were not compared, one side not computing them: it may start \
+         before)"
+            .into()
     }
 }
 

@@ -167,8 +167,9 @@ pub enum Action {
         Result<Vec<DetailRow>, String>,
         Option<image::DynamicImage>,
     ),
-    /// An image's per-node error curve (from `node_errors`) arrived.
-    CurveLoaded(String, Result<Vec<NodePoint>, String>),
+    /// A localisation's per-node error curve (from `node_errors`) arrived: image id,
+    /// localisation id, the curve.
+    CurveLoaded(String, String, Result<Vec<NodePoint>, String>),
     /// A SQL result arrived.
     SqlDone(Result<SqlResult, String>),
     /// The store has a new number of committed parts (a live `collect`).
@@ -399,13 +400,14 @@ impl App {
                     view.picture = picture;
                 }
             }
-            Action::CurveLoaded(id, result) => {
+            Action::CurveLoaded(id, localization, result) => {
                 if let Some(view) = self.image.as_mut().filter(|v| v.image_id == id)
-                    && let Some((_, points)) = view.curve.as_mut()
+                    && let Some((shown, points)) = view.curve.as_mut()
+                    && shown.localization_id == localization
                 {
                     match result {
                         Ok(p) => *points = p,
-                        Err(e) => view.error = Some(e),
+                        Err(e) => view.error = Some(format!("node errors: {e}")),
                     }
                 }
             }
@@ -593,6 +595,10 @@ impl App {
     /// Asks for `deltann localize` on the open image: the family's reference cell (A) against
     /// the selected row's cell (B).
     fn localize(&mut self) -> Option<Request> {
+        if let Some(busy) = &self.busy {
+            self.error = Some(format!("busy ({busy}): try again when it is done"));
+            return None;
+        }
         let view = self.image.as_ref()?;
         let a = self.analysis.as_ref()?;
         let reference = *a.groups.get(view.group)?.cells.first()?;

@@ -89,7 +89,7 @@ impl Loader {
                             cells::load_node_errors(&store, &localization)
                                 .map_err(|e| e.to_string())
                         });
-                    actions.push(Action::CurveLoaded(id, curve));
+                    actions.push(Action::CurveLoaded(id, localization, curve));
                 }
                 actions
             }
@@ -126,7 +126,16 @@ impl Loader {
             .output()
             .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         if out.status.success() {
-            Ok(())
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if stdout.contains("stored in") {
+                Ok(())
+            } else {
+                let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+                Err(format!(
+                    "deltann localize stored nothing: {}",
+                    last.unwrap_or("no output")
+                ))
+            }
         } else {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let last = stderr.lines().rev().find(|l| !l.trim().is_empty());

@@ -461,6 +461,7 @@ fn a_localised_image_shows_its_node_error_curve() {
                 max_abs: error,
                 carried: 1e-7,
                 amplification: error / 1e-7,
+                inputs_compared: true,
             }
         })
         .collect();

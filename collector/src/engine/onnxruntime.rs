@@ -16,7 +16,7 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::TensorElementType;
 use ort::value::{Tensor, TensorRef};
 use prost::Message;
-use tract_onnx::pb::{ModelProto, ValueInfoProto};
+use tract_onnx::pb::{GraphProto, ModelProto, ValueInfoProto};
 
 use super::{Engine, EngineConfig, NamedTensor, OrtOptimization, RunOutput};
 
@@ -184,33 +184,31 @@ fn exposed_model(
         std::fs::read(&config.model_path)
             .map_err(|e| format!("cannot read {}: {e}", config.model_path.display()))?
     } else {
-        let saved = std::env::temp_dir().join(format!(
-            "deltann-optimized-{}-{}.onnx",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
+        // In a directory of its own, removed when done (or at the next reboot, if the worker is
+        // killed first).
+        let dir = tempfile::Builder::new()
+            .prefix("deltann-optimized-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        let saved = dir.path().join("optimized.onnx");
         let session = builder(environment, config, level)?
             .with_optimized_model_path(&saved)
             .map_err(|e| e.to_string())?
             .commit_from_file(&config.model_path)
             .map_err(|e| e.to_string());
-        let bytes = std::fs::read(&saved)
-            .map_err(|e| format!("ONNX Runtime did not save the optimised graph: {e}"));
-        let _ = std::fs::remove_file(&saved);
         drop(session?);
-        bytes?
+        std::fs::read(&saved)
+            .map_err(|e| format!("ONNX Runtime did not save the optimised graph: {e}"))?
     };
-    let mut model = ModelProto::decode(bytes.as_slice())
+    let model = ModelProto::decode(bytes.as_slice())
         .map_err(|e| format!("cannot decode {}: {e}", config.model_path.display()))?;
-    let graph = model.graph.as_mut().ok_or("the model has no graph")?;
+    let graph = model.graph.as_ref().ok_or("the model has no graph")?;
     let wanted: HashSet<&str> = config.expose.iter().map(String::as_str).collect();
-    let mut outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    let mut outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
     let mut added = Vec::new();
     for node in &graph.node {
         for name in &node.output {
-            if wanted.contains(name.as_str()) && outputs.insert(name.clone()) {
+            if wanted.contains(name.as_str()) && outputs.insert(name.as_str()) {
                 // An output without a type: ONNX Runtime takes the type it infers.
                 added.push(ValueInfoProto {
                     name: name.clone(),
@@ -219,8 +217,19 @@ fn exposed_model(
             }
         }
     }
-    graph.output.extend(added);
-    Ok(model.encode_to_vec())
+    // Appended as a second serialised message: protobuf merges it into the first, appending to
+    // the graph's outputs, so the rest of the model reaches ONNX Runtime byte for byte (not
+    // through a decoder that may not know every field).
+    let extra = ModelProto {
+        graph: Some(GraphProto {
+            output: added,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut bytes = bytes;
+    bytes.extend(extra.encode_to_vec());
+    Ok(bytes)
 }
 
 impl OrtEngine {
@@ -296,26 +305,26 @@ impl Engine for OrtEngine {
             .session
             .run(ort::inputs![self.input_name.as_str() => tensor])
             .map_err(|e| e.to_string())?;
-        outputs
+        // Tensors that are not numbers (strings, maps) are left out, not refused.
+        Ok(outputs
             .iter()
-            .map(|(name, value)| {
-                widen(&value)
-                    .map(|values| NamedTensor {
-                        name: name.to_string(),
-                        values,
-                    })
-                    .map_err(|e| format!("output {name}: {e}"))
+            .filter_map(|(name, value)| {
+                widen(&value).map(|values| NamedTensor {
+                    name: name.to_string(),
+                    values,
+                })
             })
-            .collect()
+            .collect())
     }
 }
 
-/// A tensor's values as float32, from any numeric element type.
-fn widen(value: &ort::value::DynValue) -> Result<Vec<f32>, String> {
+/// A tensor's values as float32, from any numeric or boolean element type (booleans as 0 and 1);
+/// `None` for other tensors.
+fn widen(value: &ort::value::DynValue) -> Option<Vec<f32>> {
     macro_rules! try_as {
         ($($t:ty => $f:expr),* $(,)?) => {
             $(if let Ok((_, values)) = value.try_extract_tensor::<$t>() {
-                return Ok(values.iter().map($f).collect());
+                return Some(values.iter().map($f).collect());
             })*
         };
     }
@@ -327,10 +336,13 @@ fn widen(value: &ort::value::DynValue) -> Result<Vec<f32>, String> {
         u16 => |&v| f32::from(v),
         i16 => |&v| f32::from(v),
         i32 => |&v| v as f32,
+        u32 => |&v| v as f32,
         i64 => |&v| v as f32,
+        u64 => |&v| v as f32,
         f64 => |&v| v as f32,
+        bool => |&v| f32::from(u8::from(v)),
     );
-    Err("not a numeric tensor".into())
+    None
 }
 
 #[cfg(test)]

@@ -165,19 +165,20 @@ impl Engine for TractEngine {
         let outputs = plan
             .run(tvec![tensor.into_tvalue()])
             .map_err(|e| format!("{e:#}"))?;
-        outputs
+        // Tensors that do not cast to float32 (strings) are left out, not refused.
+        Ok(outputs
             .iter()
             .zip(&self.outputs)
-            .map(|(value, name)| {
+            .filter_map(|(value, name)| {
                 let values = value
                     .cast_to::<f32>()
                     .and_then(|t| Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect()))
-                    .map_err(|e| format!("output {name}: {e:#}"))?;
-                Ok(NamedTensor {
+                    .ok()?;
+                Some(NamedTensor {
                     name: name.clone(),
                     values,
                 })
             })
-            .collect()
+            .collect())
     }
 }
