@@ -124,6 +124,14 @@ tract_plan = ["optimized"]
             first.contains(&format!("first divergent node: {node} (Conv,")),
             "{engine}: expected {node} first, got {first}"
         );
+        // The exposed runs still compute what the sweep stored, bit for bit.
+        assert_eq!(
+            stdout
+                .matches("the re-run gives the stored logits bit for bit on 1 of 1 images")
+                .count(),
+            2,
+            "{stdout}"
+        );
         // Everything before it agrees exactly, so it is also the first node to differ at all.
         assert!(
             stdout.contains(&format!("first node that differs at all: {node} (Conv,")),
@@ -275,6 +283,13 @@ exclude = [{{ ort_optimization = "disabled", ort_disabled_optimizers = ["QDQSele
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("culprit: QDQSelectorActionTransformer "),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .matches("the re-run gives the stored logits bit for bit")
+            .count(),
+        2,
         "{stdout}"
     );
     let found = util::read_table(&store, "localizations").all().unwrap();

@@ -40,6 +40,7 @@ pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
             stall: Duration::from_secs(args.stall_timeout),
             cell: None,
         },
+        store: store.clone(),
     };
     println!("reference A: {} {}", a.id, a.label());
     println!("other     B: {} {}", b.id, b.label());
@@ -111,10 +112,12 @@ pub fn run(args: &LocalizeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How the cells run: worker processes, as in a sweep.
+/// How the cells run (worker processes, as in a sweep), and the store they ran into, whose
+/// logits the re-runs are checked against.
 struct Workers {
     command: WorkerCommand,
     timeouts: Timeouts,
+    store: Option<PathBuf>,
 }
 
 /// What one invocation found, as rows of the store's `localizations` and `node_errors`.
@@ -380,6 +383,7 @@ fn bisect(
         workers.timeouts,
     )
     .context("running the reference cell")?;
+    reproduces(workers, reference, &images.ids, &expected);
     let candidates: Vec<String> = if args.candidates.is_empty() {
         localize::ORT_OPTIMIZERS
             .iter()
@@ -427,6 +431,9 @@ fn bisect(
         let (agrees, max_abs, flips, outcome) =
             match localize::logits(&workers.command, &config, images, workers.timeouts) {
                 Ok(logits) => {
+                    if set.is_empty() {
+                        reproduces(workers, optimised, &images.ids, &logits);
+                    }
                     let (agrees, max_abs, flips) =
                         localize::agreement(&expected, &logits, args.tolerance);
                     let outcome = if agrees { "agrees" } else { "differs" };
@@ -500,6 +507,72 @@ fn bisect(
     Ok(())
 }
 
+/// Says whether re-running `cell` gave the logits its sweep stored for `ids` (first repetition),
+/// bit for bit: when not, what is localised is not quite what the sweep saw.
+fn reproduces(workers: &Workers, cell: &Cell, ids: &[String], logits: &[Vec<f32>]) {
+    let Some(store) = &workers.store else {
+        return;
+    };
+    let sql = format!(
+        "SELECT image_id, logits_hash FROM outputs WHERE cell_id = '{}' AND repetition = 0",
+        cell.id.replace('\'', "''")
+    );
+    let stored: std::collections::HashMap<String, u64> =
+        match Session::open(store, false).and_then(|s| s.run_blocking(&sql)) {
+            Ok(outputs) => outputs
+                .iter()
+                .flat_map(|o| &o.batches)
+                .flat_map(|batch| {
+                    let ids = batch.column(0).as_string_opt::<i32>();
+                    let hashes = batch
+                        .column(1)
+                        .as_primitive_opt::<arrow::datatypes::UInt64Type>();
+                    match (ids, hashes) {
+                        (Some(ids), Some(hashes)) => (0..batch.num_rows())
+                            .map(|i| (ids.value(i).to_string(), hashes.value(i)))
+                            .collect::<Vec<_>>(),
+                        _ => Vec::new(),
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                eprintln!(
+                    "deltann: warning: cannot read {}'s stored logits: {e}",
+                    cell.id
+                );
+                return;
+            }
+        };
+    let known: Vec<(&String, &Vec<f32>)> = ids
+        .iter()
+        .zip(logits)
+        .filter(|(id, _)| stored.contains_key(*id))
+        .collect();
+    if known.is_empty() {
+        return;
+    }
+    let same = known
+        .iter()
+        .filter(|(id, l)| stored[*id] == deltann_store::outputs::hash_logits(l))
+        .count();
+    if same == known.len() {
+        println!(
+            "  {}: the re-run gives the stored logits bit for bit on {same} of {} images",
+            cell.id,
+            known.len()
+        );
+    } else {
+        println!(
+            "  {}: warning: the re-run differs from the stored logits on {} of {} images (one \
+             image at a time, or fewer fusions with tensors exposed): what is localised is close \
+             to, not exactly, what the sweep saw",
+            cell.id,
+            known.len() - same,
+            known.len()
+        );
+    }
+}
+
 fn abbreviate(set: &[String]) -> String {
     let text = if set.is_empty() {
         "(none)".to_string()
@@ -545,6 +618,16 @@ fn layer(
         workers.timeouts,
     )
     .context("running cell B with its tensors exposed")?;
+    // The model's own output in the exposed runs, against the sweep's logits.
+    for (cell, tensors) in [(a, &tensors_a), (b, &tensors_b)] {
+        let outputs: Option<Vec<Vec<f32>>> = tensors
+            .iter()
+            .map(|t| t.get(&cell.model.info.output_name).cloned())
+            .collect();
+        if let Some(outputs) = outputs {
+            reproduces(workers, cell, ids, &outputs);
+        }
+    }
     let capture_s = started.elapsed().as_secs_f64();
     for (i, id) in ids.iter().enumerate() {
         let image_started = Instant::now();
