@@ -108,8 +108,8 @@ pub struct PlanArgs {
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = LOCALIZE_HELP)]
 pub struct LocalizeArgs {
-    /// A result store (its cells are planned again from the sweep its last run recorded), or a
-    /// sweep file.
+    /// A result store (its cells are planned again from the sweeps its runs recorded, latest
+    /// first; the results are stored in it), or a sweep file.
     pub target: PathBuf,
     /// The two cells, by id (or a unique prefix of one); the first is the reference.
     #[arg(long, num_args = 2, value_names = ["A", "B"], required = true)]
@@ -169,6 +169,10 @@ first node whose relative error exceeds --node-tolerance and --gain times what i
 in. ONNX Runtime exposes the tensors that survive the cell's optimization level (at `disabled`,
 all of them); tract keeps exposed tensors through its optimisation, so fusions across them do not
 happen.
+
+Each re-run is checked against the logits the store holds for it (bit for bit, or a warning).
+Results go to the store's `localizations` and `node_errors` tables, to `deltann report` and to
+the TUI's image screen (where `L` runs this for the selected cell). See docs/LOCALIZE.md.
 
 Examples:
   deltann plan sweep.toml                          # cell ids
