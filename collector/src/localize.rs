@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
 use arrow::datatypes::Float32Type;
-use tract_onnx::prelude::Framework;
 
 use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
@@ -142,14 +141,13 @@ impl Images {
 }
 
 /// Runs `config` once over `images` in a worker and hands each result batch to `each`.
-/// Returns the engine's version.
 fn run_worker(
     worker: &WorkerCommand,
     config: &EngineConfig,
     images: &Images,
     timeouts: Timeouts,
     each: &mut dyn FnMut(&RecordBatch) -> Result<()>,
-) -> Result<String> {
+) -> Result<()> {
     let request = Request {
         protocol: PROTOCOL_VERSION,
         cell_id: "localize".into(),
@@ -158,23 +156,19 @@ fn run_worker(
         repetitions: 1,
         probe: false,
     };
-    let mut version = String::new();
     let run = runner::run(
         worker,
         &request,
         images.inputs()?,
         timeouts,
         &mut |event| match event {
-            Event::Ready(ready) => {
-                version.clone_from(&ready.engine_version);
-                Ok(())
-            }
+            Event::Ready(_) => Ok(()),
             Event::Results(batch) => each(batch),
         },
     )?;
     match run.failure {
         Some(why) => Err(Error::Engine(why)),
-        None => Ok(version),
+        None => Ok(()),
     }
 }
 
@@ -247,8 +241,7 @@ fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArr
 /// One image's tensors by ONNX name, as one engine computed them.
 pub type Tensors = HashMap<String, Vec<f32>>;
 
-/// Every tensor of `expose` that `config`'s engine computes, per image (in `images` order), with
-/// the engine's version.
+/// Every tensor of `expose` that `config`'s engine computes, per image (in `images` order).
 ///
 /// # Errors
 /// Fails when the worker cannot run or the engine fails on an image.
@@ -258,12 +251,12 @@ pub fn capture(
     expose: &[String],
     images: &Images,
     timeouts: Timeouts,
-) -> Result<(Vec<Tensors>, String)> {
+) -> Result<Vec<Tensors>> {
     let mut config = config.clone();
     config.batch_size = 1;
     config.expose = expose.to_vec();
     let mut by_id: HashMap<String, Tensors> = HashMap::new();
-    let version = run_worker(worker, &config, images, timeouts, &mut |batch| {
+    run_worker(worker, &config, images, timeouts, &mut |batch| {
         let names = string_column(batch, protocol::TENSOR_NAME)?;
         for (row, id, values) in float_rows(batch, protocol::VALUES)? {
             by_id
@@ -273,7 +266,7 @@ pub fn capture(
         }
         Ok(())
     })?;
-    let tensors = images
+    images
         .ids
         .iter()
         .map(|id| {
@@ -281,8 +274,7 @@ pub fn capture(
                 .remove(id)
                 .ok_or_else(|| Error::Worker(format!("no tensors for image {id}")))
         })
-        .collect::<Result<_>>()?;
-    Ok((tensors, version))
+        .collect()
 }
 
 /// One node of an ONNX graph, in the file's order (which ONNX requires to be topological).
@@ -300,13 +292,7 @@ pub struct Node {
 /// # Errors
 /// Fails, naming the file, when it cannot be read or is not ONNX.
 pub fn graph(path: &Path) -> Result<Vec<Node>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::input(path, e.to_string()))?;
-    let proto = tract_onnx::onnx()
-        .proto_model_for_read(&mut std::io::Cursor::new(&bytes))
-        .map_err(|e| Error::input(path, format!("not a valid ONNX model: {e:#}")))?;
-    let graph = proto
-        .graph
-        .ok_or_else(|| Error::input(path, "ONNX model has no graph"))?;
+    let (_, graph) = crate::model::read_graph(path)?;
     Ok(graph
         .node
         .into_iter()

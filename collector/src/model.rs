@@ -83,11 +83,11 @@ fn join_dims(dims: &[Dim]) -> String {
         .join("x")
 }
 
-/// Reads and hashes a model file and parses its graph interface.
+/// Reads a model file: its bytes and its decoded graph.
 ///
 /// # Errors
-/// Fails, naming the file, when it is missing, unreadable, not ONNX, or has no inputs or outputs.
-pub fn inspect(path: &Path) -> Result<ModelInfo> {
+/// Fails, naming the file, when it is missing, unreadable, not ONNX, or has no graph.
+pub fn read_graph(path: &Path) -> Result<(Vec<u8>, pb::GraphProto)> {
     if !path.is_file() {
         return Err(Error::input(path, "model file does not exist"));
     }
@@ -97,8 +97,17 @@ pub fn inspect(path: &Path) -> Result<ModelInfo> {
         .map_err(|e| Error::input(path, format!("not a valid ONNX model: {e:#}")))?;
     let graph = proto
         .graph
-        .as_ref()
         .ok_or_else(|| Error::input(path, "ONNX model has no graph"))?;
+    Ok((bytes, graph))
+}
+
+/// Reads and hashes a model file and parses its graph interface.
+///
+/// # Errors
+/// Fails, naming the file, when it is missing, unreadable, not ONNX, or has no inputs or outputs.
+pub fn inspect(path: &Path) -> Result<ModelInfo> {
+    let (bytes, graph) = read_graph(path)?;
+    let graph = &graph;
     let sha256 = model_hash(path, &bytes, graph)?;
     let initializers: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|t| t.name.as_str()).collect();

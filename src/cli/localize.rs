@@ -1,6 +1,8 @@
 //! `deltann localize`: which optimizer pass causes a pair's disagreement, and at which node the
-//! two cells part ways. The cells are planned again from the sweep their store recorded, so they
-//! run exactly as they did in the sweep; the algorithms are in `deltann_collector::localize`.
+//! two cells part ways. The cells are planned again from the sweeps their store recorded, so they
+//! run with the sweep's model, library, settings and preprocessing (one image at a time; each
+//! re-run is checked against the stored logits); the algorithms are in
+//! `deltann_collector::localize`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -444,6 +446,8 @@ fn bisect(
                         format!("{outcome} (max |dlogit| {max_abs:.3e}, {flips} flips)"),
                     )
                 }
+                // The cell as the sweep ran it must run: that is no trial.
+                Err(e) if set.is_empty() => return Err(e),
                 Err(e) => (false, f64::NAN, 0, format!("failed: {e}")),
             };
         eprintln!(
@@ -458,7 +462,7 @@ fn bisect(
             flips,
         })
     };
-    let found = localize::bisect(&candidates, &mut trial)?;
+    let found = localize::bisect(&candidates, &mut trial).context("pass bisection")?;
     let first = &found.trials[0];
     println!(
         "  run again with nothing disabled: max |dlogit| {:.3e}, {} of {} top-1 answers differ",
@@ -601,7 +605,7 @@ fn layer(
     let images_a = load_images(sweep, a, ids)?;
     let images_b = load_images(sweep, b, ids)?;
     let expose = localize::exposable(&nodes);
-    let (mut tensors_a, _) = localize::capture(
+    let mut tensors_a = localize::capture(
         &workers.command,
         &a.engine_config(),
         &expose,
@@ -610,7 +614,7 @@ fn layer(
     )
     .context("running cell A with its tensors exposed")?;
     let expose = localize::exposable(&nodes_b);
-    let (mut tensors_b, _) = localize::capture(
+    let mut tensors_b = localize::capture(
         &workers.command,
         &b.engine_config(),
         &expose,
