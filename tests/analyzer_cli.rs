@@ -309,3 +309,213 @@ exclude = [{{ engine = "tract", precision = "fp16" }}, {{ engine = "tract", prec
     let out = util::run(&["report", store.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("precision"));
 }
+
+/// A two-cell store (`a` ort/all, `b` ort/basic) of 20 labelled images over 10 classes: `b`
+/// flips `flips` images against `a`; `noise` gives both cells a second repetition that flips
+/// that many images against their first (a run-to-run floor of noise/20 each); `b_ms` is `b`'s
+/// latency (`a`'s is 10 ms).
+fn gate_store(root: &std::path::Path, flips: usize, noise: usize, b_ms: f64) {
+    use deltann_synth::HandCell;
+    let logits = |top: usize| -> Vec<f32> {
+        (0..10)
+            .map(|c| match c {
+                c if c == top => 5.0,
+                c if c == (top + 1) % 10 => 3.0,
+                c => c as f32 * 0.1,
+            })
+            .collect()
+    };
+    const IDS: [&str; 20] = [
+        "i00", "i01", "i02", "i03", "i04", "i05", "i06", "i07", "i08", "i09", "i10", "i11", "i12",
+        "i13", "i14", "i15", "i16", "i17", "i18", "i19",
+    ];
+    let cell = |id, optimization, shift: usize, ms: f64| HandCell {
+        id,
+        model: "family0",
+        precision: "fp32",
+        engine: "ort",
+        optimization,
+        threads: 1,
+        rows: (0..20)
+            .map(|i| {
+                let top = if i < shift { (i + 1) % 10 } else { i % 10 };
+                (IDS[i], Some((i % 10) as i32), logits(top), ms)
+            })
+            .collect(),
+        // The noise flips the last images, away from the planted flips.
+        second: (noise > 0).then(|| {
+            (0..20)
+                .map(|i| {
+                    let top = if i < shift { (i + 1) % 10 } else { i % 10 };
+                    logits(if i >= 20 - noise { (top + 2) % 10 } else { top })
+                })
+                .collect()
+        }),
+    };
+    deltann_synth::write_hand(
+        root,
+        &[
+            cell("aaaaaaaaaaaaaaaa", "all", 0, 10.0),
+            cell("bbbbbbbbbbbbbbbb", "basic", flips, b_ms),
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn check_and_diff_gate_beyond_the_run_to_run_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // 3 of 20 images flip between the cells (15%, 95% interval [5.2%, 36%]).
+    gate_store(&dir.path().join("flips"), 3, 0, 10.0);
+    // The same flips, but each cell also flips 4 of 20 against itself (floors 20% + 20%).
+    gate_store(&dir.path().join("noisy"), 3, 4, 10.0);
+    let code = |args: &[&str]| {
+        let out = util::run(args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+
+    let (status, stdout) = code(&["check", &path("flips"), "--max-flip-rate", "10%"]);
+    assert_eq!(status, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL flip rate beyond floor 15.00% > 10.00%"),
+        "{stdout}"
+    );
+    // Planted noise: the same 15% is within what the cells disagree with themselves.
+    let (status, stdout) = code(&["check", &path("noisy"), "--max-flip-rate", "10%"]);
+    assert_eq!(status, Some(0), "{stdout}");
+    // On the interval's bounds: 3 of 20 does not prove more than 10% (lower 5.2%), nor rule it
+    // out (upper 36%).
+    let (status, stdout) = code(&[
+        "check",
+        &path("flips"),
+        "--max-flip-rate",
+        "10%",
+        "--bound",
+        "lower",
+    ]);
+    assert_eq!(status, Some(0), "{stdout}");
+    let (status, stdout) = code(&[
+        "check",
+        &path("flips"),
+        "--max-flip-rate",
+        "30%",
+        "--bound",
+        "upper",
+    ]);
+    assert_eq!(status, Some(1), "{stdout}");
+    assert!(stdout.contains("upper 95% bound"), "{stdout}");
+
+    // diff: B's cell `b` flips 3 images against A's and is twice as slow.
+    gate_store(&dir.path().join("before"), 0, 0, 10.0);
+    gate_store(&dir.path().join("same"), 0, 0, 10.0);
+    gate_store(&dir.path().join("after-noisy"), 3, 4, 10.0);
+    gate_store(&dir.path().join("after-slow"), 0, 0, 20.0);
+    let (status, stdout) = code(&["diff", &path("before"), &path("same")]);
+    assert_eq!(status, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("no regression: 2 matched cells"),
+        "{stdout}"
+    );
+    let (status, stdout) = code(&["diff", &path("before"), &path("flips")]);
+    assert_eq!(status, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("REGRESSION bbbbbbbbbbbbbbbb") && stdout.contains("3 of 20 images flip"),
+        "{stdout}"
+    );
+    let (status, stdout) = code(&[
+        "diff",
+        &path("before"),
+        &path("flips"),
+        "--max-flip-rate",
+        "20%",
+    ]);
+    assert_eq!(status, Some(0), "{stdout}");
+    // Planted noise on B's side: its floor (20%) covers the 15%.
+    let (status, stdout) = code(&["diff", &path("before"), &path("after-noisy")]);
+    assert_eq!(status, Some(0), "{stdout}");
+    let (status, stdout) = code(&["diff", &path("before"), &path("after-slow")]);
+    assert_eq!(status, Some(1), "{stdout}");
+    assert!(stdout.contains("p50 +100.0%"), "{stdout}");
+    let (status, stdout) = code(&[
+        "diff",
+        &path("before"),
+        &path("after-slow"),
+        "--max-slowdown",
+        "150%",
+    ]);
+    assert_eq!(status, Some(0), "{stdout}");
+    // --json keeps the exit status.
+    let (status, _) = code(&["diff", &path("before"), &path("after-slow"), "--json"]);
+    assert_eq!(status, Some(1));
+}
+
+#[test]
+fn saved_queries_are_read_from_folders_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = synth(dir.path(), "s", &[]);
+    let home = dir.path().join("home");
+    let user = home.join(".config/deltann/queries");
+    let extra = dir.path().join("extra");
+    std::fs::create_dir_all(&user).unwrap();
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(
+        user.join("cell_count.sql"),
+        "-- How many cells the store holds (the user's own query)\nSELECT count(*) AS n FROM cells_latest",
+    )
+    .unwrap();
+    std::fs::write(
+        extra.join("slowest_cells.sql"),
+        "-- Replaced: the one slowest cell\nSELECT cell_id FROM cells_latest ORDER BY latency_p50_ms DESC LIMIT 1",
+    )
+    .unwrap();
+    std::fs::write(extra.join("bad name.sql"), "SELECT 1").unwrap();
+    let run = |args: &[&str]| {
+        util::deltann()
+            .current_dir(dir.path())
+            .env("HOME", &home)
+            .env_remove("XDG_CONFIG_HOME")
+            .env("DELTANN_QUERIES", &extra)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["query", "--list"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("How many cells the store holds"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!("from {}", user.join("cell_count.sql").display())),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!(
+            "from {} (replaces built-in)",
+            extra.join("slowest_cells.sql").display()
+        )),
+        "{listing}"
+    );
+    assert!(listing.contains("flip_matrix") && listing.contains("from built-in"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad name.sql: skipped"));
+
+    let s = store.to_str().unwrap();
+    let out = run(&["query", s, "--saved", "cell_count", "--format", "csv"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "n\n37");
+    let out = run(&["query", s, "--saved", "slowest_cells", "--format", "csv"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let out = run(&["query", s, "--saved", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cell_count"),
+        "{}",
+        text(&out)
+    );
+}

@@ -10,6 +10,7 @@ mod bad_inputs;
 mod concurrent;
 mod e2e;
 mod float16;
+mod html_report;
 mod isolation;
 mod localize;
 mod ort_versions;

@@ -191,3 +191,43 @@ fn sql_shell_in_a_real_terminal_keeps_history() {
         "{history}"
     );
 }
+
+#[test]
+fn overview_of_a_collected_family_shows_its_whole_title_and_legend() {
+    // Nine cells of one family with a long name, as `make demo` gives: the heatmap needs more
+    // than its squares for its title and legend.
+    util::ort_library("1.32.0");
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = util::data_sweep(
+        dir.path(),
+        r#"
+engine = ["ort", "tract"]
+ort_library = ["1.32.0"]
+ort_optimization = ["disabled", "basic", "extended", "all"]
+tract_plan = ["optimized"]
+threads = [1, 2]
+exclude = [{ engine = "tract", threads = 2 }]
+"#,
+    );
+    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let command = format!(
+        "DELTANN_TUI_IMAGES=halfblocks {} tui {}; sleep 60",
+        env!("CARGO_BIN_EXE_deltann"),
+        dir.path().join("store").display()
+    );
+    let Some(tmux) = Tmux::start("fit", &command, 160, 48) else {
+        return;
+    };
+    let screen = tmux.wait_for("more ██");
+    assert!(
+        screen.contains("Flip rate: efficientnet-lite0 (f: next family)"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("0 ██ ≤1% ██ ≤5% ██ ≤10% ██ more ██"),
+        "{screen}"
+    );
+    // The cells table beside it still shows whole environments.
+    assert!(screen.contains("fp32 ort:extended t2 b1"), "{screen}");
+}

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
@@ -263,6 +264,32 @@ fn ints(batch: &RecordBatch, name: &str) -> Vec<i32> {
         Some(c) => c.values().to_vec(),
         None => vec![0; batch.num_rows()],
     }
+}
+
+/// Image id -> file, from the store's `images` table (the paths the collector read; they may
+/// have moved since, so callers check).
+pub fn image_paths(store: &Store) -> HashMap<String, PathBuf> {
+    let mut out = HashMap::new();
+    for batch in store
+        .scan_table(Table::Images, &[col::IMAGE_ID, col::PATH])
+        .flatten()
+    {
+        if let (Some(ids), Some(paths)) = (
+            batch
+                .column_by_name(col::IMAGE_ID)
+                .and_then(|c| c.as_string_opt::<i32>()),
+            batch
+                .column_by_name(col::PATH)
+                .and_then(|c| c.as_string_opt::<i32>()),
+        ) {
+            for (id, path) in ids.iter().zip(paths.iter()) {
+                if let (Some(id), Some(path)) = (id, path) {
+                    out.insert(id.to_string(), PathBuf::from(path));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Reads the latest attempt of every cell, ordered by family, then start time.

@@ -1,14 +1,60 @@
 //! `deltann check`: an analysis against bounds, for CI pipelines that gate model deployments.
 //! Exit 0 within bounds, 1 outside (naming each offending pair), 2 on error.
+//!
+//! A gate must not fail on noise. A flip rate is held to its bound only beyond what the two cells
+//! disagree with themselves (the sum of their run-to-run flip rates, measured from repetitions),
+//! and optionally on a bound of its 95% interval rather than the point estimate: the lower bound
+//! fails only what the images prove, the upper bound also what they cannot rule out. Slowdowns
+//! count beyond the cells' latency dispersion and only when the interval excludes no change.
+
+use serde::{Deserialize, Serialize};
 
 use crate::analysis::Analysis;
 use crate::cells::{self, Dimension};
+use crate::disagreement::PairStats;
+
+/// Which value of a flip rate a gate compares with its bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Bound {
+    /// The observed rate.
+    #[default]
+    Point,
+    /// The lower end of its 95% Wilson interval: fail only what the sample proves.
+    Lower,
+    /// The upper end: fail also what the sample cannot rule out.
+    Upper,
+}
+
+impl Bound {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Point => "point estimate",
+            Self::Lower => "lower 95% bound",
+            Self::Upper => "upper 95% bound",
+        }
+    }
+}
+
+/// A pair's flip rate beyond its cells' own run-to-run floors (`floor_a + floor_b`, each a
+/// cell's top-1 flips between its repetitions per repetition compared; 0 for a cell that ran
+/// once), taken at `bound`, never below 0.
+pub fn flip_rate_beyond_floor(p: &PairStats, floor_a: f64, floor_b: f64, bound: Bound) -> f64 {
+    let rate = match bound {
+        Bound::Point => p.flip_rate,
+        Bound::Lower => p.flip_ci.0,
+        Bound::Upper => p.flip_ci.1,
+    };
+    (rate - floor_a - floor_b).max(0.0)
+}
 
 /// The bounds to hold.
 #[derive(Clone, Debug, Default)]
 pub struct Bounds {
-    /// Largest acceptable top-1 flip rate between two cells of a family.
+    /// Largest acceptable top-1 flip rate between two cells of a family, beyond the cells'
+    /// run-to-run floor (see [`flip_rate_beyond_floor`]).
     pub max_flip_rate: Option<f64>,
+    /// Which value of the flip rate is held to `max_flip_rate`.
+    pub bound: Bound,
     /// Largest acceptable relative slowdown of a change meant to speed things up, counted when
     /// it also exceeds the contrast's noise floor and its bootstrap interval excludes no change.
     pub max_slowdown: Option<f64>,
@@ -27,14 +73,25 @@ pub struct Violation {
 pub fn check(a: &Analysis, bounds: &Bounds) -> Vec<Violation> {
     let mut out = Vec::new();
     if let Some(max) = bounds.max_flip_rate {
-        let mut pairs: Vec<_> = a
+        let floor = |cell: usize| {
+            a.disagreement
+                .floors
+                .get(cell)
+                .filter(|f| f.compared > 0)
+                .map_or(0.0, |f| f.flip_rate)
+        };
+        let mut pairs: Vec<(&PairStats, f64)> = a
             .disagreement
             .pairs
             .iter()
-            .filter(|p| p.flip_rate > max)
+            .map(|p| {
+                let beyond = flip_rate_beyond_floor(p, floor(p.a), floor(p.b), bounds.bound);
+                (p, beyond)
+            })
+            .filter(|(_, beyond)| *beyond > max)
             .collect();
-        pairs.sort_by(|x, y| y.flip_rate.total_cmp(&x.flip_rate));
-        for p in pairs {
+        pairs.sort_by(|x, y| y.1.total_cmp(&x.1));
+        for (p, beyond) in pairs {
             let dims = cells::differences(&a.cells[p.a], &a.cells[p.b]);
             if dims.iter().any(|d| bounds.skip.contains(d)) {
                 continue;
@@ -42,9 +99,16 @@ pub fn check(a: &Analysis, bounds: &Bounds) -> Vec<Violation> {
             let names: Vec<&str> = dims.iter().map(|d| d.name()).collect();
             out.push(Violation {
                 what: format!(
-                    "flip rate {:.2}% > {:.2}%: {} [{}] vs {} [{}] ({} images; differ in {})",
-                    100.0 * p.flip_rate,
+                    "flip rate beyond floor {:.2}% > {:.2}% (rate {:.2}% [{:.2}%, {:.2}%] at its {}, \
+                     less floors {:.2}% + {:.2}%): {} [{}] vs {} [{}] ({} images; differ in {})",
+                    100.0 * beyond,
                     100.0 * max,
+                    100.0 * p.flip_rate,
+                    100.0 * p.flip_ci.0,
+                    100.0 * p.flip_ci.1,
+                    bounds.bound.name(),
+                    100.0 * floor(p.a),
+                    100.0 * floor(p.b),
                     a.cells[p.a].cell_id,
                     a.cells[p.a].short(),
                     a.cells[p.b].cell_id,

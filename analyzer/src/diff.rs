@@ -2,7 +2,9 @@
 //! engine upgrade. Cells match by id, or else by everything but the engine version (an upgrade
 //! changes the id); each matched pair is compared on outputs (flips, identical logits, logit
 //! differences) and on latency (relative change of p50 with a bootstrap interval, flagged when it
-//! slows down beyond the cells' noise).
+//! slows down beyond the cells' noise). [`regressions`] turns it into a gate: B regresses where a
+//! matched cell flips beyond its run-to-run floors or slows beyond its noise (like diff(1), any
+//! difference beyond noise counts unless thresholds loosen it).
 
 use std::collections::HashMap;
 
@@ -10,6 +12,7 @@ use deltann_store::{Store, Table};
 use serde::{Deserialize, Serialize};
 
 use crate::cells::{self, CellInfo};
+use crate::check::{self, Bound, Violation};
 use crate::disagreement::{self, PairStats};
 use crate::error::Result;
 use crate::stats::{self, Estimate};
@@ -22,6 +25,11 @@ pub struct Matched {
     /// Matched by identical id (else by environment without the engine version).
     pub same_id: bool,
     pub outputs: PairStats,
+    /// Each side's run-to-run flip rate (0 when it ran one repetition).
+    #[serde(default)]
+    pub floor_a: f64,
+    #[serde(default)]
+    pub floor_b: f64,
     pub p50_a_ms: Option<f64>,
     pub p50_b_ms: Option<f64>,
     pub latency_change: Option<Estimate>,
@@ -116,7 +124,7 @@ pub fn diff(a: &Store, b: &Store, noise_multiple: f64) -> Result<Diff> {
     let sorted = d.sorted_latencies_ms();
     let matched = pairs
         .iter()
-        .zip(d.pairs)
+        .zip(d.pairs.iter().cloned())
         .map(|(&(i, j, same_id), outputs)| {
             let (la, lb) = (&sorted[i], &sorted[j + offset]);
             let change = stats::relative_change(la, lb, 0.5, 2000, (i as u64) << 32 | j as u64);
@@ -127,6 +135,8 @@ pub fn diff(a: &Store, b: &Store, noise_multiple: f64) -> Result<Diff> {
                 a: cells_a[i].clone(),
                 b: cells_b[j].clone(),
                 same_id,
+                floor_a: d.floor_rate(i),
+                floor_b: d.floor_rate(j + offset),
                 outputs,
                 p50_a_ms: stats::quantile(la, 0.5).map(|e| e.value),
                 p50_b_ms: stats::quantile(lb, 0.5).map(|e| e.value),
@@ -142,4 +152,57 @@ pub fn diff(a: &Store, b: &Store, noise_multiple: f64) -> Result<Diff> {
         only_a,
         only_b,
     })
+}
+
+/// Where B regresses on A: matched cells whose flip rate beyond both sides' floors, at `bound`,
+/// exceeds `max_flip_rate`, or whose p50 latency is flagged slower (beyond the noise, interval
+/// above zero) by more than `max_slowdown`.
+pub fn regressions(
+    d: &Diff,
+    max_flip_rate: f64,
+    bound: Bound,
+    max_slowdown: f64,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for m in &d.matched {
+        let o = &m.outputs;
+        let beyond = check::flip_rate_beyond_floor(o, m.floor_a, m.floor_b, bound);
+        if beyond > max_flip_rate {
+            out.push(Violation {
+                what: format!(
+                    "{} [{}]: {} of {} images flip ({:.2}% [{:.2}%, {:.2}%]); beyond floors \
+                     {:.2}% + {:.2}% at its {}: {:.2}% > {:.2}%",
+                    m.a.cell_id,
+                    m.a.short(),
+                    o.flips,
+                    o.images,
+                    100.0 * o.flip_rate,
+                    100.0 * o.flip_ci.0,
+                    100.0 * o.flip_ci.1,
+                    100.0 * m.floor_a,
+                    100.0 * m.floor_b,
+                    bound.name(),
+                    100.0 * beyond,
+                    100.0 * max_flip_rate,
+                ),
+            });
+        }
+        if let Some(c) = m
+            .latency_change
+            .filter(|c| m.flagged && c.value > max_slowdown)
+        {
+            out.push(Violation {
+                what: format!(
+                    "{} [{}]: p50 {:+.1}% [{:+.1}%, {:+.1}%] slower, beyond its noise and > {:.1}%",
+                    m.a.cell_id,
+                    m.a.short(),
+                    100.0 * c.value,
+                    100.0 * c.lo,
+                    100.0 * c.hi,
+                    100.0 * max_slowdown,
+                ),
+            });
+        }
+    }
+    out
 }

@@ -357,9 +357,19 @@ pub struct Compared {
     pub pairs: Vec<PairStats>,
     /// Per-image latency of every output row, per cell (nanoseconds).
     pub latencies: Vec<Vec<i64>>,
+    /// Per cell, its repetitions' run-to-run floor: (later repetitions compared, top-1 flips).
+    pub floors: Vec<(u64, u64)>,
 }
 
 impl Compared {
+    /// A cell's run-to-run flip rate (0 when it ran one repetition: no floor is known).
+    pub fn floor_rate(&self, cell: usize) -> f64 {
+        match self.floors.get(cell) {
+            Some(&(compared, flips)) if compared > 0 => flips as f64 / compared as f64,
+            _ => 0.0,
+        }
+    }
+
     /// Each cell's per-row latencies in milliseconds, sorted (what quantiles need).
     pub fn sorted_latencies_ms(&self) -> Vec<Vec<f64>> {
         sorted_ms(&self.latencies)
@@ -392,6 +402,7 @@ pub fn compare_stores(
     let mut merge = Merge::open(&paths)?;
     let mut acc: Vec<PairAcc> = vec![PairAcc::default(); pairs.len()];
     let mut latencies: Vec<Vec<i64>> = vec![Vec::new(); cells];
+    let mut floors = vec![(0u64, 0u64); cells];
     let mut entries: Vec<Option<Entry>> = (0..cells).map(|_| None).collect();
     while let Some((id, slots)) = merge.next_image()? {
         for e in &mut entries {
@@ -402,8 +413,10 @@ pub fn compare_stores(
             if entries[cell].is_some() {
                 continue;
             }
-            if let Some((first, _, lat)) = merge::first_and_floor(rows) {
+            if let Some((first, floor, lat)) = merge::first_and_floor(rows) {
                 latencies[cell].extend(lat);
+                floors[cell].0 += u64::from(floor.compared);
+                floors[cell].1 += u64::from(floor.flips);
                 entries[cell] = Some(Entry::new(first));
             }
         }
@@ -421,5 +434,6 @@ pub fn compare_stores(
             .map(|(&(a, b), acc)| PairStats::from_acc(acc, a, b, false))
             .collect(),
         latencies,
+        floors,
     })
 }

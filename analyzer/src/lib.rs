@@ -29,6 +29,7 @@ pub mod format;
 pub mod frames;
 pub mod merge;
 pub mod metrics;
+pub mod pictures;
 pub mod provider;
 pub mod queries;
 pub mod report;

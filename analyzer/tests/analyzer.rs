@@ -44,6 +44,7 @@ fn hand_store(dir: &Path) -> Store {
         optimization: opt,
         threads: 1,
         rows,
+        second: None,
     };
     synth::write_hand(
         dir,
@@ -263,6 +264,7 @@ fn check_gates_on_flip_rate_and_slowdown() {
         max_flip_rate: flip,
         max_slowdown: slow,
         skip,
+        bound: check::Bound::Point,
     };
     let all = check::check(&a, &bounds(Some(0.01), None, vec![]));
     assert!(all.iter().any(|v| v.what.contains("precision")), "{all:?}");
@@ -416,12 +418,12 @@ fn saved_queries_snapshot() {
     let root = dir.path().join("s");
     derived::advance(&Store::open(&root).unwrap(), false, &mut |_| {}).unwrap();
     let session = Session::open(&root, false).unwrap();
-    for q in queries::ALL {
+    for (name, sql) in queries::BUILT_IN {
         let out = session
-            .run_blocking(q.sql)
-            .unwrap_or_else(|e| panic!("saved query {} failed: {e}", q.name));
+            .run_blocking(sql)
+            .unwrap_or_else(|e| panic!("saved query {name} failed: {e}"));
         let text = format::render(&out[0].batches, PrintFormat::Markdown, Some(25)).unwrap();
-        insta::assert_snapshot!(q.name, text);
+        insta::assert_snapshot!(*name, text);
     }
 }
 
@@ -702,7 +704,7 @@ fn flip_matrix_from_comparisons_equals_the_raw_self_join() {
     let session = Session::open(&root, false).unwrap();
     let run = |name: &str| {
         let out = session
-            .run_blocking(queries::get(name).unwrap().sql)
+            .run_blocking(&queries::Catalog::built_in().get(name).unwrap().sql)
             .unwrap();
         format::render(&out[0].batches, PrintFormat::Csv, None).unwrap()
     };
@@ -858,6 +860,7 @@ fn polars_frames_equal_the_hand_written_pass() {
                     )
                 })
                 .collect(),
+            second: None,
         })
         .collect();
     let root = dir.path().join("ties");

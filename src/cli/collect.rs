@@ -92,12 +92,86 @@ pub fn run(args: &CollectArgs) -> anyhow::Result<ExitCode> {
     if let Some(peak) = worker_peak {
         println!("worker peak memory {peak:.0} MiB (largest cell of this run)");
     }
+    disagreement(&lines);
+    next_steps(&store);
     let any_failed = lines.iter().any(|l| l.status == "failed");
     Ok(if any_failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// One line on what the sweep is for: which cells answer differently from their family's
+/// reference.
+fn disagreement(lines: &[CellSummary]) {
+    let mut differing: Vec<&CellSummary> = lines
+        .iter()
+        .filter(|l| l.reference.is_some() && l.agreement.is_some_and(|(a, n)| a < n))
+        .collect();
+    let compared = lines
+        .iter()
+        .filter(|l| l.reference.is_some() && l.agreement.is_some_and(|(_, n)| n > 0))
+        .count();
+    if differing.is_empty() {
+        println!(
+            "disagreement: none; all {compared} cells compared give their family's reference's \
+             top-1 on every image"
+        );
+        return;
+    }
+    differing.sort_by(|x, y| {
+        let share = |l: &CellSummary| l.agreement.map_or(1.0, |(a, n)| a as f64 / n as f64);
+        share(x).total_cmp(&share(y))
+    });
+    let worst: Vec<String> = differing
+        .iter()
+        .take(3)
+        .map(|l| {
+            let (a, n) = l.agreement.unwrap_or((0, 0));
+            format!("{} {} ({} of {n} images differ)", l.model, l.tag, n - a)
+        })
+        .collect();
+    println!(
+        "disagreement: {} of {compared} cells give another top-1 than their family's reference \
+         on some image; most: {}",
+        differing.len(),
+        worst.join("; ")
+    );
+}
+
+/// The commands that look at what was collected, ready to paste into a shell.
+fn next_steps(store: &std::path::Path) {
+    let me = std::env::args()
+        .next()
+        .unwrap_or_else(|| "deltann".to_string());
+    let s = tidy(store);
+    let s = s.display();
+    println!(
+        "\nnext:\n  # tables in the terminal\n  {me} report {s}\n  # plots and an image gallery, \
+         to open in a browser\n  {me} report {s} --format html -o report.html\n  # browse the \
+         disagreements, down to one image's top-5 in every cell\n  {me} tui {s}"
+    );
+}
+
+/// `data/../results/demo` as `results/demo`: `..` after a named folder cancels it (the sweep
+/// file's folder joined with its relative `store`).
+fn tidy(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for c in path.components() {
+        match (c, out.last()) {
+            (Component::CurDir, _) => {}
+            (Component::ParentDir, Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            _ => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        return std::path::PathBuf::from(".");
+    }
+    out.iter().collect()
 }
 
 /// The summary as a table: one row per cell.

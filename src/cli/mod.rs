@@ -62,7 +62,7 @@ pub enum Command {
     Plan(PlanArgs),
     /// Run a sweep's cells into the result store; rerun to resume after a crash or Ctrl-C.
     Collect(CollectArgs),
-    /// Run SQL over a store (or a saved query from queries/ with --saved NAME).
+    /// Run SQL over a store (or a saved query with --saved NAME; --list shows them).
     Query(QueryArgs),
     /// Interactive SQL shell over a store (batch mode with -f FILE or piped input).
     Sql(SqlArgs),
@@ -72,7 +72,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Gate: exit 0 when flip rates and slowdowns are within bounds, 1 when not, 2 on error.
     Check(CheckArgs),
-    /// Compare the same cells in two stores (e.g. before and after an engine upgrade).
+    /// Compare the same cells in two stores (e.g. before and after an engine upgrade); exit 1
+    /// when the second regresses beyond noise.
     Diff(DiffArgs),
     /// Browse a store in the terminal: heatmap, disagreements, images, performance, SQL.
     Tui(TuiArgs),
@@ -247,6 +248,8 @@ pub enum ReportFormatArg {
     Table,
     Markdown,
     Json,
+    /// One self-contained page with plots and an image gallery (give -o FILE).
+    Html,
 }
 
 impl From<ReportFormatArg> for deltann_analyzer::report::ReportFormat {
@@ -256,6 +259,8 @@ impl From<ReportFormatArg> for deltann_analyzer::report::ReportFormat {
             ReportFormatArg::Table => R::Table,
             ReportFormatArg::Markdown => R::Markdown,
             ReportFormatArg::Json => R::Json,
+            // Rendered by deltann-html, not by the analyzer's text report.
+            ReportFormatArg::Html => R::Table,
         }
     }
 }
@@ -271,10 +276,10 @@ pub struct QueryArgs {
     /// comment).
     #[arg(allow_hyphen_values = true)]
     pub sql: Option<String>,
-    /// Run a saved query from queries/ by name instead.
+    /// Run a saved query by name instead (see --list and below for where they are read).
     #[arg(long, value_name = "NAME")]
     pub saved: Option<String>,
-    /// List the saved queries and what each answers.
+    /// List the saved queries, what each answers and where each comes from.
     #[arg(long)]
     pub list: bool,
     /// Output format.
@@ -297,6 +302,11 @@ Tables: runs, models, images, cells, outputs (partitioned by model and engine), 
 pairs (the numbered pairs, with images and flips); views: cells_latest (each cell's latest
 attempt) and predictions (outputs joined with their cell's environment). Columns are documented
 in docs/STORE.md. Only committed parts are read.
+
+Saved queries are read at run time: the built-in ones (the repository's queries/, compiled in),
+then NAME.sql files in ~/.config/deltann/queries ($XDG_CONFIG_HOME), ./queries and the folders of
+$DELTANN_QUERIES (colon-separated), a later folder replacing a query of the same name. A file's
+first comment lines say what it answers.
 
 Examples:
   deltann query results/demo \"SELECT tag, latency_p50_ms FROM cells_latest ORDER BY 2\"
@@ -415,6 +425,13 @@ pub struct ReportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormatArg::Table)]
     pub format: ReportFormatArg,
+    /// Write the report to this file instead of standard output (written whole, then renamed
+    /// into place).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Images in the HTML report's gallery of unstable images.
+    #[arg(long, default_value_t = 12, value_name = "N")]
+    pub gallery: usize,
     /// Show every row of every section (JSON always has everything).
     #[arg(long)]
     pub all: bool,
@@ -452,13 +469,21 @@ impl From<FramesArg> for deltann_analyzer::frames::Engine {
 
 /// Arguments of `deltann check`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = CHECK_HELP)]
 pub struct CheckArgs {
     /// The result store.
     #[arg(value_parser = existing_store)]
     pub store: PathBuf,
-    /// Fail when two cells of a family disagree on more than this share of images (0.05 or 5%).
+    /// Fail when two cells of a family disagree on more than this share of images (0.05 or 5%)
+    /// beyond their own run-to-run floors (the sum of each cell's top-1 flip rate between its
+    /// repetitions; 0 for a cell run once).
     #[arg(long, value_name = "R", value_parser = fraction)]
     pub max_flip_rate: Option<f64>,
+    /// Which value of a pair's flip rate is held to --max-flip-rate: the observed rate, or the
+    /// lower or upper end of its 95% interval (lower: fail only what the images prove; upper:
+    /// fail also what they cannot rule out).
+    #[arg(long, value_enum, default_value_t = BoundArg::Point)]
+    pub bound: BoundArg,
     /// Fail when a change meant to speed things up slows p50 latency by more than this
     /// (0.1 or 10%), by more than its noise floor (see --noise-multiple), and with an interval
     /// that excludes no change.
@@ -473,8 +498,42 @@ pub struct CheckArgs {
     pub noise_multiple: f64,
 }
 
+const CHECK_HELP: &str = "\
+Exit status: 0 within bounds, 1 outside (each offending pair printed as FAIL ...), 2 on error.
+
+In CI, after a sweep of the candidate build:
+  deltann collect sweep.toml
+  deltann check results --max-flip-rate 1% --bound lower --skip precision --max-slowdown 10%
+fails the job only when some pair of environments disagrees on more than 1% of the images
+beyond what each environment disagrees with itself (run the sweep with repetitions >= 2 so the
+floor is measured), with 95% confidence, leaving intended int8/fp16 variants out; or when an
+optimisation meant to speed things up slows p50 by more than 10% beyond its noise.";
+
+/// Which value of a flip rate a gate compares (see `check --help`).
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum BoundArg {
+    /// The observed rate.
+    #[default]
+    Point,
+    /// The lower end of the 95% Wilson interval.
+    Lower,
+    /// The upper end of the 95% Wilson interval.
+    Upper,
+}
+
+impl From<BoundArg> for deltann_analyzer::check::Bound {
+    fn from(b: BoundArg) -> Self {
+        match b {
+            BoundArg::Point => Self::Point,
+            BoundArg::Lower => Self::Lower,
+            BoundArg::Upper => Self::Upper,
+        }
+    }
+}
+
 /// Arguments of `deltann diff`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = DIFF_HELP)]
 pub struct DiffArgs {
     /// The first store (before).
     #[arg(value_parser = existing_store)]
@@ -485,10 +544,31 @@ pub struct DiffArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Tolerate this share of flipped images per matched cell beyond both sides' run-to-run
+    /// floors (default 0: any flip beyond the floors is a regression).
+    #[arg(long, value_name = "R", value_parser = fraction, default_value = "0")]
+    pub max_flip_rate: f64,
+    /// Which value of the flip rate is held to --max-flip-rate (as in `check`).
+    #[arg(long, value_enum, default_value_t = BoundArg::Point)]
+    pub bound: BoundArg,
+    /// Tolerate p50 slowdowns up to this (0.1 or 10%) even when beyond the noise (default 0:
+    /// every flagged slowdown is a regression).
+    #[arg(long, value_name = "S", value_parser = fraction, default_value = "0")]
+    pub max_slowdown: f64,
     /// Flag slowdowns larger than this many times the cells' combined latency dispersion.
     #[arg(long, default_value_t = 1.0, value_name = "K")]
     pub noise_multiple: f64,
 }
+
+const DIFF_HELP: &str = "\
+Exit status, like diff(1): 0 when B does not regress on A, 1 when it does (each regression
+printed as REGRESSION ...), 2 on error. B regresses where a matched cell's top-1 flip rate
+beyond both sides' run-to-run floors exceeds --max-flip-rate, or where its p50 latency is
+flagged slower (beyond --noise-multiple times the cells' dispersion, 95% interval above zero)
+by more than --max-slowdown.
+
+Gating an engine upgrade in CI (the same sweep run with the old and the new library):
+  deltann diff results-1.31 results-1.32 --max-flip-rate 0.5% --bound lower --max-slowdown 5%";
 
 /// Arguments of `deltann tui`.
 #[derive(Debug, clap::Args)]

@@ -8,24 +8,65 @@ use deltann_analyzer::queries;
 
 use super::QueryArgs;
 
+fn folders(catalog: &queries::Catalog) -> String {
+    if catalog.folders.is_empty() {
+        "none, only the built-in ones".into()
+    } else {
+        catalog
+            .folders
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Prints every saved query with what it answers and where it comes from, then any file that
+/// could not be used.
+pub fn list(catalog: &queries::Catalog) {
+    for q in catalog.all() {
+        let source = match &q.replaces {
+            Some(old) => format!("{} (replaces {old})", q.source),
+            None => q.source.to_string(),
+        };
+        println!(
+            "{:<24} {}\n{:<24} from {source}",
+            q.name,
+            q.description(),
+            ""
+        );
+    }
+    println!(
+        "\nFolders read (later ones replace a query of the same name): {}. Add a query by \
+         saving NAME.sql, its first comment lines saying what it answers, in \
+         ~/.config/deltann/queries, ./queries or a folder of $DELTANN_QUERIES.",
+        folders(catalog)
+    );
+    for w in &catalog.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
 pub fn run(args: &QueryArgs) -> anyhow::Result<ExitCode> {
+    let catalog = queries::Catalog::load();
     if args.list {
-        for q in queries::ALL {
-            println!("{:<24} {}", q.name, q.description());
-        }
+        list(&catalog);
         return Ok(ExitCode::SUCCESS);
     }
     let Some(store) = &args.store else {
         anyhow::bail!("give a store directory (or --list to see the saved queries)");
     };
     let sql = match (&args.saved, &args.sql) {
-        (Some(name), None) => match queries::get(name) {
-            Some(q) => q.sql.to_string(),
+        (Some(name), None) => match catalog.get(name) {
+            Some(q) => q.sql.clone(),
             None => {
-                let names: Vec<&str> = queries::ALL.iter().map(|q| q.name).collect();
+                for w in &catalog.warnings {
+                    eprintln!("warning: {w}");
+                }
                 anyhow::bail!(
-                    "no saved query `{name}`; saved queries: {}",
-                    names.join(", ")
+                    "no saved query `{name}`; saved queries: {} (folders read: {})",
+                    catalog.names().join(", "),
+                    folders(&catalog)
                 );
             }
         },

@@ -11,7 +11,9 @@ use deltann_analyzer::diff;
 use deltann_analyzer::report::{self, Limits};
 use deltann_store::Store;
 
-use super::{CheckArgs, DiffArgs, ReportArgs};
+use anyhow::Context as _;
+
+use super::{CheckArgs, DiffArgs, ReportArgs, ReportFormatArg};
 
 fn options(noise_multiple: f64) -> Options {
     Options {
@@ -20,12 +22,57 @@ fn options(noise_multiple: f64) -> Options {
     }
 }
 
+/// Writes `text` to `path` atomically (a temporary file beside it, then a rename), or prints it.
+fn emit(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        println!("{text}");
+        return Ok(());
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{}: cannot write here", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    // A temporary file is private (0600); the report is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    tmp.persist(path)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    eprintln!("wrote {} ({} bytes)", path.display(), text.len());
+    Ok(())
+}
+
 pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&args.store)?;
     let options = Options {
         frames: args.frames.into(),
         ..options(args.noise_multiple)
     };
+    if matches!(args.format, ReportFormatArg::Html) {
+        // The latency distributions need every row's latency, which the cached summary leaves
+        // out: the page is drawn from a fresh analysis of the derived tables.
+        let analysis = analysis::analyze(&store, &options)?;
+        let (detail, paths) = deltann_html::gallery_inputs(&store, &analysis)?;
+        let html = deltann_html::render(
+            &analysis,
+            detail.as_ref(),
+            &paths,
+            &deltann_html::Options {
+                gallery: args.gallery,
+                ..deltann_html::Options::default()
+            },
+        )?;
+        emit(args.output.as_deref(), &html)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let analysis = analysis::cached(&store, &options, !args.no_cache)?;
     let limits = if args.all {
         Limits {
@@ -38,7 +85,10 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     } else {
         Limits::default()
     };
-    println!("{}", report::render(&analysis, args.format.into(), limits)?);
+    emit(
+        args.output.as_deref(),
+        &report::render(&analysis, args.format.into(), limits)?,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -50,6 +100,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let analysis = analysis::cached(&store, &options(args.noise_multiple), true)?;
     let bounds = Bounds {
         max_flip_rate: args.max_flip_rate,
+        bound: args.bound.into(),
         max_slowdown: args.max_slowdown,
         skip: args.skip.iter().map(|d| d.0).collect(),
     };
@@ -72,9 +123,16 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 pub fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     let (a, b) = (Store::open(&args.store_a)?, Store::open(&args.store_b)?);
     let d = diff::diff(&a, &b, args.noise_multiple)?;
+    let regressions =
+        diff::regressions(&d, args.max_flip_rate, args.bound.into(), args.max_slowdown);
+    let status = if regressions.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&d)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(status);
     }
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
@@ -131,5 +189,19 @@ pub fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     for c in &d.only_b {
         println!("only in B: {} {}", c.cell_id, c.short());
     }
-    Ok(ExitCode::SUCCESS)
+    for r in &regressions {
+        println!("REGRESSION {}", r.what);
+    }
+    if regressions.is_empty() {
+        println!(
+            "no regression: {} matched cells within --max-flip-rate {:.2}% beyond their floors \
+             and --max-slowdown {:.1}% beyond their noise",
+            d.matched.len(),
+            100.0 * args.max_flip_rate,
+            100.0 * args.max_slowdown
+        );
+    } else {
+        println!("{} regression(s)", regressions.len());
+    }
+    Ok(status)
 }

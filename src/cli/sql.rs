@@ -110,13 +110,11 @@ impl Shell {
                 }
             }
             ("\\saved", None) => {
-                for q in queries::ALL {
-                    println!("{:<24} {}", q.name, q.description());
-                }
+                super::query::list(&queries::Catalog::load());
                 true
             }
-            ("\\saved", Some(name)) => match queries::get(name) {
-                Some(q) => self.execute(q.sql),
+            ("\\saved", Some(name)) => match queries::Catalog::load().get(name) {
+                Some(q) => self.execute(&q.sql),
                 None => {
                     eprintln!("error: no saved query `{name}` (\\saved lists them)");
                     false

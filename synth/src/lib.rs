@@ -752,6 +752,8 @@ pub struct HandCell {
     pub threads: i32,
     /// (image id, label, logits, latency in ms), one row each (repetition 0).
     pub rows: Vec<(&'static str, Option<i32>, Vec<f32>, f64)>,
+    /// A second repetition's logits, one per row (same latency): a cell's run-to-run noise.
+    pub second: Option<Vec<Vec<f32>>>,
 }
 
 /// Writes a store from hand-written cells, all of family `family0`: for tests whose expected
@@ -763,7 +765,11 @@ pub fn write_hand(root: &Path, cells: &[HandCell]) -> Result<()> {
     let (store, _) = StoreWriter::open(root)?;
     let spec = Spec {
         images: cells.first().map_or(0, |c| c.rows.len()),
-        repetitions: 1,
+        repetitions: if cells.iter().any(|c| c.second.is_some()) {
+            2
+        } else {
+            1
+        },
         ..Spec::small()
     };
     let started = deltann_store::now_micros();
@@ -784,6 +790,10 @@ pub fn write_hand(root: &Path, cells: &[HandCell]) -> Result<()> {
             let ns = (ms * 1e6) as i64;
             latencies.push(ns);
             rows.push(hand.id, image, *label, 0, index as i64, 1, logits, true, ns);
+            if let Some(second) = hand.second.as_ref().and_then(|s| s.get(index)) {
+                latencies.push(ns);
+                rows.push(hand.id, image, *label, 1, index as i64, 1, second, true, ns);
+            }
         }
         rows.flush_into(&store, &cell)?;
         rows.commit(&store, &cell)?;

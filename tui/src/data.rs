@@ -15,8 +15,7 @@ use deltann_analyzer::analysis::{self, Options};
 use deltann_analyzer::cells;
 use deltann_analyzer::context::Session;
 use deltann_analyzer::detail::{Detail, DetailRow};
-use deltann_store::schema::col;
-use deltann_store::{Store, Table};
+use deltann_store::Store;
 
 use crate::app::{Action, Request, SQL_ROWS, SqlResult};
 
@@ -66,7 +65,7 @@ impl Loader {
                             .enumerate()
                             .map(|(i, c)| (c.cell_id.clone(), i))
                             .collect();
-                        Ok((a, image_paths(&store)))
+                        Ok((a, deltann_analyzer::cells::image_paths(&store)))
                     });
                 match result {
                     Ok((a, paths)) => {
@@ -80,7 +79,9 @@ impl Loader {
                     Some(d) => d.lookup(&id).map_err(|e| e.to_string()),
                     None => self.detail_by_sql(&id),
                 };
-                let picture = path.as_deref().and_then(picture);
+                let picture = path
+                    .as_deref()
+                    .and_then(|p| deltann_analyzer::pictures::upright(p, PICTURE_MAX));
                 let mut actions = vec![Action::ImageLoaded(id.clone(), rows, picture)];
                 if let Some(localization) = localization {
                     let curve = Store::open(&self.store)
@@ -225,55 +226,9 @@ impl Loader {
     }
 }
 
-/// Image id -> file, from the store's `images` table.
-fn image_paths(store: &Store) -> HashMap<String, PathBuf> {
-    let mut out = HashMap::new();
-    for batch in store
-        .scan_table(Table::Images, &[col::IMAGE_ID, col::PATH])
-        .flatten()
-    {
-        if let (Some(ids), Some(paths)) = (
-            batch
-                .column_by_name(col::IMAGE_ID)
-                .and_then(|c| c.as_string_opt::<i32>()),
-            batch
-                .column_by_name(col::PATH)
-                .and_then(|c| c.as_string_opt::<i32>()),
-        ) {
-            for (id, path) in ids.iter().zip(paths.iter()) {
-                if let (Some(id), Some(path)) = (id, path) {
-                    out.insert(id.to_string(), PathBuf::from(path));
-                }
-            }
-        }
-    }
-    out
-}
-
 /// The largest picture side kept for display: more than any terminal shows, small enough that
 /// encoding it for the terminal on the UI thread is quick.
 const PICTURE_MAX: u32 = 512;
-
-/// Decodes a picture for display, upright (EXIF orientation applied), at most [`PICTURE_MAX`]
-/// pixels a side.
-fn picture(path: &Path) -> Option<image::DynamicImage> {
-    use image::ImageDecoder;
-    let mut decoder = image::ImageReader::open(path)
-        .ok()?
-        .with_guessed_format()
-        .ok()?
-        .into_decoder()
-        .ok()?;
-    let orientation = decoder.orientation().ok();
-    let mut img = image::DynamicImage::from_decoder(decoder).ok()?;
-    if let Some(o) = orientation {
-        img.apply_orientation(o);
-    }
-    if img.width() > PICTURE_MAX || img.height() > PICTURE_MAX {
-        img = img.thumbnail(PICTURE_MAX, PICTURE_MAX);
-    }
-    Some(img)
-}
 
 /// What the UI thread receives.
 pub enum Event {

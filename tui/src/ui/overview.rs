@@ -7,14 +7,13 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, List, ListItem, ListState, Paragraph, Row, Table};
+use ratatui::widgets::{Cell, List, ListItem, ListState, Paragraph, Row, Table, Wrap};
 
 use super::{flip_color, focused_block, pct, selected, window};
 use crate::app::{App, Focus};
 
 pub fn draw(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
-    let cells = app.family_cells();
-    let heat_width = (cells.len() as u16 * 2 + 7).clamp(30, (area.width / 2).max(30));
+    let heat_width = heat_width(app, a, area.width);
     let [left, right] =
         Layout::horizontal([Constraint::Length(heat_width), Constraint::Min(20)]).areas(area);
     draw_heatmap(frame, left, app, a);
@@ -36,10 +35,47 @@ fn pair_rate(a: &Analysis, x: usize, y: usize) -> Option<(f64, u64)> {
         .map(|p| (p.flip_rate, p.images))
 }
 
+fn heat_title(app: &App, a: &Analysis) -> String {
+    let family = a.groups.get(app.family).map_or("", |g| g.family.as_str());
+    format!("Flip rate: {family} (f: next family)")
+}
+
+/// The colour legend under the heatmap, and its width in columns.
+fn legend() -> (Line<'static>, u16) {
+    let line = Line::from(vec![
+        Span::raw("0 "),
+        Span::styled("██", Style::default().fg(Color::DarkGray)),
+        Span::raw(" ≤1% "),
+        Span::styled("██", Style::default().fg(Color::Green)),
+        Span::raw(" ≤5% "),
+        Span::styled("██", Style::default().fg(Color::Yellow)),
+        Span::raw(" ≤10% "),
+        Span::styled("██", Style::default().fg(Color::Magenta)),
+        Span::raw(" more "),
+        Span::styled("██", Style::default().fg(Color::Red)),
+    ]);
+    let width = line.width() as u16;
+    (line, width)
+}
+
+/// What the heatmap needs: its squares, its title and its legend whole (the pair line, e.g.
+/// "#12 vs #13: 12.5% flips of 1000", fits in that), up to half a narrow screen and three fifths
+/// of a wide one; the cells table takes the rest.
+fn heat_width(app: &App, a: &Analysis, width: u16) -> u16 {
+    let squares = app.family_cells().len() as u16 * 2 + 7;
+    let title = heat_title(app, a).chars().count() as u16 + 4;
+    let needed = squares.max(title).max(legend().1 + 2).max(34);
+    let share = if width >= 120 {
+        width * 3 / 5
+    } else {
+        width / 2
+    };
+    needed.min(share.max(30))
+}
+
 fn draw_heatmap(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
     let cells = app.family_cells();
-    let family = a.groups.get(app.family).map_or("", |g| g.family.as_str());
-    let title = format!("Flip rate: {family} (f: next family)");
+    let title = heat_title(app, a);
     let block = focused_block(&title, app.focus == Focus::Heatmap);
     let inner = block.inner(area);
     frame.render_widget(block, area);
@@ -97,19 +133,10 @@ fn draw_heatmap(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
         info,
         Style::default().add_modifier(Modifier::BOLD),
     )));
-    lines.push(Line::from(vec![
-        Span::raw("0 "),
-        Span::styled("██", Style::default().fg(Color::DarkGray)),
-        Span::raw(" ≤1% "),
-        Span::styled("██", Style::default().fg(Color::Green)),
-        Span::raw(" ≤5% "),
-        Span::styled("██", Style::default().fg(Color::Yellow)),
-        Span::raw(" ≤10% "),
-        Span::styled("██", Style::default().fg(Color::Magenta)),
-        Span::raw(" more "),
-        Span::styled("██", Style::default().fg(Color::Red)),
-    ]));
-    frame.render_widget(Paragraph::new(lines), inner);
+    lines.push(legend().0);
+    // On a narrow screen the pair line and the legend wrap rather than lose their ends (the
+    // squares' rows are cut to fit, so they never wrap).
+    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
 }
 
 fn draw_cells(frame: &mut Frame<'_>, area: Rect, app: &App, a: &Analysis) {
