@@ -511,6 +511,18 @@ fn saved_queries_are_read_from_folders_at_run_time() {
     let out = run(&["query", s, "--saved", "slowest_cells", "--format", "csv"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    // A store named through `..` (as `scripts/study.sh` names one relative to the repository).
+    let dotted = home.join("..").join("s");
+    let out = run(&[
+        "query",
+        dotted.to_str().unwrap(),
+        "--saved",
+        "cell_count",
+        "--format",
+        "csv",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "n\n37");
     let out = run(&["query", s, "--saved", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(

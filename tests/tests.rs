@@ -19,6 +19,7 @@ mod python_engines;
 mod reference;
 mod resume;
 mod store_health;
+mod study;
 mod tui_tmux;
 mod upgrade;
 mod util;

@@ -78,8 +78,9 @@ impl Session {
     pub fn open(root: &Path, allow_write: bool) -> Result<Self> {
         deltann_store::Store::open(root)?;
         // DataFusion's local object store resolves file paths from `/`, so a relative store path
-        // (`deltann query results ...`) must become absolute before parts are listed.
-        let root = &std::path::absolute(root)
+        // (`deltann query results ...`) must become absolute before parts are listed, and
+        // without `..` (an object-store path keeps it as a literal `%2E%2E` folder).
+        let root = &std::fs::canonicalize(root)
             .map_err(|e| Error::Io(format!("{}: cannot resolve the path: {e}", root.display())))?;
         // Parquet filter pushdown (late materialisation) stays off, DataFusion's default: on the
         // one-million-row benchmark store it made the flip matrix 25% slower, and point lookups
