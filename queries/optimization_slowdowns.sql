@@ -15,7 +15,7 @@ p50 AS (
               WHEN 'extended' THEN 2 WHEN 'all' THEN 3 WHEN 'optimized' THEN 3 END AS level
   FROM cell_p50
 )
-SELECT a.model, a.engine, a.threads, a.batch_size,
+SELECT a.model, a.engine, a.engine_version, a.threads, a.batch_size,
        a.optimization AS from_optimization,
        b.optimization AS to_optimization,
        round(a.p50_ms, 3) AS from_p50_ms,
@@ -25,4 +25,5 @@ FROM p50 a JOIN p50 b
   ON a.model = b.model AND a.engine = b.engine AND a.engine_version = b.engine_version
  AND a.threads = b.threads AND a.batch_size = b.batch_size AND a.resize_filter = b.resize_filter
  AND a.level < b.level
-ORDER BY change DESC, a.model, a.engine, a.threads, a.batch_size, from_optimization, to_optimization;
+ORDER BY change DESC, a.model, a.engine, a.engine_version, a.threads, a.batch_size, a.resize_filter,
+         from_optimization, to_optimization;

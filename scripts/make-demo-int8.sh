@@ -6,13 +6,14 @@
 # Inputs and outputs stay float32, so the sweep runs it exactly as the fp32 file.
 #
 # The demo needs a variant that disagrees with the fp32 model for the report and the TUI to have
-# something to show; int8 does on these photos (the cat is a near tie). The pinned packages live in
+# something to show; int8 does on these photos (it calls the astronaut a football helmet where
+# fp32 says bobsled, a near tie). The pinned packages live in
 # a virtual environment under ${DELTANN_HOME:-~/.cache/deltann}/venv/demo-int8, made once.
 #
 # Usage: scripts/make-demo-int8.sh [OUTPUT]   (default data/efficientnet-lite0-int8.onnx)
 set -euo pipefail
+out="$(realpath -m "${1:-$(dirname "$0")/../data/efficientnet-lite0-int8.onnx}")"
 cd "$(dirname "$0")/.."
-out="${1:-data/efficientnet-lite0-int8.onnx}"
 home="${DELTANN_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/deltann}"
 venv="$home/venv/demo-int8"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import onnxruntime' 2>/dev/null; then

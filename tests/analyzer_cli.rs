@@ -387,6 +387,12 @@ fn check_and_diff_gate_beyond_the_run_to_run_floor() {
     // Planted noise: the same 15% is within what the cells disagree with themselves.
     let (status, stdout) = code(&["check", &path("noisy"), "--max-flip-rate", "10%"]);
     assert_eq!(status, Some(0), "{stdout}");
+    // Noise explains the mean of the floors, not their sum: 8 of 20 flips (40%) against floors of
+    // 20% each leave 20% beyond noise.
+    gate_store(&dir.path().join("noisy-flips"), 8, 4, 10.0);
+    let (status, stdout) = code(&["check", &path("noisy-flips"), "--max-flip-rate", "15%"]);
+    assert_eq!(status, Some(1), "{stdout}");
+    assert!(stdout.contains("beyond floor 20.00% > 15.00%"), "{stdout}");
     // On the interval's bounds: 3 of 20 does not prove more than 10% (lower 5.2%), nor rule it
     // out (upper 36%).
     let (status, stdout) = code(&[
@@ -412,7 +418,7 @@ fn check_and_diff_gate_beyond_the_run_to_run_floor() {
     // diff: B's cell `b` flips 3 images against A's and is twice as slow.
     gate_store(&dir.path().join("before"), 0, 0, 10.0);
     gate_store(&dir.path().join("same"), 0, 0, 10.0);
-    gate_store(&dir.path().join("after-noisy"), 3, 4, 10.0);
+    gate_store(&dir.path().join("after-noisy"), 3, 8, 10.0);
     gate_store(&dir.path().join("after-slow"), 0, 0, 20.0);
     let (status, stdout) = code(&["diff", &path("before"), &path("same")]);
     assert_eq!(status, Some(0), "{stdout}");
@@ -434,7 +440,7 @@ fn check_and_diff_gate_beyond_the_run_to_run_floor() {
         "20%",
     ]);
     assert_eq!(status, Some(0), "{stdout}");
-    // Planted noise on B's side: its floor (20%) covers the 15%.
+    // Planted noise on B's side: its floor (40%; the mean with A's 0% is 20%) covers the 15%.
     let (status, stdout) = code(&["diff", &path("before"), &path("after-noisy")]);
     assert_eq!(status, Some(0), "{stdout}");
     let (status, stdout) = code(&["diff", &path("before"), &path("after-slow")]);
@@ -448,9 +454,11 @@ fn check_and_diff_gate_beyond_the_run_to_run_floor() {
         "150%",
     ]);
     assert_eq!(status, Some(0), "{stdout}");
-    // --json keeps the exit status.
-    let (status, _) = code(&["diff", &path("before"), &path("after-slow"), "--json"]);
+    // --json keeps the exit status and lists the regressions.
+    let (status, stdout) = code(&["diff", &path("before"), &path("after-slow"), "--json"]);
     assert_eq!(status, Some(1));
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["regressions"].as_array().unwrap().len(), 1, "{stdout}");
 }
 
 #[test]

@@ -48,6 +48,9 @@ repetitions = [2]
         std::fs::read(dir.path().join("sweep/REPORT.md")).unwrap()
     };
     let first = report();
+    // The second from scratch: no cached analysis, no derived tables.
+    std::fs::remove_dir_all(dir.path().join("store/_cache")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("store/derived")).unwrap();
     let second = report();
     assert_eq!(first, second, "REPORT.md differs between two regenerations");
     let md = String::from_utf8(first).unwrap();

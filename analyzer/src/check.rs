@@ -1,8 +1,10 @@
 //! `deltann check`: an analysis against bounds, for CI pipelines that gate model deployments.
 //! Exit 0 within bounds, 1 outside (naming each offending pair), 2 on error.
 //!
-//! A gate must not fail on noise. A flip rate is held to its bound only beyond what the two cells
-//! disagree with themselves (the sum of their run-to-run flip rates, measured from repetitions),
+//! A gate must not fail on noise. A flip rate is held to its bound only beyond what the two cells'
+//! own noise explains (the mean of their run-to-run flip rates, measured from repetitions: a run
+//! strays from its cell's usual answer at about half the rate two runs disagree, so two cells
+//! that differ only by noise disagree at about the mean of their floors),
 //! and optionally on a bound of its 95% interval rather than the point estimate: the lower bound
 //! fails only what the images prove, the upper bound also what they cannot rule out. Slowdowns
 //! count beyond the cells' latency dispersion and only when the interval excludes no change.
@@ -35,16 +37,16 @@ impl Bound {
     }
 }
 
-/// A pair's flip rate beyond its cells' own run-to-run floors (`floor_a + floor_b`, each a
-/// cell's top-1 flips between its repetitions per repetition compared; 0 for a cell that ran
-/// once), taken at `bound`, never below 0.
+/// A pair's flip rate beyond its cells' own run-to-run noise, `(floor_a + floor_b) / 2` (each
+/// floor a cell's top-1 flips between its repetitions per repetition compared; 0 for a cell that
+/// ran once), taken at `bound`, never below 0.
 pub fn flip_rate_beyond_floor(p: &PairStats, floor_a: f64, floor_b: f64, bound: Bound) -> f64 {
     let rate = match bound {
         Bound::Point => p.flip_rate,
         Bound::Lower => p.flip_ci.0,
         Bound::Upper => p.flip_ci.1,
     };
-    (rate - floor_a - floor_b).max(0.0)
+    (rate - (floor_a + floor_b) / 2.0).max(0.0)
 }
 
 /// The bounds to hold.
@@ -100,7 +102,8 @@ pub fn check(a: &Analysis, bounds: &Bounds) -> Vec<Violation> {
             out.push(Violation {
                 what: format!(
                     "flip rate beyond floor {:.2}% > {:.2}% (rate {:.2}% [{:.2}%, {:.2}%] at its {}, \
-                     less floors {:.2}% + {:.2}%): {} [{}] vs {} [{}] ({} images; differ in {})",
+                     less the floors' mean of {:.2}% and {:.2}%): {} [{}] vs {} [{}] ({} images; \
+                     differ in {})",
                     100.0 * beyond,
                     100.0 * max,
                     100.0 * p.flip_rate,

@@ -154,7 +154,8 @@ pub fn diff(a: &Store, b: &Store, noise_multiple: f64) -> Result<Diff> {
     })
 }
 
-/// Where B regresses on A: matched cells whose flip rate beyond both sides' floors, at `bound`,
+/// Where B regresses on A: matched cells (with images in common) whose flip rate beyond both
+/// sides' run-to-run noise (see [`check::flip_rate_beyond_floor`]), at `bound`,
 /// exceeds `max_flip_rate`, or whose p50 latency is flagged slower (beyond the noise, interval
 /// above zero) by more than `max_slowdown`.
 pub fn regressions(
@@ -166,12 +167,16 @@ pub fn regressions(
     let mut out = Vec::new();
     for m in &d.matched {
         let o = &m.outputs;
+        if o.images == 0 {
+            // Nothing in common to compare (its interval would be [0, 1]).
+            continue;
+        }
         let beyond = check::flip_rate_beyond_floor(o, m.floor_a, m.floor_b, bound);
         if beyond > max_flip_rate {
             out.push(Violation {
                 what: format!(
-                    "{} [{}]: {} of {} images flip ({:.2}% [{:.2}%, {:.2}%]); beyond floors \
-                     {:.2}% + {:.2}% at its {}: {:.2}% > {:.2}%",
+                    "{} [{}]: {} of {} images flip ({:.2}% [{:.2}%, {:.2}%]); beyond the \
+                     floors' mean of {:.2}% and {:.2}% at its {}: {:.2}% > {:.2}%",
                     m.a.cell_id,
                     m.a.short(),
                     o.flips,

@@ -108,10 +108,11 @@ window.addEventListener("error", function (e) {
   var b = document.body; b.dataset.errors = (b.dataset.errors ? b.dataset.errors + " | " : "") + e.message;
 });
 document.addEventListener("DOMContentLoaded", function () {
-  var plots = document.querySelectorAll("figure svg");
+  var plots = document.querySelectorAll("figure[data-marks]");
   var empty = 0;
-  plots.forEach(function (svg) {
-    if (svg.querySelectorAll("rect, path, line, polyline, circle").length < 3) { empty += 1; }
+  plots.forEach(function (figure) {
+    var svg = figure.querySelector("svg");
+    if (!svg || svg.querySelectorAll(figure.dataset.marks).length === 0) { empty += 1; }
   });
   document.querySelectorAll("table.sortable th").forEach(function (th, _) {
     th.addEventListener("click", function () {
@@ -165,10 +166,13 @@ impl Page {
         self.out.push_str("</tbody></table>\n");
     }
 
-    fn figure(&mut self, svg: &str, caption: &str) {
+    /// A plot; `marks` is the CSS selector of its data marks (bars, boxes, squares), which the
+    /// page's script counts to tell a drawn plot from an empty frame.
+    fn figure(&mut self, svg: &str, marks: &str, caption: &str) {
         let _ = writeln!(
             self.out,
-            "<figure>{svg}<figcaption>{}</figcaption></figure>",
+            "<figure data-marks=\"{}\">{svg}<figcaption>{}</figcaption></figure>",
+            esc(marks),
             esc(caption)
         );
     }
@@ -213,19 +217,25 @@ pub fn render(
     options: &Options,
 ) -> Result<String> {
     let mut page = Page { out: String::new() };
-    let failed = a.cells.iter().filter(|c| c.status != "ok").count();
+    let failed = a.cells.iter().filter(|c| c.status == "failed").count();
+    let running = a
+        .cells
+        .iter()
+        .filter(|c| c.status == deltann_analyzer::analysis::RUNNING)
+        .count();
     let title = format!("deltann report: {}", a.store);
     let _ = write!(
         page.out,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{}</title><style>{STYLE}</style><script>{SCRIPT}</script></head><body>\n\
-         <h1>{}</h1>\n<p class=\"note\">{} cells ({} failed), {} images, {} cell pairs compared, \
-         {} committed parts. Made by deltann {}.</p>\n",
+         <h1>{}</h1>\n<p class=\"note\">{} cells ({} failed, {} still running), {} images, {} \
+         cell pairs compared, {} committed parts. Made by deltann {}.</p>\n",
         esc(&title),
         esc(&title),
         a.cells.len(),
         failed,
+        running,
         a.disagreement.images,
         a.disagreement.pairs.len(),
         a.parts,
@@ -325,6 +335,7 @@ fn heatmaps(page: &mut Page, a: &Analysis) -> Result<()> {
         let svg = plots::heatmap(a, &g.cells);
         page.figure(
             &svg,
+            plots::HEATMAP_MARKS,
             &format!(
                 "{}: pairwise top-1 flip rate in percent; the outlined diagonal is each cell's \
                  run-to-run floor.",
@@ -350,6 +361,7 @@ fn attribution(page: &mut Page, a: &Analysis) -> Result<()> {
     let svg = plots::attribution(&a.attribution)?;
     page.figure(
         &svg,
+        plots::BAR_MARKS,
         "Flip rate per dimension (bars) with 95% intervals (whiskers).",
     );
     let rows: Vec<Vec<Td>> = a
@@ -415,6 +427,7 @@ fn latency(page: &mut Page, a: &Analysis, options: &Options) -> Result<()> {
         let svg = plots::latency(a, &members, &sorted, &slower)?;
         page.figure(
             &svg,
+            plots::BOX_MARKS,
             &format!("{}: latency per image, milliseconds.", g.family),
         );
     }
@@ -522,6 +535,7 @@ fn classes(page: &mut Page, a: &Analysis, options: &Options) -> Result<()> {
         let svg = plots::classes(&bars)?;
         page.figure(
             &svg,
+            plots::BAR_MARKS,
             &format!(
                 "{}: flipped images per class (bar length: share of the class's images; label: \
                  flipped/images).",
@@ -577,11 +591,10 @@ fn near_ties(page: &mut Page, a: &Analysis, options: &Options) {
 /// The image paths and derived tables a gallery needs, for callers holding a store.
 ///
 /// # Errors
-/// Fails when the derived state cannot be read.
+/// Fails when the derived state cannot be read (an analysis just ran, so it is there).
 pub fn gallery_inputs(
     store: &deltann_store::Store,
     a: &Analysis,
-) -> Result<(Option<Detail>, HashMap<String, PathBuf>)> {
-    let detail = Detail::open(store.root(), a).ok();
-    Ok((detail, cells::image_paths(store)))
+) -> Result<(Detail, HashMap<String, PathBuf>)> {
+    Ok((Detail::open(store.root(), a)?, cells::image_paths(store)))
 }

@@ -11,7 +11,8 @@ use plotters::prelude::*;
 
 use crate::{Error, Result, esc, pct};
 
-/// The flip-rate bins (upper bounds) and their colours, as in the TUI's heatmap, darker for more.
+/// The flip-rate bins (upper bounds) and their colours, darker for more (the TUI's bins, with
+/// its last split at 25%).
 const BINS: [(f64, &str, &str); 6] = [
     (0.0, "#eeeeee", "0"),
     (0.01, "#fee8c8", "≤1%"),
@@ -28,7 +29,7 @@ fn bin_colour(rate: f64) -> &'static str {
 }
 
 /// The pairwise flip-rate heatmap of one family's cells (indices into the analysis); the
-/// diagonal shows each cell's run-to-run floor, hatched when the cell ran once.
+/// outlined diagonal shows each cell's run-to-run floor, white when the cell ran once.
 pub fn heatmap(a: &Analysis, cells: &[usize]) -> String {
     let n = cells.len();
     let size = (560 / n.max(1)).clamp(12, 44);
@@ -117,8 +118,8 @@ pub fn heatmap(a: &Analysis, cells: &[usize]) -> String {
             let stroke = if r == c { "#888" } else { "#fff" };
             let _ = write!(
                 s,
-                "<rect x=\"{x}\" y=\"{y}\" width=\"{size}\" height=\"{size}\" fill=\"{fill}\" \
-                 stroke=\"{stroke}\"><title>{}</title></rect>",
+                "<rect class=\"mark\" x=\"{x}\" y=\"{y}\" width=\"{size}\" height=\"{size}\" \
+                 fill=\"{fill}\" stroke=\"{stroke}\"><title>{}</title></rect>",
                 esc(&tip)
             );
             if let Some(v) = value.filter(|_| size >= 30) {
@@ -239,7 +240,7 @@ fn share_bars(
                     (0.0, SegmentValue::Exact(at(i))),
                     (*v, SegmentValue::Exact(at(i) + 1)),
                 ],
-                RGBColor(0x4c, 0x78, 0xa8).filled(),
+                BAR_COLOUR.filled(),
             );
             r.set_margin(5, 5, 0, 0);
             r
@@ -301,6 +302,44 @@ pub fn classes(rows: &[(String, f64, u64, u64)]) -> Result<String> {
     )
 }
 
+/// A cell's latency box: quartiles, and whiskers at the most extreme data within 1.5 IQR of the
+/// box (Tukey's), all from the one quantile definition of the store.
+struct LatencyBox {
+    lo: f64,
+    q1: f64,
+    median: f64,
+    q3: f64,
+    hi: f64,
+    p99: f64,
+}
+
+impl LatencyBox {
+    fn of(sorted: &[f64]) -> Option<Self> {
+        let q = |p| deltann_store::stats::quantile_sorted(sorted, p);
+        let (q1, median, q3, p99) = (q(0.25)?, q(0.5)?, q(0.75)?, q(0.99)?);
+        let reach = 1.5 * (q3 - q1);
+        let lo = sorted.iter().copied().find(|&v| v >= q1 - reach)?;
+        let hi = sorted.iter().rev().copied().find(|&v| v <= q3 + reach)?;
+        Some(Self {
+            lo,
+            q1,
+            median,
+            q3,
+            hi,
+            p99,
+        })
+    }
+}
+
+const BAR_COLOUR: RGBColor = RGBColor(0x4c, 0x78, 0xa8);
+const BOX_COLOUR: RGBColor = RGBColor(0x30, 0x50, 0x90);
+const SLOWER_COLOUR: RGBColor = RGBColor(0xc0, 0x10, 0x10);
+
+/// The data marks of each kind of plot, as CSS selectors (see `Page::figure`).
+pub const HEATMAP_MARKS: &str = "rect.mark";
+pub const BAR_MARKS: &str = "rect[fill=\"#4c78a8\" i]";
+pub const BOX_MARKS: &str = "rect[stroke=\"#305090\" i], rect[stroke=\"#c01010\" i]";
+
 /// Box plots of per-image latency (ms) for `cells`; `slower` cells are drawn red.
 pub fn latency(
     a: &Analysis,
@@ -308,26 +347,21 @@ pub fn latency(
     sorted_ms: &[Vec<f64>],
     slower: &[usize],
 ) -> Result<String> {
-    let n = cells.len();
+    let boxes: Vec<(usize, LatencyBox)> = cells
+        .iter()
+        .filter_map(|&c| Some((c, LatencyBox::of(sorted_ms.get(c)?)?)))
+        .collect();
+    let n = boxes.len();
     let height = 110 + 24 * n as u32;
     let at = |i: usize| n.saturating_sub(1 + i);
-    let quartiles: Vec<Quartiles> = cells
+    let x_max = boxes
         .iter()
-        .map(|&c| Quartiles::new(&sorted_ms[c]))
-        .collect();
-    let p99 = |c: usize| {
-        let l = &sorted_ms[c];
-        l[((l.len() - 1) as f64 * 0.99).round() as usize]
-    };
-    let x_max = cells
-        .iter()
-        .zip(&quartiles)
-        .map(|(&c, q)| f64::from(q.values()[4]).max(p99(c)))
+        .map(|(_, b)| b.hi.max(b.p99))
         .fold(0.0f64, f64::max)
         * 1.08;
-    let labels: Vec<String> = cells
+    let labels: Vec<String> = boxes
         .iter()
-        .map(|&c| format!("#{} {}", c + 1, a.cells[c].env()))
+        .map(|(c, _)| format!("#{} {}", c + 1, a.cells[*c].env()))
         .collect();
     let label_w = labels
         .iter()
@@ -342,7 +376,7 @@ pub fn latency(
             .margin(10)
             .x_label_area_size(36)
             .y_label_area_size(label_w)
-            .build_cartesian_2d(0f32..x_max.max(0.001) as f32, (0..n).into_segmented())
+            .build_cartesian_2d(0f64..x_max.max(0.001), (0..n).into_segmented())
             .map_err(|e| e.to_string())?;
         c.configure_mesh()
             .disable_y_mesh()
@@ -356,32 +390,61 @@ pub fn latency(
             .x_desc("latency per image, ms")
             .draw()
             .map_err(|e| e.to_string())?;
-        c.draw_series(
-            cells
-                .iter()
-                .zip(&quartiles)
-                .enumerate()
-                .map(|(i, (&cell, q))| {
-                    let colour = if slower.contains(&cell) {
-                        RGBColor(0xc0, 0x10, 0x10)
-                    } else {
-                        RGBColor(0x30, 0x50, 0x90)
-                    };
-                    Boxplot::new_horizontal(SegmentValue::CenterOf(at(i)), q)
-                        .width(14)
-                        .whisker_width(0.6)
-                        .style(colour.stroke_width(2))
-                }),
-        )
-        .map_err(|e| e.to_string())?;
-        c.draw_series(cells.iter().enumerate().map(|(i, &cell)| {
-            Circle::new(
-                (p99(cell) as f32, SegmentValue::CenterOf(at(i))),
+        let colour = |cell: &usize| {
+            if slower.contains(cell) {
+                SLOWER_COLOUR
+            } else {
+                BOX_COLOUR
+            }
+        };
+        // A vertical stroke at x across row `row`, inset by `inset` pixels top and bottom.
+        let tick = |x: f64, row: usize, inset: u32, style: ShapeStyle| {
+            let mut r = Rectangle::new(
+                [
+                    (x, SegmentValue::Exact(row)),
+                    (x, SegmentValue::Exact(row + 1)),
+                ],
+                style,
+            );
+            r.set_margin(inset, inset, 0, 0);
+            r
+        };
+        for (i, (cell, b)) in boxes.iter().enumerate() {
+            let row = at(i);
+            let col = colour(cell);
+            let stroke = col.stroke_width(2);
+            c.draw_series([(b.lo, b.q1), (b.q3, b.hi)].into_iter().map(|(x0, x1)| {
+                PathElement::new(
+                    vec![
+                        (x0, SegmentValue::CenterOf(row)),
+                        (x1, SegmentValue::CenterOf(row)),
+                    ],
+                    col.stroke_width(1),
+                )
+            }))
+            .map_err(|e| e.to_string())?;
+            let mut body = Rectangle::new(
+                [
+                    (b.q1, SegmentValue::Exact(row)),
+                    (b.q3, SegmentValue::Exact(row + 1)),
+                ],
+                stroke,
+            );
+            body.set_margin(5, 5, 0, 0);
+            c.draw_series([
+                body,
+                tick(b.median, row, 5, stroke),
+                tick(b.lo, row, 8, col.stroke_width(1)),
+                tick(b.hi, row, 8, col.stroke_width(1)),
+            ])
+            .map_err(|e| e.to_string())?;
+            c.draw_series([Circle::new(
+                (b.p99, SegmentValue::CenterOf(row)),
                 3,
                 BLACK.filled(),
-            )
-        }))
-        .map_err(|e| e.to_string())?;
+            )])
+            .map_err(|e| e.to_string())?;
+        }
         Ok(())
     })
 }

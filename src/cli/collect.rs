@@ -145,8 +145,16 @@ fn next_steps(store: &std::path::Path) {
     let me = std::env::args()
         .next()
         .unwrap_or_else(|| "deltann".to_string());
-    let s = tidy(store);
-    let s = s.display();
+    let s = tidy(store).display().to_string();
+    // Quoted for the shell where it needs it.
+    let s = if s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@".contains(c))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    };
     println!(
         "\nnext:\n  # tables in the terminal\n  {me} report {s}\n  # plots and an image gallery, \
          to open in a browser\n  {me} report {s} --format html -o report.html\n  # browse the \

@@ -475,8 +475,8 @@ pub struct CheckArgs {
     #[arg(value_parser = existing_store)]
     pub store: PathBuf,
     /// Fail when two cells of a family disagree on more than this share of images (0.05 or 5%)
-    /// beyond their own run-to-run floors (the sum of each cell's top-1 flip rate between its
-    /// repetitions; 0 for a cell run once).
+    /// beyond what their own noise explains: the mean of the two cells' run-to-run floors (each
+    /// cell's top-1 flip rate between its repetitions; 0 for a cell run once).
     #[arg(long, value_name = "R", value_parser = fraction)]
     pub max_flip_rate: Option<f64>,
     /// Which value of a pair's flip rate is held to --max-flip-rate: the observed rate, or the
@@ -544,8 +544,8 @@ pub struct DiffArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Tolerate this share of flipped images per matched cell beyond both sides' run-to-run
-    /// floors (default 0: any flip beyond the floors is a regression).
+    /// Tolerate this share of flipped images per matched cell beyond the mean of both sides'
+    /// run-to-run floors (default 0: any flip beyond that noise is a regression).
     #[arg(long, value_name = "R", value_parser = fraction, default_value = "0")]
     pub max_flip_rate: f64,
     /// Which value of the flip rate is held to --max-flip-rate (as in `check`).
@@ -563,7 +563,7 @@ pub struct DiffArgs {
 const DIFF_HELP: &str = "\
 Exit status, like diff(1): 0 when B does not regress on A, 1 when it does (each regression
 printed as REGRESSION ...), 2 on error. B regresses where a matched cell's top-1 flip rate
-beyond both sides' run-to-run floors exceeds --max-flip-rate, or where its p50 latency is
+beyond the mean of both sides' run-to-run floors exceeds --max-flip-rate, or where its p50 is
 flagged slower (beyond --noise-multiple times the cells' dispersion, 95% interval above zero)
 by more than --max-slowdown.
 

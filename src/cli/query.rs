@@ -58,7 +58,14 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<ExitCode> {
     };
     let sql = match (&args.saved, &args.sql) {
         (Some(name), None) => match catalog.get(name) {
-            Some(q) => q.sql.clone(),
+            Some(q) => {
+                // A folder named in $DELTANN_QUERIES that is missing, or a file in it that
+                // does not read, would otherwise go unnoticed behind a built-in query.
+                for w in &catalog.warnings {
+                    eprintln!("warning: {w}");
+                }
+                q.sql.clone()
+            }
             None => {
                 for w in &catalog.warnings {
                     eprintln!("warning: {w}");

@@ -63,7 +63,7 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         let (detail, paths) = deltann_html::gallery_inputs(&store, &analysis)?;
         let html = deltann_html::render(
             &analysis,
-            detail.as_ref(),
+            Some(&detail),
             &paths,
             &deltann_html::Options {
                 gallery: args.gallery,
@@ -131,7 +131,14 @@ pub fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
         ExitCode::from(1)
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&d)?);
+        let mut json = serde_json::to_value(&d)?;
+        if let Some(object) = json.as_object_mut() {
+            object.insert(
+                "regressions".into(),
+                regressions.iter().map(|r| r.what.clone()).collect(),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(status);
     }
     let mut t = Table::new();
