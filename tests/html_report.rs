@@ -1,5 +1,5 @@
-//! `report --format html` on a store the collector wrote (the demo model and its int8 copy, so
-//! cells disagree), opened in a real headless browser (Debian's Chromium): the test fails on a
+//! `make demo`'s sweep (data/sweep.toml: the demo model and its int8 copy, so cells disagree),
+//! its collect summary, then `report --format html` on its store, opened in a real headless browser (Debian's Chromium): the test fails on a
 //! script error, on a plot with nothing drawn, on a missing heatmap or gallery, and keeps a
 //! screenshot (target/tmp/html-report/report.png) to look at.
 //!
@@ -68,32 +68,15 @@ fn attribute(body: &str, name: &str) -> Option<String> {
 fn html_report_opens_in_a_browser_with_plots_and_a_gallery() {
     util::ort_library("1.32.0");
     let dir = tempfile::tempdir().unwrap();
-    let sweep = util::write_sweep(
-        dir.path(),
-        r#"
-store = "store"
-warmup = 1
-[dataset]
-images = "{data}/images"
-labels = "{data}/labels.csv"
-[[model]]
-name = "efficientnet-lite0"
-path = "{data}/efficientnet-lite0.onnx"
-preset = "tf127"
-classes = "{data}/imagenet_classes.txt"
-variants = [
-  { name = "efficientnet-lite0-int8", path = "{data}/efficientnet-lite0-int8.onnx", precision = "int8" },
-]
-[environments]
-engine = ["ort", "tract"]
-ort_library = ["1.32.0"]
-ort_optimization = ["disabled", "all"]
-tract_plan = ["optimized"]
-repetitions = [2]
-exclude = [{ engine = "tract", precision = "int8" }]
-"#,
-    );
-    let out = util::run(&["collect", "--quiet", sweep.to_str().unwrap()]);
+    // The demo itself: `make demo`'s sweep, into a store of the test's own.
+    let store = dir.path().join("store");
+    let out = util::run(&[
+        "collect",
+        "--quiet",
+        "--store",
+        store.to_str().unwrap(),
+        util::data().join("sweep.toml").to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     // The collect summary says the cells disagree, and what to run next.
     let summary = String::from_utf8_lossy(&out.stdout);
@@ -109,7 +92,6 @@ exclude = [{ engine = "tract", precision = "int8" }]
     let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("html-report");
     std::fs::create_dir_all(&keep).unwrap();
     let page = keep.join("report.html");
-    let store = dir.path().join("store");
     let out = util::run(&[
         "report",
         store.to_str().unwrap(),
