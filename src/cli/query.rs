@@ -36,7 +36,8 @@ pub fn list(catalog: &queries::Catalog) {
             ""
         );
     }
-    println!(
+    // On stderr: stdout is the list, one query per pair of lines (name first).
+    eprintln!(
         "\nFolders read (later ones replace a query of the same name): {}. Add a query by \
          saving NAME.sql, its first comment lines saying what it answers, in \
          ~/.config/deltann/queries, ./queries or a folder of $DELTANN_QUERIES.",
