@@ -74,9 +74,9 @@ listing="$(cd "$out" && "$DELTANN" query --list 2>/dev/null)"
   echo
   echo "## The analysis"
   echo
-  echo "\`deltann report $store --format markdown --all\`"
+  echo "\`deltann report $store --format markdown\`"
   echo
-  "$DELTANN" report "$store" --format markdown --all | sed 's/^# /### /; s/^## /### /'
+  "$DELTANN" report "$store" --format markdown | sed 's/^# /### /; s/^## /### /'
   for q in accuracy_per_cell precision_effect flip_matrix flips_by_class unstable_images optimization_slowdowns nondeterminism failed_cells; do
     echo
     echo "## Saved query \`$q\`"
