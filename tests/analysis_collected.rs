@@ -130,6 +130,14 @@ fn every_analysis_on_a_collected_store() {
 
     let out = util::run(&["check", s, "--max-flip-rate", "100%"]);
     assert!(out.status.success(), "{}", text(&out));
+    // The same store against itself: every cell matched, nothing regresses.
+    let out = util::run(&["diff", s, s]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no regression: 3 matched cells"),
+        "{}",
+        text(&out)
+    );
 
     // Every saved query runs on it; the flip matrix from `comparisons` equals the raw one.
     let listed = util::run(&["query", "--list"]);

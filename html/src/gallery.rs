@@ -14,7 +14,7 @@ use crate::{Options, Page, Result, esc};
 
 /// A picture file as a JPEG thumbnail at most `side` pixels a side, upright (EXIF orientation
 /// applied); `None` when the file is gone or does not decode.
-pub fn thumbnail(path: &Path, side: u32) -> Option<Vec<u8>> {
+fn thumbnail(path: &Path, side: u32) -> Option<Vec<u8>> {
     let img = deltann_analyzer::pictures::upright(path, side)?;
     let rgb = img.into_rgb8();
     let mut out = Cursor::new(Vec::new());
@@ -25,7 +25,7 @@ pub fn thumbnail(path: &Path, side: u32) -> Option<Vec<u8>> {
 pub(crate) fn section(
     page: &mut Page,
     a: &Analysis,
-    detail: Option<&Detail>,
+    detail: &Detail,
     paths: &HashMap<String, PathBuf>,
     options: &Options,
 ) -> Result<()> {
@@ -36,13 +36,6 @@ pub(crate) fn section(
          majority answer first), with every cell's top-5; answers other than the majority's are \
          shaded.",
     );
-    let Some(detail) = detail else {
-        page.out.push_str(
-            "<p>No per-image detail: the store's derived tables are missing (run `deltann \
-             analyze STORE`).</p>\n",
-        );
-        return Ok(());
-    };
     if a.disagreement.unstable.is_empty() {
         page.out
             .push_str("<p>Every cell of each family gives every image the same top-1.</p>\n");

@@ -21,8 +21,6 @@ use deltann_analyzer::analysis::Analysis;
 use deltann_analyzer::cells::{self, CellInfo};
 use deltann_analyzer::detail::Detail;
 
-pub use gallery::thumbnail;
-
 /// An error while drawing the page.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -206,13 +204,13 @@ fn num(s: impl Into<String>, v: f64) -> Td {
 }
 
 /// Renders `a` as a page. `detail` (the store's derived tables) and `paths` (image id -> file)
-/// feed the gallery; without them it is left out, saying why.
+/// feed the gallery (see [`gallery_inputs`]).
 ///
 /// # Errors
 /// Fails when a chart cannot be drawn or an image's detail cannot be read.
 pub fn render(
     a: &Analysis,
-    detail: Option<&Detail>,
+    detail: &Detail,
     paths: &HashMap<String, PathBuf>,
     options: &Options,
 ) -> Result<String> {

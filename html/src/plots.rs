@@ -162,6 +162,17 @@ pub fn heatmap(a: &Analysis, cells: &[usize]) -> String {
     s
 }
 
+/// Pixels for the y-axis labels: about 8 per character of the longest (8 to 48 characters).
+fn label_width<'a>(labels: impl Iterator<Item = &'a str>) -> u32 {
+    labels
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(8)
+        .clamp(8, 48) as u32
+        * 8
+        + 10
+}
+
 fn plot_error(chart: &'static str) -> impl Fn(String) -> Error {
     move |reason| Error::Plot { chart, reason }
 }
@@ -205,14 +216,7 @@ fn share_bars(
         .chain(intervals.into_iter().flatten().map(|i| i.1))
         .fold(0.0f64, f64::max);
     let x_max = (max * 1.1).max(0.01);
-    let label_w = bars
-        .iter()
-        .map(|b| b.0.chars().count())
-        .max()
-        .unwrap_or(8)
-        .clamp(8, 48) as u32
-        * 8
-        + 10;
+    let label_w = label_width(bars.iter().map(|b| b.0.as_str()));
     svg(chart, 860, height, |root| {
         let mut c = ChartBuilder::on(root)
             .margin(10)
@@ -363,14 +367,7 @@ pub fn latency(
         .iter()
         .map(|(c, _)| format!("#{} {}", c + 1, a.cells[*c].env()))
         .collect();
-    let label_w = labels
-        .iter()
-        .map(|l| l.chars().count())
-        .max()
-        .unwrap_or(8)
-        .clamp(8, 48) as u32
-        * 8
-        + 10;
+    let label_w = label_width(labels.iter().map(String::as_str));
     svg("latency", 860, height, |root| {
         let mut c = ChartBuilder::on(root)
             .margin(10)

@@ -57,20 +57,17 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<ExitCode> {
     let Some(store) = &args.store else {
         anyhow::bail!("give a store directory (or --list to see the saved queries)");
     };
+    if args.saved.is_some() {
+        // A folder named in $DELTANN_QUERIES that is missing, or a file in it that does not
+        // read, would otherwise go unnoticed behind a built-in query.
+        for w in &catalog.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
     let sql = match (&args.saved, &args.sql) {
         (Some(name), None) => match catalog.get(name) {
-            Some(q) => {
-                // A folder named in $DELTANN_QUERIES that is missing, or a file in it that
-                // does not read, would otherwise go unnoticed behind a built-in query.
-                for w in &catalog.warnings {
-                    eprintln!("warning: {w}");
-                }
-                q.sql.clone()
-            }
+            Some(q) => q.sql.clone(),
             None => {
-                for w in &catalog.warnings {
-                    eprintln!("warning: {w}");
-                }
                 anyhow::bail!(
                     "no saved query `{name}`; saved queries: {} (folders read: {})",
                     catalog.names().join(", "),

@@ -63,7 +63,7 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         let (detail, paths) = deltann_html::gallery_inputs(&store, &analysis)?;
         let html = deltann_html::render(
             &analysis,
-            Some(&detail),
+            &detail,
             &paths,
             &deltann_html::Options {
                 gallery: args.gallery,
