@@ -13,6 +13,7 @@ mod float16;
 mod html_report;
 mod isolation;
 mod localize;
+mod object_store;
 mod ort_versions;
 mod preprocess_reference;
 mod python_engines;

@@ -215,6 +215,8 @@ fn running_cell(f: &derived::Folded, models: &HashMap<String, ModelFacts>) -> Ce
         images_ok: 0,
         latency_p50_ms: None,
         started_at_us: i64::MAX,
+        host: String::new(),
+        show_host: false,
     }
 }
 
@@ -467,7 +469,11 @@ fn meant_faster(d: Dimension, a: &CellInfo, b: &CellInfo) -> Option<bool> {
                 _ => return None,
             }
         }
-        Dimension::Engine | Dimension::ResizeFilter | Dimension::Device | Dimension::Preprocess => {
+        Dimension::Engine
+        | Dimension::ResizeFilter
+        | Dimension::Device
+        | Dimension::Preprocess
+        | Dimension::Host => {
             return None;
         }
     };

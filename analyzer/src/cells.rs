@@ -35,11 +35,13 @@ pub enum Dimension {
     EngineSettings,
     /// Whose resize and crop: torchvision's, hand-written Pillow's, OpenCV's, TensorFlow's.
     Preprocess,
+    /// The machine (`collect --host`, else its host name): the same cell run on two machines.
+    Host,
 }
 
 impl Dimension {
     /// Every dimension, in report order.
-    pub const ALL: [Dimension; 10] = [
+    pub const ALL: [Dimension; 11] = [
         Dimension::Precision,
         Dimension::Engine,
         Dimension::EngineVersion,
@@ -50,6 +52,7 @@ impl Dimension {
         Dimension::BatchSize,
         Dimension::ResizeFilter,
         Dimension::Preprocess,
+        Dimension::Host,
     ];
 
     /// The dimension's name in reports and on the command line.
@@ -65,6 +68,7 @@ impl Dimension {
             Dimension::Device => "device",
             Dimension::EngineSettings => "engine_settings",
             Dimension::Preprocess => "preprocess",
+            Dimension::Host => "host",
         }
     }
 
@@ -111,6 +115,12 @@ pub struct CellInfo {
     pub images_ok: i64,
     pub latency_p50_ms: Option<f64>,
     pub started_at_us: i64,
+    /// The machine it ran on (the `cells.host_name` column).
+    #[serde(default)]
+    pub host: String,
+    /// Whether labels name the machine: set when the store's cells ran on more than one.
+    #[serde(default)]
+    pub show_host: bool,
 }
 
 impl CellInfo {
@@ -134,6 +144,7 @@ impl CellInfo {
             Dimension::ResizeFilter => self.resize_filter.clone(),
             Dimension::Preprocess => self.preprocess.clone(),
             Dimension::Device => self.device.clone(),
+            Dimension::Host => self.host.clone(),
             Dimension::EngineSettings => format!(
                 "{} {}",
                 self.engine,
@@ -157,13 +168,23 @@ impl CellInfo {
             other => filter = format!(" {other}"),
         }
         format!(
-            "{} {}:{} t{} b{}{filter}",
+            "{} {}:{} t{} b{}{filter}{}",
             self.precision,
             self.engine,
             self.optimization(),
             self.threads,
-            self.batch_size
+            self.batch_size,
+            self.at_host()
         )
+    }
+
+    /// ` @HOST` when labels name the machine, else nothing.
+    pub fn at_host(&self) -> String {
+        if self.show_host {
+            format!(" @{}", self.host)
+        } else {
+            String::new()
+        }
     }
 
     /// A short label such as `mobilenetv2 ort opt=all t=1 b=1 bilinear`.
@@ -178,13 +199,14 @@ impl CellInfo {
             other => format!(" {other}"),
         };
         format!(
-            "{} {} {} {opt} t={} b={} {}{preprocess}",
+            "{} {} {} {opt} t={} b={} {}{preprocess}{}",
             self.model,
             self.engine,
             self.engine_version,
             self.threads,
             self.batch_size,
-            self.resize_filter
+            self.resize_filter,
+            self.at_host()
         )
     }
 }
@@ -231,6 +253,9 @@ pub fn differences(a: &CellInfo, b: &CellInfo) -> Vec<Dimension> {
     }
     if filter(a) != filter(b) {
         out.push(Dimension::ResizeFilter);
+    }
+    if a.host != b.host {
+        out.push(Dimension::Host);
     }
     out
 }
@@ -335,6 +360,7 @@ pub fn load_cells(store: &Store) -> Result<Vec<CellInfo>> {
             text(col::STATUS),
             text(col::ERROR),
         );
+        let hosts = text(col::HOST_NAME);
         let (attempts, threads, batches, reps) = (
             ints(&batch, col::ATTEMPT),
             ints(&batch, col::THREADS),
@@ -378,6 +404,8 @@ pub fn load_cells(store: &Store) -> Result<Vec<CellInfo>> {
                 images_ok: images_ok.map_or(0, |c| c.value(i)),
                 latency_p50_ms: p50.and_then(|c| c.is_valid(i).then(|| c.value(i))),
                 started_at_us: started.map_or(0, |c| c.value(i)),
+                host: hosts[i].clone().unwrap_or_default(),
+                show_host: false,
             };
             match latest.get(&cell.cell_id) {
                 Some(old) if old.attempt >= cell.attempt => {}
@@ -388,6 +416,10 @@ pub fn load_cells(store: &Store) -> Result<Vec<CellInfo>> {
         }
     }
     let mut cells: Vec<CellInfo> = latest.into_values().collect();
+    let several_hosts = cells.iter().any(|c| c.host != cells[0].host);
+    for cell in &mut cells {
+        cell.show_host = several_hosts;
+    }
     // Within a family: the base model first (its name is the family's), then by start time.
     cells.sort_by(|a, b| {
         (&a.family, a.model != a.family, a.started_at_us, &a.cell_id).cmp(&(
@@ -465,6 +497,8 @@ mod tests {
             images_ok: 0,
             latency_p50_ms: None,
             started_at_us: 0,
+            host: "here".into(),
+            show_host: false,
         }
     }
 
@@ -507,6 +541,14 @@ mod tests {
     fn differences_name_each_dimension() {
         let a = cell("m", "ort", "all", 1);
         assert!(differences(&a, &a).is_empty());
+        let elsewhere = CellInfo {
+            host: "there".into(),
+            show_host: true,
+            ..a.clone()
+        };
+        assert_eq!(differences(&a, &elsewhere), [Dimension::Host]);
+        assert!(elsewhere.env().ends_with(" @there"), "{}", elsewhere.env());
+        assert!(!a.env().contains('@'));
         assert_eq!(
             differences(&a, &cell("m", "ort", "basic", 1)),
             vec![Dimension::Optimization]

@@ -151,7 +151,7 @@ pub fn render(a: &Analysis, format: ReportFormat, limits: Limits) -> Result<Stri
             format!("#{}", i + 1),
             c.cell_id.clone(),
             c.model.clone(),
-            c.tag.clone(),
+            format!("{}{}", c.tag, c.at_host()),
             status,
             acc.map_or_else(|| "-".into(), pct),
             est_ms(a.performance[i].p50_ms),

@@ -103,6 +103,8 @@ fn options(store: PathBuf) -> CollectOptions {
         sink: SinkConfig::default(),
         keep_tensors: false,
         command_line: "bench".into(),
+        host: "bench".into(),
+        shard: None,
     }
 }
 
@@ -215,7 +217,7 @@ fn main() {
             setting.environments,
         );
         // The same tensors the collector feeds its workers, prepared once, held in memory.
-        let plan = deltann_collector::plan::Plan::build(&sweep, &|e, lib| {
+        let plan = deltann_collector::plan::Plan::build(&sweep, "bench", &|e, lib| {
             engine::version(e, lib).map_err(deltann_collector::Error::Engine)
         })
         .unwrap();

@@ -49,6 +49,11 @@ pub struct CollectOptions {
     pub keep_tensors: bool,
     /// The command line, for provenance.
     pub command_line: String,
+    /// The machine's name in cell ids and records (default: its host name; see
+    /// [`Plan::build`]).
+    pub host: String,
+    /// Run only this share of the sweep's cells.
+    pub shard: Option<crate::plan::Shard>,
 }
 
 /// What is known about a cell from the store.
@@ -268,9 +273,12 @@ pub fn collect(
     observer: &dyn Observer,
 ) -> Result<CollectReport> {
     let dataset = Dataset::load(&sweep.dataset)?;
-    let plan = Plan::build(sweep, &|engine, lib| {
+    let mut plan = Plan::build(sweep, &options.host, &|engine, lib| {
         probe_version(&options.worker, engine, lib)
     })?;
+    if let Some(shard) = options.shard {
+        plan = plan.shard(shard);
+    }
     check_labels(sweep, &dataset, &plan)?;
 
     let (store, recovery) = StoreWriter::open(&options.store)?;
@@ -300,7 +308,10 @@ pub fn collect(
     let statuses = status(&snapshot, &plan)?;
 
     let run_id = run_id();
-    let host = Host::current();
+    let host = Host {
+        name: options.host.clone(),
+        ..Host::current()
+    };
     records::commit(
         &store,
         None,

@@ -102,6 +102,8 @@ impl Cell {
 /// The expanded sweep.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// The machine's name in the cells' ids (see [`Plan::build`]).
+    pub host: String,
     pub models: Vec<Arc<ModelPlan>>,
     pub cells: Vec<Cell>,
     /// Combinations removed by `exclude` rules.
@@ -114,12 +116,14 @@ pub struct Plan {
 pub type VersionProbe<'a> = dyn Fn(EngineKind, Option<&Path>) -> Result<String> + 'a;
 
 impl Plan {
-    /// Inspects the models and expands the environments.
+    /// Inspects the models and expands the environments, for the machine named `host`: the host
+    /// is part of every cell's id, so the same cell run on two machines is two cells, which the
+    /// analysis compares like any other pair.
     ///
     /// # Errors
     /// Fails, naming the file, for a missing or malformed model or classes file, a model whose
     /// input size cannot be known, or an engine whose version cannot be determined.
-    pub fn build(sweep: &Sweep, probe: &VersionProbe<'_>) -> Result<Plan> {
+    pub fn build(sweep: &Sweep, host: &str, probe: &VersionProbe<'_>) -> Result<Plan> {
         let models = sweep
             .models
             .iter()
@@ -224,6 +228,7 @@ impl Plan {
                                                     lib,
                                                     device,
                                                     settings,
+                                                    host,
                                                 },
                                                 threads,
                                                 batch_size,
@@ -248,11 +253,23 @@ impl Plan {
             }
         }
         Ok(Plan {
+            host: host.to_string(),
             models,
             cells,
             excluded,
             duplicates,
         })
+    }
+
+    /// The cells shard `shard` runs: every `count`-th cell of the plan, from the `index`-th.
+    /// Every machine that expands the same sweep file splits it the same way.
+    pub fn shard(mut self, shard: Shard) -> Plan {
+        let mut i = 0;
+        self.cells.retain(|_| {
+            i += 1;
+            shard.runs(i - 1)
+        });
+        self
     }
 
     /// The distinct preprocessing recipes the cells need, keyed by [`Preprocess::key`].
@@ -267,6 +284,43 @@ impl Plan {
     }
 }
 
+/// One of `count` shares of a sweep's cells (`collect --shard INDEX/COUNT`, INDEX from 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// Whether the cell at `position` (from 0) of the whole plan is this shard's.
+    pub fn runs(self, position: usize) -> bool {
+        position % self.count as usize == (self.index - 1) as usize
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("`{s}`: a shard is INDEX/COUNT with 1 <= INDEX <= COUNT, as 2/3");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse::<u32>().map_err(|_| bad())?,
+            n.trim().parse::<u32>().map_err(|_| bad())?,
+        );
+        if index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
 /// What a cell runs in, besides threads, batch size, repetitions and preprocessing.
 struct Environment<'a> {
     engine: EngineKind,
@@ -276,6 +330,7 @@ struct Environment<'a> {
     lib: Option<&'a LibrarySpec>,
     device: Device,
     settings: &'a BTreeMap<String, String>,
+    host: &'a str,
 }
 
 fn make_cell(
@@ -294,9 +349,11 @@ fn make_cell(
         lib,
         device,
         settings,
+        host,
     } = env;
     let mut key = CellKey::new();
-    key.set("model_sha256", &model.info.sha256)
+    key.set("host", host)
+        .set("model_sha256", &model.info.sha256)
         .set("engine", engine.name())
         .set("engine_version", engine_version)
         .set("threads", threads)
@@ -487,4 +544,26 @@ fn plan_model(spec: &ModelSpec) -> Result<ModelPlan> {
         preprocess,
         class_names,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shard;
+
+    #[test]
+    fn shards_parse_and_split_every_cell_once() {
+        assert_eq!("2/3".parse::<Shard>(), Ok(Shard { index: 2, count: 3 }));
+        for bad in ["0/3", "4/3", "3", "a/b", "1/0", "-1/2"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        assert_eq!(Shard { index: 1, count: 4 }.to_string(), "1/4");
+        for count in 1..5 {
+            for cell in 0..11 {
+                let owners = (1..=count)
+                    .filter(|&index| Shard { index, count }.runs(cell))
+                    .count();
+                assert_eq!(owners, 1, "cell {cell} of {count} shards");
+            }
+        }
+    }
 }

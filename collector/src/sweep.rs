@@ -564,7 +564,14 @@ impl Sweep {
         Ok(Sweep {
             path: path.to_path_buf(),
             text: text.to_string(),
-            store: raw.store.as_deref().map(resolve),
+            // An object-storage location (`s3://...`) is not relative to anything.
+            store: raw.store.as_deref().map(|s| {
+                if s.contains("://") {
+                    PathBuf::from(s)
+                } else {
+                    resolve(s)
+                }
+            }),
             logits: raw.logits,
             warmup: raw.warmup.unwrap_or(DEFAULT_WARMUP),
             dataset,

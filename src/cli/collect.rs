@@ -16,20 +16,34 @@ use super::progress::Progress;
 
 pub fn run(args: &CollectArgs) -> anyhow::Result<ExitCode> {
     let (sweep, store) = super::load_sweep(&args.sweep, args.store.as_deref())?;
-    // The store may not exist yet: ask about its nearest existing ancestor.
-    let absolute = std::path::absolute(&store).unwrap_or_else(|_| store.clone());
-    let existing = absolute.ancestors().find(|p| p.exists());
-    if let Some(kind) = existing.and_then(deltann_store::layout::network_file_system) {
-        eprintln!(
-            "deltann: warning: the store {} is on a network file system ({kind}): its lock and \
-             crash safety assume a local disk (see RELIABILITY.md); collect to a local disk and \
-             copy the store",
-            store.display()
-        );
+    let host = args.host.clone().unwrap_or_else(super::default_host);
+    let remote = match store.to_str().filter(|s| deltann_remote::is_remote(s)) {
+        Some(url) => Some(deltann_remote::Remote::open(url)?),
+        None => None,
+    };
+    // With a store on object storage, the cells run into a local store (the spool), which is
+    // pushed there as it commits.
+    let local = match (&remote, &args.spool) {
+        (None, _) => store.clone(),
+        (Some(_), Some(spool)) => spool.clone(),
+        (Some(r), None) => {
+            let mut name = host.clone();
+            if let Some(shard) = args.shard {
+                name.push_str(&format!("-shard-{}-of-{}", shard.index, shard.count));
+            }
+            super::local_dir_for("spool", r.url()).join(name)
+        }
+    };
+    if remote.is_none() {
+        warn_network_file_system(&store);
+    }
+    let worker = WorkerCommand::current_exe().context("cannot locate the deltann executable")?;
+    if let Some(remote) = &remote {
+        prepare_spool(remote, &local, &sweep, &host, args, &worker)?;
     }
     let options = CollectOptions {
-        store: store.clone(),
-        worker: WorkerCommand::current_exe().context("cannot locate the deltann executable")?,
+        store: local.clone(),
+        worker,
         parallel_cells: usize::from(args.parallel_cells),
         timeouts: Timeouts {
             stall: Duration::from_secs(args.stall_timeout),
@@ -43,13 +57,23 @@ pub fn run(args: &CollectArgs) -> anyhow::Result<ExitCode> {
         },
         keep_tensors: args.keep_tensors,
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        host: host.clone(),
+        shard: args.shard,
     };
     let progress = Progress::new(args.quiet);
-    let report = collect::collect(&sweep, &options, &progress);
+    let (report, pushed) = match &remote {
+        None => (collect::collect(&sweep, &options, &progress), None),
+        Some(remote) => {
+            let (report, pushed) =
+                collect_and_push(remote, &local, &host, &sweep, &options, &progress);
+            (report, Some(pushed))
+        }
+    };
     progress.finish();
     let report = report?;
+    let pushed = pushed.transpose()?;
 
-    let snapshot = Store::open(&store)?;
+    let snapshot = Store::open(&local)?;
     let lines = summary::summarize(&snapshot, &report.plan)?;
     println!("{}", table(&lines));
     for line in lines.iter().filter(|l| l.status == "failed") {
@@ -67,7 +91,7 @@ pub fn run(args: &CollectArgs) -> anyhow::Result<ExitCode> {
         .sum();
     println!(
         "store {} ({rows} output rows); run {}; {} cells run now, {} already done{}{}",
-        store.display(),
+        local.display(),
         report.run_id,
         report.outcomes.len(),
         report.skipped_done,
@@ -84,6 +108,23 @@ pub fn run(args: &CollectArgs) -> anyhow::Result<ExitCode> {
             .map(|k| format!("; collector peak memory {:.0} MiB", k as f64 / 1024.0))
             .unwrap_or_default(),
     );
+    if let (Some(remote), Some(pushed)) = (&remote, pushed) {
+        println!(
+            "pushed to {}: {} commit(s), {} part(s), {:.1} MB{}; every part of this store is there",
+            remote.url(),
+            pushed.commits,
+            pushed.parts,
+            pushed.bytes as f64 / 1e6,
+            if pushed.conflicts > 0 {
+                format!(
+                    " ({} commit number(s) taken by other writers first)",
+                    pushed.conflicts
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     let worker_peak = report
         .outcomes
         .iter()
@@ -99,6 +140,125 @@ pub fn run(args: &CollectArgs) -> anyhow::Result<ExitCode> {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+fn warn_network_file_system(store: &std::path::Path) {
+    // The store may not exist yet: ask about its nearest existing ancestor.
+    let absolute = std::path::absolute(store).unwrap_or_else(|_| store.to_path_buf());
+    let existing = absolute.ancestors().find(|p| p.exists());
+    if let Some(kind) = existing.and_then(deltann_store::layout::network_file_system) {
+        eprintln!(
+            "deltann: warning: the store {} is on a network file system ({kind}): its lock and \
+             crash safety assume a local disk (see RELIABILITY.md); collect to a local disk and \
+             copy the store",
+            store.display()
+        );
+    }
+}
+
+/// Makes the remote a store if it is not one, and brings into the spool what this run needs to
+/// resume from the remote alone (a new machine, a lost spool): the run, model and image records,
+/// and every committed part of this shard's cells. Other cells' results stay remote.
+fn prepare_spool(
+    remote: &deltann_remote::Remote,
+    spool: &std::path::Path,
+    sweep: &deltann_collector::sweep::Sweep,
+    host: &str,
+    args: &CollectArgs,
+    worker: &WorkerCommand,
+) -> anyhow::Result<()> {
+    remote.create_if_missing()?;
+    std::fs::create_dir_all(spool)
+        .with_context(|| format!("cannot create the spool {}", spool.display()))?;
+    // The store first: its writer refuses a non-empty folder that is not a store yet.
+    let (writer, _) = deltann_store::StoreWriter::open(spool)?;
+    let mut link = deltann_remote::sync::Link::open(spool, remote.url(), host)?;
+    let mut plan = deltann_collector::plan::Plan::build(sweep, host, &|engine, lib| {
+        collect::probe_version(worker, engine, lib)
+    })?;
+    if let Some(shard) = args.shard {
+        plan = plan.shard(shard);
+    }
+    let mine: std::collections::HashSet<&str> = plan.cells.iter().map(|c| c.id.as_str()).collect();
+    let pulled = deltann_remote::sync::pull(remote, &writer, &mut link, &|commit| {
+        commit
+            .entries
+            .iter()
+            .all(|e| e.cell_id.as_deref().is_none_or(|id| mine.contains(id)))
+    })?;
+    eprintln!(
+        "deltann: collecting into {} through the local store {}{}",
+        remote.url(),
+        spool.display(),
+        if pulled.parts > 0 {
+            format!(" ({} part(s) fetched from it to resume)", pulled.parts)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// Runs the collection while a thread pushes the spool's new commits every two seconds; then
+/// pushes what is left. A failed push during the run is a warning (the next one retries); the
+/// final one's result is returned.
+fn collect_and_push(
+    remote: &deltann_remote::Remote,
+    spool: &std::path::Path,
+    host: &str,
+    sweep: &deltann_collector::sweep::Sweep,
+    options: &CollectOptions,
+    progress: &Progress,
+) -> (
+    deltann_collector::Result<collect::CollectReport>,
+    anyhow::Result<deltann_remote::sync::Copied>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let pusher = s.spawn(|| -> anyhow::Result<deltann_remote::sync::Copied> {
+            let link = deltann_remote::sync::Link::open(spool, remote.url(), host)?;
+            let writer = link.writer.unwrap_or_else(|| host.to_string());
+            let scratch = tempfile::tempdir()?;
+            let mut pusher = deltann_remote::sync::Pusher::new(remote, &writer, scratch.path())?;
+            let mut total = deltann_remote::sync::Copied::default();
+            let mut add = |c: deltann_remote::sync::Copied| {
+                total.commits += c.commits;
+                total.parts += c.parts;
+                total.bytes += c.bytes;
+                total.covered += c.covered;
+                total.conflicts += c.conflicts;
+            };
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let due = std::time::Instant::now();
+                match Store::open(spool)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|store| Ok(pusher.push(&store)?))
+                {
+                    Ok(c) => add(c),
+                    Err(e) => eprintln!(
+                        "deltann: warning: push to {} failed (retrying): {e:#}",
+                        remote.url()
+                    ),
+                }
+                while due.elapsed() < Duration::from_secs(2) && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            add(pusher.push(&Store::open(spool)?)?);
+            Ok(total)
+        });
+        let report = collect::collect(sweep, options, progress);
+        stop.store(true, Ordering::Relaxed);
+        let pushed = pusher
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the push thread panicked")));
+        (report, pushed)
     })
 }
 
@@ -145,7 +305,11 @@ fn next_steps(store: &std::path::Path) {
     let me = std::env::args()
         .next()
         .unwrap_or_else(|| "deltann".to_string());
-    let s = tidy(store).display().to_string();
+    let s = if deltann_remote::is_remote(&store.to_string_lossy()) {
+        store.to_string_lossy().into_owned()
+    } else {
+        tidy(store).display().to_string()
+    };
     // Quoted for the shell where it needs it.
     let s = if s
         .chars()

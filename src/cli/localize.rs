@@ -168,25 +168,31 @@ fn save(writer: Option<&StoreWriter>, found: &mut Found) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A sweep as a run recorded it, with the host it ran on (part of its cells' ids).
+type Recorded = (Sweep, String);
+
 /// The sweeps that may have planned the pair (a store's recorded runs, latest first; or the one
 /// sweep file given), and the store to pick images from.
-fn sweeps_and_store(args: &LocalizeArgs) -> anyhow::Result<(Vec<Sweep>, Option<PathBuf>)> {
+fn sweeps_and_store(args: &LocalizeArgs) -> anyhow::Result<(Vec<Recorded>, Option<PathBuf>)> {
     if args.target.is_dir() {
         let store = args.target.clone();
         let session = Session::open(&store, false)?;
-        let outputs = session
-            .run_blocking("SELECT sweep_path, sweep_toml FROM runs ORDER BY started_at DESC")?;
+        let outputs = session.run_blocking(
+            "SELECT sweep_path, sweep_toml, host_name FROM runs ORDER BY started_at DESC",
+        )?;
         let mut sweeps = Vec::new();
         for batch in outputs.iter().flat_map(|o| &o.batches) {
             let paths = batch.column(0).as_string_opt::<i32>();
             let texts = batch.column(1).as_string_opt::<i32>();
-            let (Some(paths), Some(texts)) = (paths, texts) else {
+            let hosts = batch.column(2).as_string_opt::<i32>();
+            let (Some(paths), Some(texts), Some(hosts)) = (paths, texts, hosts) else {
                 continue;
             };
             for row in 0..batch.num_rows() {
                 let path = Path::new(paths.value(row));
                 match Sweep::parse(path, texts.value(row)) {
-                    Ok(sweep) => sweeps.push(sweep),
+                    // Planned for the machine that ran it: the host is part of the cell ids.
+                    Ok(sweep) => sweeps.push((sweep, hosts.value(row).to_string())),
                     Err(e) => eprintln!(
                         "deltann: warning: the sweep recorded from {} no longer parses: {e}",
                         path.display()
@@ -207,13 +213,13 @@ fn sweeps_and_store(args: &LocalizeArgs) -> anyhow::Result<(Vec<Sweep>, Option<P
             .join(deltann_store::layout::FORMAT_FILE)
             .is_file()
             .then_some(store);
-        Ok((vec![sweep], store))
+        Ok((vec![(sweep, super::default_host())], store))
     }
 }
 
 /// The first sweep whose plan holds both cells, with them.
 fn find_pair(
-    sweeps: &[Sweep],
+    sweeps: &[Recorded],
     pair: &[String],
     worker: &WorkerCommand,
 ) -> anyhow::Result<(Sweep, Cell, Cell)> {
@@ -221,10 +227,10 @@ fn find_pair(
         bail!("--pair takes two cell ids");
     };
     let mut last = None;
-    for sweep in sweeps {
+    for (sweep, host) in sweeps {
         // A recorded sweep whose files moved or whose engines are gone cannot plan: the next
         // (older) one may.
-        let plan = match Plan::build(sweep, &|engine, lib| {
+        let plan = match Plan::build(sweep, host, &|engine, lib| {
             deltann_collector::collect::probe_version(worker, engine, lib)
         }) {
             Ok(plan) => plan,

@@ -103,6 +103,12 @@ pub struct PlanArgs {
     /// Result store to compare against (default: the sweep's `store`).
     #[arg(long)]
     pub store: Option<PathBuf>,
+    /// The machine the cells are planned for (part of their ids; default: this host's name).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// Show which of COUNT shards (`collect --shard INDEX/COUNT`) runs each cell.
+    #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub shards: Option<u32>,
 }
 
 /// Arguments of `deltann localize`.
@@ -217,6 +223,21 @@ pub struct CollectArgs {
     /// No progress bar (cell lines still go to stderr).
     #[arg(short, long)]
     pub quiet: bool,
+    /// The machine's name, part of every cell's id and recorded with it (default: the host
+    /// name). The same cell collected on two machines is two cells the analysis compares; give
+    /// a stable name where host names change (containers).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// Run only shard INDEX of COUNT: every COUNT-th cell of the plan from the INDEX-th (from
+    /// 1), so COUNT machines running the same sweep file with 1/COUNT .. COUNT/COUNT split it
+    /// between them. `deltann plan SWEEP --shards COUNT` shows who runs what.
+    #[arg(long, value_name = "INDEX/COUNT")]
+    pub shard: Option<deltann_collector::plan::Shard>,
+    /// With a store on object storage (s3://...): the local store this run computes into and
+    /// pushes from (default: DELTANN_HOME/spool/BUCKET/PREFIX/HOST[-shard-I-of-N]). Running
+    /// again with the same one resumes.
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
 }
 
 /// Output formats of `query` and `sql`.
@@ -269,7 +290,8 @@ impl From<ReportFormatArg> for deltann_analyzer::report::ReportFormat {
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = QUERY_HELP)]
 pub struct QueryArgs {
-    /// The result store.
+    /// The result store: a directory, or s3://BUCKET/PREFIX (read through a local mirror that
+    /// fetches only what is new; see docs/SCALE.md).
     #[arg(value_parser = existing_store, required_unless_present = "list")]
     pub store: Option<PathBuf>,
     /// SQL to run (several statements separated by ';' run in order; may start with a `--`
@@ -315,7 +337,8 @@ Examples:
 /// Arguments of `deltann sql`.
 #[derive(Debug, clap::Args)]
 pub struct SqlArgs {
-    /// The result store.
+    /// The result store: a directory, or s3://BUCKET/PREFIX (read through a local mirror that
+    /// fetches only what is new; see docs/SCALE.md).
     #[arg(value_parser = existing_store)]
     pub store: PathBuf,
     /// Run the statements of this file, then exit (stops at the first error, exit code 2).
@@ -349,6 +372,22 @@ pub enum StoreCommand {
     /// faster). Crash-safe: the old parts stay until the new ones are committed, and running it
     /// again after an interruption finishes the job. The derived analysis is rebuilt afterwards.
     Upgrade(StorePathArgs),
+    /// Copy a store between a local directory and object storage (s3://BUCKET/PREFIX), either
+    /// way. Only what the destination lacks is copied (parts are known by checksum), so an
+    /// interrupted copy resumes when run again, and copying into a store other writers commit
+    /// to at the same time is safe. Credentials and endpoint come from the AWS_* environment
+    /// variables (AWS_ENDPOINT_URL, AWS_ALLOW_HTTP=true for a local server).
+    Copy(StoreCopyArgs),
+}
+
+/// Arguments of `deltann store copy`.
+#[derive(Debug, clap::Args)]
+pub struct StoreCopyArgs {
+    /// The store to copy: a directory or s3://BUCKET/PREFIX.
+    pub src: String,
+    /// Where to: a directory (created if missing) or s3://BUCKET/PREFIX (made a store if it is
+    /// not one); the other kind than SRC.
+    pub dst: String,
 }
 
 /// `deltann engines ...`.
@@ -371,7 +410,8 @@ pub enum EnginesCommand {
 /// The store a `deltann store` command works on.
 #[derive(Debug, clap::Args)]
 pub struct StorePathArgs {
-    /// The result store.
+    /// The result store: a directory, or s3://BUCKET/PREFIX (read through a local mirror that
+    /// fetches only what is new; see docs/SCALE.md).
     #[arg(value_parser = existing_store)]
     pub store: PathBuf,
 }
@@ -380,7 +420,8 @@ pub struct StorePathArgs {
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = ANALYZE_HELP)]
 pub struct AnalyzeArgs {
-    /// The result store.
+    /// The result store: a directory, or s3://BUCKET/PREFIX (read through a local mirror that
+    /// fetches only what is new; see docs/SCALE.md).
     #[arg(value_parser = existing_store)]
     pub store: PathBuf,
     /// Discard the derived tables and recompute them from every committed part.
@@ -419,7 +460,8 @@ Examples:
 /// Arguments of `deltann report`.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// The result store.
+    /// The result store: a directory, or s3://BUCKET/PREFIX (read through a local mirror that
+    /// fetches only what is new; see docs/SCALE.md).
     #[arg(value_parser = existing_store)]
     pub store: PathBuf,
     /// Output format.
@@ -471,7 +513,8 @@ impl From<FramesArg> for deltann_analyzer::frames::Engine {
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = CHECK_HELP)]
 pub struct CheckArgs {
-    /// The result store.
+    /// The result store: a directory, or s3://BUCKET/PREFIX (read through a local mirror that
+    /// fetches only what is new; see docs/SCALE.md).
     #[arg(value_parser = existing_store)]
     pub store: PathBuf,
     /// Fail when two cells of a family disagree on more than this share of images (0.05 or 5%)
@@ -579,7 +622,8 @@ it re-analyses as parts are committed. Pictures use the terminal's graphics prot
 answers, half blocks otherwise (DELTANN_TUI_IMAGES=halfblocks forces them)."
 )]
 pub struct TuiArgs {
-    /// The result store.
+    /// The result store: a directory, or s3://BUCKET/PREFIX (read through a local mirror that
+    /// fetches only what is new; see docs/SCALE.md).
     #[arg(value_parser = existing_store)]
     pub store: PathBuf,
 }
@@ -647,6 +691,9 @@ fn fraction(s: &str) -> Result<f64, String> {
 }
 
 fn existing_store(s: &str) -> Result<PathBuf, String> {
+    if deltann_remote::is_remote(s) {
+        return mirror(s).map_err(|e| format!("{e:#}"));
+    }
     let path = PathBuf::from(s);
     if path.join(deltann_store::layout::FORMAT_FILE).is_file() {
         Ok(path)
@@ -660,12 +707,71 @@ fn existing_store(s: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// The name of this machine in cell ids and records, unless `--host` gives one.
+fn default_host() -> String {
+    deltann_collector::host::Host::current().name
+}
+
+/// A local folder for an object-storage location: `DELTANN_HOME/KIND/BUCKET/PREFIX` (characters
+/// other than letters, digits, `.`, `_`, `-` and `/` replaced, no `..`).
+fn local_dir_for(kind: &str, url: &str) -> PathBuf {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let mut dir = deltann_collector::sweep::deltann_home().join(kind);
+    for part in rest
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != "." && *p != "..")
+    {
+        let clean: String = part
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        dir.push(clean);
+    }
+    dir
+}
+
+/// Brings the local mirror of a store on object storage up to date (fetching only the commits
+/// it lacks) and returns its folder: every reading command reads a remote store through it.
+fn mirror(url: &str) -> anyhow::Result<PathBuf> {
+    let remote = deltann_remote::Remote::open(url)?;
+    remote.check()?;
+    let dir = local_dir_for("mirrors", url);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the mirror {}: {e}", dir.display()))?;
+    let (writer, _) = deltann_store::StoreWriter::open(&dir)?;
+    let mut link = deltann_remote::sync::Link::open(&dir, remote.url(), &default_host())?;
+    let started = std::time::Instant::now();
+    let copied = deltann_remote::sync::pull(&remote, &writer, &mut link, &|_| true)?;
+    if copied.parts > 0 {
+        eprintln!(
+            "deltann: {url}: {} new part(s), {:.1} MB, fetched into its local mirror {} in {:.1} s",
+            copied.parts,
+            copied.bytes as f64 / 1e6,
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(dir)
+}
+
 const COLLECT_HELP: &str = "\
 Each cell runs in its own worker process, so a crash, abort or hang fails that cell only (it is \
 recorded with the reason) and the sweep goes on. Results are committed in parts; killing the \
 collector loses at most the part being written, and running the same command again resumes.
 
 Exit status: 0 when every cell is ok, 1 when the sweep finished but some cell failed, 2 on error.
+
+Several machines: with --store s3://BUCKET/PREFIX (credentials and endpoint from the AWS_* \
+variables) the cells run into a local spool and each commit is pushed as it lands; give each \
+machine its --shard INDEX/COUNT of the same sweep file. Machines commit at once safely, and a \
+killed collector resumes from its spool (or, on a new machine, from the bucket). See \
+docs/SCALE.md.
 
 ONNX Runtime: cells with engine = \"ort\" load libonnxruntime at run time. List versions or paths \
 in environments.ort_library, or set DELTANN_ORT_LIBRARY; `scripts/fetch-onnxruntime.sh VERSION` \
@@ -702,6 +808,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Store(StoreCommand::Verify(a)) => store::verify(&a.store),
         Command::Store(StoreCommand::Repair(a)) => store::repair(&a.store),
         Command::Store(StoreCommand::Upgrade(a)) => store::upgrade(&a.store),
+        Command::Store(StoreCommand::Copy(a)) => store::copy(&a.src, &a.dst),
         Command::Engines(EnginesCommand::List) => engines::list(),
         Command::Engines(EnginesCommand::Install { engines }) => engines::install(&engines),
         Command::Report(a) => report::report(&a),

@@ -6,7 +6,7 @@ use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use deltann_collector::collect;
 use deltann_collector::dataset::Dataset;
-use deltann_collector::plan::Plan;
+use deltann_collector::plan::{Plan, Shard};
 use deltann_collector::runner::WorkerCommand;
 use deltann_store::Store;
 
@@ -16,10 +16,16 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let (sweep, store_path) = super::load_sweep(&args.sweep, args.store.as_deref())?;
     let dataset = Dataset::load(&sweep.dataset)?;
     let worker = WorkerCommand::current_exe().context("cannot locate the deltann executable")?;
-    let plan = Plan::build(&sweep, &|engine, lib| {
+    let host = args.host.clone().unwrap_or_else(super::default_host);
+    let plan = Plan::build(&sweep, &host, &|engine, lib| {
         deltann_collector::collect::probe_version(&worker, engine, lib)
     })?;
-    let store = if store_path
+    let remote = store_path.to_str().is_some_and(deltann_remote::is_remote);
+    let store = if remote {
+        // Read through its local mirror (brought up to date), as every reader does.
+        let mirror = super::mirror(&store_path.to_string_lossy())?;
+        Some(Store::open(&mirror)?)
+    } else if store_path
         .join(deltann_store::layout::FORMAT_FILE)
         .is_file()
     {
@@ -36,7 +42,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let planned = dataset.images.len();
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec![
+    let mut header = vec![
         "#",
         "cell",
         "model",
@@ -44,13 +50,17 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         "environment",
         "state",
         "done",
-    ]);
+    ];
+    if args.shards.is_some() {
+        header.push("shard");
+    }
+    t.set_header(header);
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
     for (i, cell) in plan.cells.iter().enumerate() {
         let st = statuses.get(&cell.id).cloned().unwrap_or_default();
         let state = st.state(planned);
         *counts.entry(state).or_default() += 1;
-        t.add_row(vec![
+        let mut row = vec![
             (i + 1).to_string(),
             cell.id.clone(),
             cell.model.spec.name.clone(),
@@ -58,7 +68,14 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             cell.tag.clone(),
             state.to_string(),
             format!("{}/{planned}", st.done.len()),
-        ]);
+        ];
+        if let Some(count) = args.shards {
+            let index = (1..=count)
+                .find(|&index| Shard { index, count }.runs(i))
+                .unwrap_or(1);
+            row.push(format!("{index}/{count}"));
+        }
+        t.add_row(row);
     }
     println!("{t}");
     let states: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
@@ -80,6 +97,14 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             String::new()
         },
     );
+    if let Some(count) = args.shards {
+        println!(
+            "shards: run `deltann collect {} --shard I/{count}` on each of {count} machines (I = \
+             1..{count}); cells are planned for host {host} (give each machine's --host to see its \
+             ids)",
+            args.sweep.display()
+        );
+    }
     println!(
         "store {}{}",
         store_path.display(),

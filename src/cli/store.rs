@@ -136,3 +136,64 @@ pub fn upgrade(store: &Path) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// `deltann store copy SRC DST`: a store between a directory and object storage, copying only
+/// what DST lacks.
+pub fn copy(src: &str, dst: &str) -> anyhow::Result<ExitCode> {
+    use deltann_remote::{Remote, is_remote, sync};
+    let started = std::time::Instant::now();
+    let (copied, what) = match (is_remote(src), is_remote(dst)) {
+        (false, true) => {
+            let local = super::existing_store(src).map_err(anyhow::Error::msg)?;
+            let store = deltann_store::Store::open(&local)?;
+            let remote = Remote::open(dst)?;
+            remote.create_if_missing()?;
+            // Pushes are idempotent by content, so any writer id will do: a new one per copy.
+            let writer = sync::writer_id(&super::default_host());
+            let scratch = tempfile::tempdir()?;
+            let copied = sync::Pusher::new(&remote, &writer, scratch.path())?.push(&store)?;
+            (
+                copied,
+                format!("{} commit(s) made in {dst}", copied.commits),
+            )
+        }
+        (true, false) => {
+            let remote = Remote::open(src)?;
+            remote.check()?;
+            let root = Path::new(dst);
+            std::fs::create_dir_all(root)
+                .map_err(|e| anyhow::anyhow!("cannot create {dst}: {e}"))?;
+            let (writer, _) = StoreWriter::open(root)?;
+            let mut link = sync::Link::open(root, remote.url(), &super::default_host())?;
+            let copied = sync::pull(&remote, &writer, &mut link, &|_| true)?;
+            (
+                copied,
+                format!("{} group(s) committed in {dst}", copied.commits),
+            )
+        }
+        _ => anyhow::bail!(
+            "store copy moves a store between a directory and object storage (s3://BUCKET/PREFIX); \
+             `{src}` and `{dst}` are both {}",
+            if is_remote(src) {
+                "object storage"
+            } else {
+                "directories (use cp -r, or rsync)"
+            }
+        ),
+    };
+    println!(
+        "copied {} part(s), {:.1} MB, in {:.1} s: {what}{}",
+        copied.parts,
+        copied.bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64(),
+        if copied.covered > 0 {
+            format!(
+                " ({} models/images part(s) left out: the destination holds their rows)",
+                copied.covered
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -369,8 +369,13 @@ impl StoreWriter {
             return Ok(Vec::new());
         }
 
-        // Sequence numbers are taken, and the renames and append done, under the lock, so the
-        // manifest's order is the order in which parts became visible.
+        self.publish(finished)
+    }
+
+    /// Takes the next sequence numbers for finished parts and makes them visible, under the
+    /// lock, so the manifest's order is the order in which parts became visible. After an
+    /// earlier failure at or after a rename nothing more is published (their files go).
+    fn publish(&self, finished: Vec<Finished>) -> Result<Vec<PartEntry>> {
         let mut inner = self
             .inner
             .lock()
@@ -490,6 +495,64 @@ impl StoreWriter {
         Ok(damaged)
     }
 
+    /// A fresh path in `_tmp/` for a part fetched from elsewhere (another store's committed
+    /// part, downloaded before [`StoreWriter::commit_fetched`] makes it visible here).
+    pub fn fetch_path(&self) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join(layout::TMP_DIR)
+            .join(format!("fetched-{}-{n}.parquet.tmp", std::process::id()))
+    }
+
+    /// Commits complete parts of another store, fetched into [`StoreWriter::fetch_path`]s, as
+    /// one group here: each file's checksum is checked against `xxh3` and its footer read for its
+    /// table, partition and cell (so it lands where this store's own part would), then the
+    /// steps of [`StoreWriter::commit_group`] make them visible together under this store's next
+    /// sequence numbers.
+    ///
+    /// # Errors
+    /// Fails when a file's checksum differs from the one given, its footer is not a deltann
+    /// part's, or any step of the commit fails; every fetched file is removed then.
+    pub fn commit_fetched(&self, parts: Vec<(PathBuf, String)>) -> Result<Vec<PartEntry>> {
+        let cleanup = |parts: &[(PathBuf, String)]| {
+            for (path, _) in parts {
+                let _ = fs::remove_file(path);
+            }
+        };
+        let mut finished = Vec::with_capacity(parts.len());
+        for (path, xxh3) in &parts {
+            let checked = file_checksum(path).and_then(|sum| {
+                if &sum == xxh3 {
+                    fetched_part(path, sum)
+                } else {
+                    Err(Error::Invalid(format!(
+                        "{}: checksum {sum}, expected {xxh3} (a damaged download)",
+                        path.display()
+                    )))
+                }
+            });
+            match checked {
+                Ok(part) => finished.push(part),
+                Err(e) => {
+                    cleanup(&parts);
+                    return Err(e);
+                }
+            }
+        }
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Made visible together: their places follow the group they were committed in there
+        // (their footers), renumbered as this store's group (a repaired store's manifest may
+        // have split a group into single parts).
+        finished.sort_by_key(|f| f.group.map_or(0, |g| g.index));
+        let len = u32::try_from(finished.len()).unwrap_or(u32::MAX);
+        for (part, index) in finished.iter_mut().zip(0..) {
+            part.group = (len > 1).then_some(Group { index, len });
+        }
+        self.publish(finished)
+    }
+
     /// Writes `batches` as one part of `table` and commits it.
     ///
     /// # Errors
@@ -567,6 +630,50 @@ fn finish(part: PartWriter, group: Option<Group>, store: &StoreWriter) -> Result
         bytes,
         xxh3,
         tmp_path,
+    })
+}
+
+/// A fetched, complete part as [`StoreWriter::make_visible`] takes it: what it is comes from its
+/// own footer, so it lands where this store would put such a part; it is fsynced here.
+fn fetched_part(path: &Path, xxh3: String) -> Result<Finished> {
+    let file = File::open(path).io("open", path)?;
+    file.sync_all().io("fsync", path)?;
+    let bytes = file.metadata().io("stat", path)?.len();
+    let metadata = ParquetMetaDataReader::new()
+        .parse_and_finish(&file)
+        .map_err(|source| Error::Parquet {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let kv = |key: &str| {
+        metadata
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kvs| kvs.iter().find(|kv| kv.key == key))
+            .and_then(|kv| kv.value.clone())
+    };
+    let footer: FooterMeta = kv(PART_META_KEY)
+        .ok_or_else(|| Error::Invalid(format!("{}: no {PART_META_KEY} footer", path.display())))
+        .and_then(|text| {
+            serde_json::from_str(&text)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+        })?;
+    let group = match kv(GROUP_KEY) {
+        Some(text) => Some(
+            serde_json::from_str::<Group>(&text)
+                .map_err(|e| Error::Invalid(format!("{}: {GROUP_KEY}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    Ok(Finished {
+        table: footer.table,
+        partition: footer.partition,
+        meta: footer.meta,
+        group,
+        rows: u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(0),
+        bytes,
+        xxh3,
+        tmp_path: path.to_path_buf(),
     })
 }
 
@@ -770,7 +877,7 @@ pub(crate) fn checksum_hex(digest: u64) -> String {
 }
 
 /// The xxh3-64 of a file's bytes, read in blocks.
-pub(crate) fn file_checksum(path: &Path) -> Result<String> {
+pub fn file_checksum(path: &Path) -> Result<String> {
     use std::io::Read;
     let mut file = File::open(path).io("open", path)?;
     let mut hash = xxhash_rust::xxh3::Xxh3::new();
