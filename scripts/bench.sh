@@ -10,13 +10,14 @@
 #   scripts/bench.sh tui         first frame and key-press-to-frame on the 1M-row store
 #   scripts/bench.sh live        commit-to-screen latency of the TUI on the 1M-row store, collect running
 #   scripts/bench.sh scale       peak memory and open files at 50,000 images (analysis and collector)
+#   scripts/bench.sh s3          sweep throughput into S3 on loopback vs a directory; store copy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-bench}"
 what="${1:-all}"
 
 scripts/fetch-onnxruntime.sh 1.32.0 >/dev/null
-cargo build --release --bin deltann
+cargo build --release --bin deltann --example s3_loopback
 bin="$CARGO_TARGET_DIR/release/deltann"
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
 
@@ -86,4 +87,9 @@ TOML
     worker="$(grep -o 'worker peak memory [0-9]* MiB' <<<"$out")"
     echo "$n images: $collector, $worker"
   done
+fi
+
+if [ "$what" = all ] || [ "$what" = s3 ]; then
+  echo "== a sweep into S3 on loopback vs a directory (scripts/bench-s3.sh)"
+  scripts/bench-s3.sh "$bin" "$CARGO_TARGET_DIR/release/examples/s3_loopback"
 fi

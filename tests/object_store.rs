@@ -67,12 +67,21 @@ fn deltann(server: &Server, home: &Path) -> Command {
     cmd
 }
 
-fn collect(server: &Server, home: &Path, sweep: &Path, url: &str, shard: &str) -> Command {
+/// `collect --shard SHARD` into `url`, through the spool `home/spool-SHARD` unless `spool`.
+fn collect(
+    server: &Server,
+    home: &Path,
+    sweep: &Path,
+    url: &str,
+    shard: &str,
+    spool: Option<&Path>,
+) -> Command {
     let mut cmd = deltann(server, home);
+    let own = home.join(format!("spool-{}", shard.replace('/', "-of-")));
     cmd.args(["collect", "--quiet", "--part-rows", "2"])
         .arg(sweep)
         .args(["--store", url, "--shard", shard, "--spool"])
-        .arg(home.join(format!("spool-{}", shard.replace('/', "-of-"))));
+        .arg(spool.unwrap_or(&own));
     cmd
 }
 
@@ -127,12 +136,12 @@ repetitions = [2]
 
     // Shard 1 runs ORT `disabled` then tract `decluttered`; shard 2 the other two. Both start
     // at once; shard 1 is killed once ORT's cell is done and tract's is under way.
-    let mut one = collect(&server, &home, &sweep, url, "1/2")
+    let mut one = collect(&server, &home, &sweep, url, "1/2", None)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let two = collect(&server, &home, &sweep, url, "2/2")
+    let two = collect(&server, &home, &sweep, url, "2/2", None)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -158,7 +167,7 @@ repetitions = [2]
     }
     let _ = one.wait();
     assert!(killed, "shard 1 never got far enough to kill");
-    let resumed = collect(&server, &home, &sweep, url, "1/2")
+    let resumed = collect(&server, &home, &sweep, url, "1/2", None)
         .output()
         .unwrap();
     assert!(resumed.status.success(), "{}", text(&resumed));
@@ -169,6 +178,38 @@ repetitions = [2]
     );
     let two = two.wait_with_output().unwrap();
     assert!(two.status.success(), "{}", text(&two));
+
+    // The bucket, read as files on the server's disk: every committed part once, at its size.
+    let bucket = dir.path().join("s3/sweeps/nightly");
+    let mut seen = std::collections::HashSet::new();
+    let mut commits = 0;
+    for log in std::fs::read_dir(bucket.join("_log")).unwrap() {
+        let commit: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(log.unwrap().path()).unwrap()).unwrap();
+        commits += 1;
+        for entry in commit["entries"].as_array().unwrap() {
+            let hash = entry["xxh3"].as_str().unwrap().to_string();
+            assert!(seen.insert(hash.clone()), "part {hash} committed twice");
+            let file = bucket.join(entry["path"].as_str().unwrap());
+            assert_eq!(
+                std::fs::metadata(&file).unwrap().len(),
+                entry["bytes"].as_u64().unwrap(),
+                "{}",
+                file.display()
+            );
+        }
+    }
+    assert!(commits > 10, "{commits} commits");
+
+    // A shard whose spool is lost resumes from the bucket: nothing left to run.
+    let lost = dir.path().join("lost-spool");
+    let fresh = collect(&server, &home, &sweep, url, "1/2", Some(&lost))
+        .output()
+        .unwrap();
+    assert!(fresh.status.success(), "{}", text(&fresh));
+    let said = text(&fresh);
+    assert!(said.contains("0 cells run now, 2 already done"), "{said}");
+    assert!(said.contains("fetched from it to resume"), "{said}");
 
     // The same rows as the local run: ids, images, repetitions, logits hashes; the same cells
     // ending ok with the same images; each model and image recorded once.

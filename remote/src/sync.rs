@@ -206,13 +206,18 @@ impl<'a> Pusher<'a> {
             }
             let mut uploaded = false;
             loop {
+                // After a lost race: the winner may have committed these very parts (another
+                // push of the same store, as a copy running beside the collector's own).
+                if members.iter().all(|(_, h)| self.hashes.contains(h)) {
+                    break;
+                }
                 if self.covered(local, &members)? {
                     copied.covered += 1;
                     break;
                 }
                 let mut entries = Vec::with_capacity(members.len());
                 for (entry, hash) in &members {
-                    let rel = remote_name(&entry.path, &self.writer);
+                    let rel = remote_name(&entry.path, &self.writer, hash);
                     if !uploaded {
                         copied.bytes += self.remote.upload(&local.part_path(entry), &rel)?;
                         copied.parts += 1;
@@ -302,7 +307,19 @@ pub fn pull(
                 copied.bytes += remote.download(&entry.path, &file)?;
                 files.push((file, hash));
             }
-            let entries = local.commit_fetched(files)?;
+            let entries = local.commit_fetched(files).map_err(|e| {
+                Error::Invalid(format!(
+                    "{}: commit {} ({}): {e}",
+                    remote.url(),
+                    commit.number,
+                    commit
+                        .entries
+                        .iter()
+                        .map(|e| e.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
             have.extend(entries.iter().filter_map(|e| e.xxh3.clone()));
             copied.parts += entries.len();
             copied.commits += 1;
@@ -332,19 +349,17 @@ pub fn groups(entries: &[PartEntry]) -> Vec<&[PartEntry]> {
     out
 }
 
-/// A part's name in the remote: its local name with the writer's id after `part-`, so that no
-/// two writers' parts share a name.
-fn remote_name(local: &str, writer: &str) -> String {
+/// A part's name in the remote: its local name with the writer's id and the file's checksum
+/// after `part-`. No two writers' parts share a name, and a name never stands for other bytes
+/// (a repaired local store can reuse a sequence number), so uploading again is harmless.
+fn remote_name(local: &str, writer: &str, xxh3: &str) -> String {
+    let tagged = |file: &str| match file.strip_prefix("part-") {
+        Some(rest) => format!("part-{writer}-{xxh3}-{rest}"),
+        None => format!("{writer}-{xxh3}-{file}"),
+    };
     match local.rsplit_once('/') {
-        Some((dir, file)) => format!("{dir}/{}", with_writer(file, writer)),
-        None => with_writer(local, writer),
-    }
-}
-
-fn with_writer(file: &str, writer: &str) -> String {
-    match file.strip_prefix("part-") {
-        Some(rest) => format!("part-{writer}-{rest}"),
-        None => format!("{writer}-{file}"),
+        Some((dir, file)) => format!("{dir}/{}", tagged(file)),
+        None => tagged(local),
     }
 }
 
@@ -510,12 +525,12 @@ mod tests {
     }
 
     #[test]
-    fn writers_that_race_for_a_number_both_commit_and_facts_are_not_repeated() {
+    fn a_second_writer_leaves_out_the_facts_the_first_recorded() {
         let remote = remote();
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (wa, _) = StoreWriter::open(a.path()).unwrap();
         let (wb, _) = StoreWriter::open(b.path()).unwrap();
-        // Both know an empty log; then A commits, so B's first try takes a taken number.
+        // Both shards record images x and y; B's part of them is left out, its new one is not.
         let mut pa = Pusher::new(&remote, "a", &a.path().join("_tmp")).unwrap();
         let mut pb = Pusher::new(&remote, "b", &b.path().join("_tmp")).unwrap();
         write(&wa, Table::Images, col::IMAGE_ID, &["x", "y"], None);
@@ -540,9 +555,143 @@ mod tests {
         }));
     }
 
+    /// An object store where, just before a pusher's first try at a commit number, another
+    /// writer's commit takes that number: the race made deterministic.
+    #[derive(Debug)]
+    struct Racing {
+        inner: Arc<object_store::memory::InMemory>,
+        /// Commits that win the race for their number, taken once each.
+        winners: std::sync::Mutex<Vec<Commit>>,
+    }
+
+    impl std::fmt::Display for Racing {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Racing")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::ObjectStore for Racing {
+        async fn put_opts(
+            &self,
+            location: &object_store::path::Path,
+            payload: object_store::PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            let name = location.filename().unwrap_or_default().to_string();
+            let winner = {
+                let mut winners = self.winners.lock().unwrap();
+                let at = winners
+                    .iter()
+                    .position(|c| name == format!("{:020}.json", c.number));
+                at.map(|i| winners.remove(i))
+            };
+            if let Some(winner) = winner {
+                let body = serde_json::to_vec(&winner).unwrap();
+                self.inner
+                    .put_opts(location, body.into(), object_store::PutMode::Create.into())
+                    .await?;
+            }
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &object_store::path::Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &object_store::path::Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<
+                'static,
+                object_store::Result<object_store::path::Path>,
+            >,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>
+        {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &object_store::path::Path,
+            to: &object_store::path::Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    #[test]
+    fn a_lost_race_retries_at_the_next_number_and_never_commits_a_part_twice() {
+        let racing = Arc::new(Racing {
+            inner: Arc::new(object_store::memory::InMemory::new()),
+            winners: std::sync::Mutex::new(Vec::new()),
+        });
+        let remote = Remote::with_store("mem://race", "p", racing.clone()).unwrap();
+        remote.create_if_missing().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (w, _) = StoreWriter::open(dir.path()).unwrap();
+        write(&w, Table::Errors, col::IMAGE_ID, &["x"], Some("c1"));
+        let mut pusher = Pusher::new(&remote, "mine", &dir.path().join("_tmp")).unwrap();
+        let part = w.snapshot().entries()[0].clone();
+
+        // Another writer's commit takes number 1 first: this one lands at 2.
+        let other = |number, xxh3: &str| Commit {
+            number,
+            writer: "other".into(),
+            entries: vec![PartEntry {
+                xxh3: Some(xxh3.to_string()),
+                path: format!("errors/part-other-{number}.parquet"),
+                ..part.clone()
+            }],
+        };
+        racing
+            .winners
+            .lock()
+            .unwrap()
+            .push(other(1, "0123456789abcdef"));
+        let pushed = pusher.push(&w.snapshot()).unwrap();
+        assert_eq!((pushed.commits, pushed.conflicts), (1, 1), "{pushed:?}");
+        let writers: Vec<String> = remote
+            .commits_after(0)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.writer)
+            .collect();
+        assert_eq!(writers, ["other", "mine"]);
+
+        // The winner of number 3 committed this writer's next part itself (another push of the
+        // same store): once it has read that commit, the pusher stops, with nothing repeated.
+        write(&w, Table::Errors, col::IMAGE_ID, &["y"], Some("c1"));
+        let next = w.snapshot().entries()[1].xxh3.clone().unwrap();
+        racing.winners.lock().unwrap().push(other(3, &next));
+        let pushed = pusher.push(&w.snapshot()).unwrap();
+        assert_eq!((pushed.commits, pushed.conflicts), (0, 1), "{pushed:?}");
+        assert_eq!(remote.commits_after(0).unwrap().len(), 3);
+    }
+
     #[test]
     fn concurrent_pushers_lose_no_commit() {
-        let remote = remote();
         let store = Arc::new(object_store::memory::InMemory::new());
         let shared = |_| Remote::with_store("mem://test", "p", store.clone()).unwrap();
         let writers: Vec<(tempfile::TempDir, StoreWriter)> = (0..2)
@@ -593,7 +742,6 @@ mod tests {
             let theirs = log.iter().filter(|c| c.writer == format!("w{i}")).count();
             assert_eq!(theirs, 25);
         }
-        drop(remote);
     }
 
     #[test]
@@ -621,8 +769,12 @@ mod tests {
         let sizes: Vec<usize> = groups(&entries).iter().map(|g| g.len()).collect();
         assert_eq!(sizes, vec![1, 2, 1]);
         assert_eq!(
-            remote_name("outputs/model=m/engine=e/part-000002-c.parquet", "w-1"),
-            "outputs/model=m/engine=e/part-w-1-000002-c.parquet"
+            remote_name(
+                "outputs/model=m/engine=e/part-000002-c.parquet",
+                "w-1",
+                "00ff"
+            ),
+            "outputs/model=m/engine=e/part-w-1-00ff-000002-c.parquet"
         );
     }
 }

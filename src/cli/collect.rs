@@ -172,7 +172,17 @@ fn prepare_spool(
     std::fs::create_dir_all(spool)
         .with_context(|| format!("cannot create the spool {}", spool.display()))?;
     // The store first: its writer refuses a non-empty folder that is not a store yet.
-    let (writer, _) = deltann_store::StoreWriter::open(spool)?;
+    let (writer, recovery) = deltann_store::StoreWriter::open(spool)?;
+    if !recovery.is_clean() {
+        eprintln!(
+            "deltann: recovered the spool {} after an interruption: {} part(s) adopted, {} \
+             unfinished temporary file(s) removed, {} damaged file(s) quarantined",
+            spool.display(),
+            recovery.adopted.len(),
+            recovery.tmp_removed,
+            recovery.quarantined.len()
+        );
+    }
     let mut link = deltann_remote::sync::Link::open(spool, remote.url(), host)?;
     let mut plan = deltann_collector::plan::Plan::build(sweep, host, &|engine, lib| {
         collect::probe_version(worker, engine, lib)
@@ -221,7 +231,10 @@ fn collect_and_push(
             let link = deltann_remote::sync::Link::open(spool, remote.url(), host)?;
             let writer = link.writer.unwrap_or_else(|| host.to_string());
             let scratch = tempfile::tempdir()?;
-            let mut pusher = deltann_remote::sync::Pusher::new(remote, &writer, scratch.path())?;
+            // Made on the first push that can reach the remote: a remote that is slow to answer
+            // at the start delays pushes, it does not stop them.
+            let mut pusher: Option<deltann_remote::sync::Pusher<'_>> = None;
+            let push = |pusher: &mut Option<_>| push_once(pusher, remote, &writer, &scratch, spool);
             let mut total = deltann_remote::sync::Copied::default();
             let mut add = |c: deltann_remote::sync::Copied| {
                 total.commits += c.commits;
@@ -236,10 +249,7 @@ fn collect_and_push(
                     break;
                 }
                 let due = std::time::Instant::now();
-                match Store::open(spool)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|store| Ok(pusher.push(&store)?))
-                {
+                match push(&mut pusher) {
                     Ok(c) => add(c),
                     Err(e) => eprintln!(
                         "deltann: warning: push to {} failed (retrying): {e:#}",
@@ -250,7 +260,7 @@ fn collect_and_push(
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
-            add(pusher.push(&Store::open(spool)?)?);
+            add(push(&mut pusher)?);
             Ok(total)
         });
         let report = collect::collect(sweep, options, progress);
@@ -260,6 +270,25 @@ fn collect_and_push(
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the push thread panicked")));
         (report, pushed)
     })
+}
+
+/// One push of the spool's new commits, making the pusher first if there is none yet.
+fn push_once<'r>(
+    pusher: &mut Option<deltann_remote::sync::Pusher<'r>>,
+    remote: &'r deltann_remote::Remote,
+    writer: &str,
+    scratch: &tempfile::TempDir,
+    spool: &std::path::Path,
+) -> anyhow::Result<deltann_remote::sync::Copied> {
+    let pusher = match pusher {
+        Some(p) => p,
+        None => pusher.insert(deltann_remote::sync::Pusher::new(
+            remote,
+            writer,
+            scratch.path(),
+        )?),
+    };
+    Ok(pusher.push(&Store::open(spool)?)?)
 }
 
 /// One line on what the sweep is for: which cells answer differently from their family's

@@ -410,9 +410,9 @@ pub enum EnginesCommand {
 /// The store a `deltann store` command works on.
 #[derive(Debug, clap::Args)]
 pub struct StorePathArgs {
-    /// The result store: a directory, or s3://BUCKET/PREFIX (read through a local mirror that
-    /// fetches only what is new; see docs/SCALE.md).
-    #[arg(value_parser = existing_store)]
+    /// The result store (a directory: a store on object storage is checked by copying it to
+    /// one with `deltann store copy`).
+    #[arg(value_parser = existing_local_store)]
     pub store: PathBuf,
 }
 
@@ -690,6 +690,17 @@ fn fraction(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A store directory: verify, repair and upgrade work on the files themselves, which a store on
+/// object storage only has in its mirror.
+fn existing_local_store(s: &str) -> Result<PathBuf, String> {
+    if deltann_remote::is_remote(s) {
+        return Err(format!(
+            "{s}: this command works on a store directory; `deltann store copy {s} DIR` makes one"
+        ));
+    }
+    existing_store(s)
+}
+
 fn existing_store(s: &str) -> Result<PathBuf, String> {
     if deltann_remote::is_remote(s) {
         return mirror(s).map_err(|e| format!("{e:#}"));
@@ -770,8 +781,8 @@ Exit status: 0 when every cell is ok, 1 when the sweep finished but some cell fa
 Several machines: with --store s3://BUCKET/PREFIX (credentials and endpoint from the AWS_* \
 variables) the cells run into a local spool and each commit is pushed as it lands; give each \
 machine its --shard INDEX/COUNT of the same sweep file. Machines commit at once safely, and a \
-killed collector resumes from its spool (or, on a new machine, from the bucket). See \
-docs/SCALE.md.
+killed collector resumes from its spool (or, without it, from the bucket, given the same \
+--host). See docs/SCALE.md.
 
 ONNX Runtime: cells with engine = \"ort\" load libonnxruntime at run time. List versions or paths \
 in environments.ort_library, or set DELTANN_ORT_LIBRARY; `scripts/fetch-onnxruntime.sh VERSION` \
