@@ -327,3 +327,67 @@ ort_optimization = ["all"]
         "{report}"
     );
 }
+
+#[test]
+fn a_follower_of_an_s3_store_folds_in_what_other_machines_push() {
+    let ort = util::ort_library("1.32.0");
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = data_sweep(
+        dir.path(),
+        r#"
+engine = ["ort"]
+ort_library = ["1.32.0"]
+ort_optimization = ["disabled", "all"]
+"#,
+    );
+    let server = Server::start(&dir.path().join("s3"));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("onnxruntime/1.32.0")).unwrap();
+    std::os::unix::fs::symlink(
+        &ort,
+        home.join("onnxruntime/1.32.0")
+            .join(ort.file_name().unwrap()),
+    )
+    .unwrap();
+    let url = "s3://sweeps/live";
+    let first = collect(&server, &home, &sweep, url, "1/2", None)
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", text(&first));
+    let follower = deltann(&server, &home)
+        .args([
+            "analyze",
+            url,
+            "--follow",
+            "--poll-ms",
+            "200",
+            "--idle-exit",
+            "10",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The follower has folded the first machine's cell before the second machine pushes.
+    std::thread::sleep(Duration::from_secs(3));
+    let second = collect(&server, &home, &sweep, url, "2/2", None)
+        .output()
+        .unwrap();
+    assert!(second.status.success(), "{}", text(&second));
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = said.lines().filter(|l| l.contains("folded")).collect();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.ends_with("0 comparisons, 8 cell-images")),
+        "{said}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.ends_with("8 comparisons, 16 cell-images")),
+        "{said}"
+    );
+}

@@ -23,6 +23,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
         if let Err(e) = rustix::process::setpriority_process(None, 19) {
             eprintln!("analyze: cannot lower the CPU priority ({e}); following at normal priority");
         }
+        super::follow_remote(&args.store);
         return follow(args);
     }
     let store = Store::open(&args.store)?;

@@ -755,7 +755,20 @@ fn mirror(url: &str) -> anyhow::Result<PathBuf> {
     let dir = local_dir_for("mirrors", url);
     std::fs::create_dir_all(&dir)
         .map_err(|e| anyhow::anyhow!("cannot create the mirror {}: {e}", dir.display()))?;
-    let (writer, _) = deltann_store::StoreWriter::open(&dir)?;
+    let writer = match deltann_store::StoreWriter::open(&dir) {
+        Ok((writer, _)) => writer,
+        // Another deltann is bringing it up to date (a TUI following the remote): read it as
+        // it is.
+        Err(deltann_store::Error::Locked { .. }) => {
+            eprintln!(
+                "deltann: {url}: its mirror {} is being updated by another deltann; reading it \
+                 as it is",
+                dir.display()
+            );
+            return Ok(dir);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut link = deltann_remote::sync::Link::open(&dir, remote.url(), &default_host())?;
     let started = std::time::Instant::now();
     let copied = deltann_remote::sync::pull(&remote, &writer, &mut link, &|_| true)?;
@@ -769,6 +782,32 @@ fn mirror(url: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(dir)
+}
+
+/// When `store` is the mirror of a store on object storage, keeps it up to date for as long as
+/// the process lives: a thread fetches new commits every two seconds, so `tui` and
+/// `analyze --follow` see a sweep that other machines are collecting as it lands. Failures are
+/// retried quietly (a TUI owns the terminal).
+fn follow_remote(store: &std::path::Path) {
+    let Ok(bytes) = std::fs::read(store.join(deltann_remote::sync::LINK_FILE)) else {
+        return;
+    };
+    let Ok(mut link) = serde_json::from_slice::<deltann_remote::sync::Link>(&bytes) else {
+        return;
+    };
+    let store = store.to_path_buf();
+    std::thread::spawn(move || {
+        let Ok(remote) = deltann_remote::Remote::open(&link.url) else {
+            return;
+        };
+        let Ok((writer, _)) = deltann_store::StoreWriter::open(&store) else {
+            return;
+        };
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            let _ = deltann_remote::sync::pull(&remote, &writer, &mut link, &|_| true);
+        }
+    });
 }
 
 const COLLECT_HELP: &str = "\
@@ -829,6 +868,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                 anyhow::bail!("deltann tui needs a terminal (stdout is not one)");
             }
+            follow_remote(&a.store);
             deltann_tui::run(&a.store)?;
             Ok(ExitCode::SUCCESS)
         }
