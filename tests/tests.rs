@@ -7,6 +7,7 @@
 mod analysis_collected;
 mod analyzer_cli;
 mod bad_inputs;
+mod ballista;
 mod concurrent;
 mod e2e;
 mod float16;

@@ -17,6 +17,7 @@ deltann's analyzer: what a reviewer asks of a store after an overnight sweep.
 */
 
 pub mod analysis;
+pub mod ballista;
 pub mod cells;
 pub mod check;
 pub mod context;

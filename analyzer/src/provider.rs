@@ -434,6 +434,14 @@ impl PairsTable {
         ]))
     }
 
+    /// The table's rows, from the derived state as it is now.
+    ///
+    /// # Errors
+    /// Fails when the derived state cannot be read.
+    pub fn snapshot(&self) -> DfResult<RecordBatch> {
+        self.batch()
+    }
+
     fn batch(&self) -> DfResult<RecordBatch> {
         use datafusion::arrow::array::{Int32Array, Int64Array, StringArray};
         let state = Pin::derived(&self.pin, &self.root)?;

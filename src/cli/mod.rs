@@ -2,6 +2,7 @@
 //! is in the module of the same name.
 
 mod analyze;
+mod ballista;
 mod collect;
 mod engines;
 mod localize;
@@ -92,6 +93,26 @@ pub enum Command {
     /// Write a synthetic store (for benchmarks and demos of the analyzer without a sweep).
     #[command(hide = true)]
     Synth(SynthArgs),
+    /// Run an Apache Ballista scheduler or executor that knows deltann's SQL functions, for
+    /// `deltann query STORE --ballista df://HOST:PORT` (see docs/SCALE.md).
+    #[command(subcommand)]
+    Ballista(BallistaCommand),
+}
+
+/// `deltann ballista ...`.
+#[derive(Debug, Subcommand)]
+pub enum BallistaCommand {
+    /// Start a scheduler on a free port; prints `listening on df://localhost:PORT`.
+    Scheduler,
+    /// Start an executor that registers with a scheduler and runs its tasks until killed.
+    Executor {
+        /// The scheduler, df://HOST:PORT.
+        #[arg(long, value_name = "URL")]
+        scheduler: String,
+        /// Tasks it runs at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        tasks: u16,
+    },
 }
 
 /// Arguments of `deltann plan`.
@@ -316,6 +337,11 @@ pub struct QueryArgs {
     /// Allow statements that write files (INSERT, COPY TO).
     #[arg(long)]
     pub allow_write: bool,
+    /// Run the statement on an Apache Ballista cluster (its scheduler, df://HOST:PORT; see
+    /// `deltann ballista`) instead of in this process. The executors read the store's files at
+    /// the same path.
+    #[arg(long, value_name = "URL", conflicts_with = "allow_write")]
+    pub ballista: Option<String>,
 }
 
 const QUERY_HELP: &str = "\
@@ -872,6 +898,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             deltann_tui::run(&a.store)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ballista(BallistaCommand::Scheduler) => ballista::scheduler(),
+        Command::Ballista(BallistaCommand::Executor { scheduler, tasks }) => {
+            ballista::executor(&scheduler, usize::from(tasks))
+        }
         Command::Synth(a) => {
             let mut spec = if a.small {
                 deltann_synth::Spec::small()
@@ -924,7 +954,7 @@ fn skip_damaged(command: &Command) -> anyhow::Result<()> {
                  damaged parts, run `deltann store repair STORE` first"
             )
         }
-        Command::Worker => Vec::new(),
+        Command::Worker | Command::Ballista(_) => Vec::new(),
     };
     deltann_store::reader::skip_damaged(true);
     for store in stores {

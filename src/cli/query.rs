@@ -79,9 +79,15 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<ExitCode> {
         (Some(_), Some(_)) => anyhow::bail!("give either SQL or --saved NAME, not both"),
         (None, None) => anyhow::bail!("give SQL to run, or --saved NAME (see --list)"),
     };
-    super::refresh_derived(store, &sql);
-    let session = Session::open(store, args.allow_write)?;
-    let outputs = match session.run_blocking(&sql) {
+    let ran = match &args.ballista {
+        Some(url) => deltann_analyzer::ballista::BallistaSession::open(store, url)
+            .and_then(|session| session.run(&sql)),
+        None => {
+            super::refresh_derived(store, &sql);
+            Session::open(store, args.allow_write).and_then(|s| s.run_blocking(&sql))
+        }
+    };
+    let outputs = match ran {
         Ok(o) => o,
         Err(e) => {
             let message = e.to_string();
