@@ -17,21 +17,9 @@ struct Cluster {
 
 impl Cluster {
     fn start(executors: usize) -> Cluster {
-        let mut scheduler = util::deltann()
-            .args(["ballista", "scheduler"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(scheduler.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("the scheduler said {line:?}"))
-            .to_string();
+        let mut command = util::deltann();
+        command.args(["ballista", "scheduler"]);
+        let (scheduler, url) = util::spawn_listening(command);
         let mut processes = vec![scheduler];
         for _ in 0..executors {
             let mut executor = util::deltann()

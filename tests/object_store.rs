@@ -3,7 +3,6 @@
 //! sweep into it at once, one of them SIGKILLed and resumed. The store must then hold exactly
 //! the rows an unsharded local run of the same sweep writes, and analyse the same.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,22 +26,11 @@ impl Server {
             "{} is missing: `cargo build --example s3_loopback` (the test command builds it)",
             exe.display()
         );
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(["--root", root.to_str().unwrap(), "--bucket", "sweeps"])
-            .args(["--port", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let endpoint = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("the server said {line:?}"))
-            .to_string();
+            .args(["--port", "0"]);
+        let (child, endpoint) = util::spawn_listening(command);
         Server { child, endpoint }
     }
 }

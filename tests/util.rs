@@ -255,3 +255,24 @@ pub fn manifest_paths(store: &Path) -> Vec<String> {
         .map(|v| v["path"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Starts a server process and waits for its first line, `listening on ADDRESS`; returns the
+/// process and the address.
+pub fn spawn_listening(mut command: Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{command:?} said {line:?}"))
+        .to_string();
+    (child, address)
+}
