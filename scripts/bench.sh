@@ -11,6 +11,7 @@
 #   scripts/bench.sh live        commit-to-screen latency of the TUI on the 1M-row store, collect running
 #   scripts/bench.sh scale       peak memory and open files at 50,000 images (analysis and collector)
 #   scripts/bench.sh s3          sweep throughput into S3 on loopback vs a directory; store copy
+#   scripts/bench.sh ballista    saved queries on Ballista (2 executors) vs local, 1M-row store
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-bench}"
@@ -92,4 +93,9 @@ fi
 if [ "$what" = all ] || [ "$what" = s3 ]; then
   echo "== a sweep into S3 on loopback vs a directory (scripts/bench-s3.sh)"
   scripts/bench-s3.sh "$bin" "$CARGO_TARGET_DIR/release/examples/s3_loopback"
+fi
+
+if [ "$what" = all ] || [ "$what" = ballista ]; then
+  echo "== saved queries on Ballista vs local DataFusion (scripts/bench-ballista.sh)"
+  scripts/bench-ballista.sh "$bin" "$CARGO_TARGET_DIR/stores/synth-5250"
 fi

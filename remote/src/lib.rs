@@ -170,7 +170,15 @@ impl Remote {
     }
 
     fn failed(&self, action: impl Into<String>) -> impl FnOnce(object_store::Error) -> Error + '_ {
-        let action = action.into();
+        let mut action = action.into();
+        // Without credentials in the environment the client asks the cloud's instance metadata
+        // service, whose refusal says nothing useful off a cloud machine.
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            action.push_str(
+                " (no AWS_ACCESS_KEY_ID in the environment: set it and AWS_SECRET_ACCESS_KEY, \
+                 AWS_REGION, and AWS_ENDPOINT_URL with AWS_ALLOW_HTTP=true for a local server)",
+            );
+        }
         move |source| Error::ObjectStore {
             url: self.url.clone(),
             action,
