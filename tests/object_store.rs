@@ -56,6 +56,16 @@ fn deltann(server: &Server, home: &Path) -> Command {
 }
 
 /// `collect --shard SHARD` into `url`, through the spool `home/spool-SHARD` unless `spool`.
+/// A DELTANN_HOME of the test's own (mirrors, spools) in which the installed ONNX Runtime
+/// library `ort` is found.
+fn home_with(ort: &Path, dir: &Path) -> PathBuf {
+    let home = dir.join("home");
+    let lib = home.join("onnxruntime/1.32.0");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::os::unix::fs::symlink(ort, lib.join(ort.file_name().unwrap())).unwrap();
+    home
+}
+
 fn collect(
     server: &Server,
     home: &Path,
@@ -112,14 +122,7 @@ repetitions = [2]
     assert!(out.status.success(), "{}", text(&out));
 
     let server = Server::start(&dir.path().join("s3"));
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(home.join("onnxruntime/1.32.0")).unwrap();
-    std::os::unix::fs::symlink(
-        &ort,
-        home.join("onnxruntime/1.32.0")
-            .join(ort.file_name().unwrap()),
-    )
-    .unwrap();
+    let home = home_with(&ort, dir.path());
     let url = "s3://sweeps/nightly";
 
     // Shard 1 runs ORT `disabled` then tract `decluttered`; shard 2 the other two. Both start
@@ -329,14 +332,7 @@ ort_optimization = ["disabled", "all"]
 "#,
     );
     let server = Server::start(&dir.path().join("s3"));
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(home.join("onnxruntime/1.32.0")).unwrap();
-    std::os::unix::fs::symlink(
-        &ort,
-        home.join("onnxruntime/1.32.0")
-            .join(ort.file_name().unwrap()),
-    )
-    .unwrap();
+    let home = home_with(&ort, dir.path());
     let url = "s3://sweeps/live";
     let first = collect(&server, &home, &sweep, url, "1/2", None)
         .output()

@@ -125,6 +125,16 @@ pub struct Copied {
     pub conflicts: usize,
 }
 
+impl std::ops::AddAssign for Copied {
+    fn add_assign(&mut self, other: Copied) {
+        self.commits += other.commits;
+        self.parts += other.parts;
+        self.bytes += other.bytes;
+        self.covered += other.covered;
+        self.conflicts += other.conflicts;
+    }
+}
+
 /// Pushes a local store's committed groups to a remote, keeping what it knows of the remote's
 /// log between pushes (a collector pushes every few seconds).
 pub struct Pusher<'a> {

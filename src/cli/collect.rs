@@ -236,13 +236,6 @@ fn collect_and_push(
             let mut pusher: Option<deltann_remote::sync::Pusher<'_>> = None;
             let push = |pusher: &mut Option<_>| push_once(pusher, remote, &writer, &scratch, spool);
             let mut total = deltann_remote::sync::Copied::default();
-            let mut add = |c: deltann_remote::sync::Copied| {
-                total.commits += c.commits;
-                total.parts += c.parts;
-                total.bytes += c.bytes;
-                total.covered += c.covered;
-                total.conflicts += c.conflicts;
-            };
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
                 if stop.load(Ordering::Relaxed) {
@@ -250,7 +243,7 @@ fn collect_and_push(
                 }
                 let due = std::time::Instant::now();
                 match push(&mut pusher) {
-                    Ok(c) => add(c),
+                    Ok(c) => total += c,
                     Err(e) => eprintln!(
                         "deltann: warning: push to {} failed (retrying): {e:#}",
                         remote.url()
@@ -260,7 +253,7 @@ fn collect_and_push(
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
-            add(push(&mut pusher)?);
+            total += push(&mut pusher)?;
             Ok(total)
         });
         let report = collect::collect(sweep, options, progress);
