@@ -123,3 +123,112 @@ repetitions = [2]
     };
     assert_eq!(run(Some(&cluster.url)), run(None));
 }
+
+/// A store's derived tables as sorted CSV: `comparisons` with its pair's names, `cell_images`,
+/// and the running sums of `pairs` (pair numbers depend on the order pairs were met, so they
+/// are left out).
+fn derived(store: &Path) -> Vec<String> {
+    [
+        "SELECT family, cell_a, cell_b, image_id, label, top1_a, top1_b, flip, identical, \
+         jaccard_top5, rbo_top5, kendall_tau, max_abs_logit, mean_abs_logit, kl_ab, kl_ba \
+         FROM comparisons ORDER BY cell_a, cell_b, image_id",
+        "SELECT * FROM cell_images ORDER BY cell_id, image_id",
+        "SELECT * EXCLUDE (pair) FROM pairs ORDER BY cell_a, cell_b",
+    ]
+    .iter()
+    .map(|sql| {
+        let out = util::run(&["query", store.to_str().unwrap(), sql, "--format", "csv"]);
+        assert!(out.status.success(), "{sql}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    })
+    .collect()
+}
+
+/// `report` without its first line (which names the store).
+fn report(store: &Path) -> String {
+    let out = util::run(&["report", store.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_once('\n').map(|(_, r)| r.to_string()).unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// `analyze STORE --ballista URL`, asserting it rebuilt.
+fn build_on(cluster: &Cluster, store: &Path) {
+    let out = util::run(&[
+        "analyze",
+        store.to_str().unwrap(),
+        "--ballista",
+        &cluster.url,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("rebuilt: folded"), "{}", text(&out));
+}
+
+#[test]
+fn derived_tables_built_on_ballista_equal_the_local_fold() {
+    util::ort_library("1.32.0");
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(2);
+
+    // A synthetic store: one copy folded here, the other built on the cluster.
+    let synth = dir.path().join("synth");
+    let out = util::run(&["synth", "--small", synth.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let local = dir.path().join("synth-local");
+    copy_dir(&synth, &local);
+    let out = util::run(&["analyze", "--rebuild", local.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    build_on(&cluster, &synth);
+    let (there, here) = (derived(&synth), derived(&local));
+    assert!(here[0].lines().count() > 1000, "{}", here[0]);
+    assert_eq!(there, here);
+    assert_eq!(report(&synth), report(&local));
+
+    // A store the collector wrote, built on the cluster half-way through its sweep: the local
+    // advances that fold in the rest extend the cluster's state.
+    let sweep = r#"
+engine = ["ort"]
+ort_library = ["1.32.0"]
+ort_optimization = ["disabled", "all"]
+repetitions = [2]
+"#;
+    let first = data_sweep(dir.path(), sweep);
+    let out = util::run(&["collect", "--quiet", first.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let store = dir.path().join("store");
+    build_on(&cluster, &store);
+    let built = derived(&store);
+    assert!(built[0].lines().count() > 1, "{}", built[0]);
+    let sweep = sweep.replace(r#"["ort"]"#, r#"["ort", "tract"]"#);
+    let second = data_sweep(dir.path(), &sweep);
+    let out = util::run(&["collect", "--quiet", second.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = util::run(&["analyze", store.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).contains("rebuilt") && text(&out).contains("folded"),
+        "{}",
+        text(&out)
+    );
+    let local = dir.path().join("store-local");
+    copy_dir(&store, &local);
+    let out = util::run(&["analyze", "--rebuild", local.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (there, here) = (derived(&store), derived(&local));
+    assert!(here[0].lines().count() > built[0].lines().count());
+    assert_eq!(there, here);
+    assert_eq!(report(&store), report(&local));
+}

@@ -58,7 +58,7 @@ pub fn session_state() -> datafusion::execution::SessionState {
         .with_default_features()
         .build();
     let ctx = SessionContext::new_with_state(state);
-    ctx.register_udf(crate::udf::logits_values());
+    crate::udf::register(&ctx);
     ctx.state()
 }
 
@@ -74,14 +74,7 @@ impl BallistaSession {
             .map_err(|e| Error::Io(format!("{}: cannot resolve the path: {e}", root.display())))?;
         derived::advance(&store, false, &mut |_| {})?;
         write_pairs(&root)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .thread_stack_size(STACK_BYTES)
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Io(format!("cannot start the query runtime: {e}")))?;
-        let ctx = runtime
-            .block_on(SessionContext::remote_with_state(url, session_state()))
-            .map_err(|e| Error::Io(format!("cannot reach the Ballista scheduler {url}: {e}")))?;
+        let (ctx, runtime) = connect(url)?;
         for table in Table::ALL {
             let partitions: Vec<(String, DataType)> = table
                 .partition_keys()
@@ -144,6 +137,59 @@ impl BallistaSession {
         }
         Ok(out)
     }
+}
+
+/// Rebuilds the store's derived tables on the cluster at `url` (see
+/// [`crate::derived::distributed`]).
+///
+/// # Errors
+/// Fails when the store cannot be read or written, the scheduler cannot be reached, or the
+/// cluster fails the build's queries.
+pub fn rebuild_derived(
+    root: &Path,
+    url: &str,
+    progress: &mut dyn FnMut(derived::distributed::Received),
+) -> Result<derived::Advance> {
+    let root = std::fs::canonicalize(root)
+        .map_err(|e| Error::Io(format!("{}: cannot resolve the path: {e}", root.display())))?;
+    let store = deltann_store::Store::open(&root)?;
+    let (ctx, runtime) = connect(url)?;
+    derived::distributed::rebuild(&store, &ctx, &runtime, &register_files, progress)
+}
+
+/// A session on the cluster at `url`, with the runtime its calls block on.
+fn connect(url: &str) -> Result<(SessionContext, tokio::runtime::Runtime)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(STACK_BYTES)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io(format!("cannot start the query runtime: {e}")))?;
+    let ctx = runtime
+        .block_on(SessionContext::remote_with_state(url, session_state()))
+        .map_err(|e| Error::Io(format!("cannot reach the Ballista scheduler {url}: {e}")))?;
+    // Ballista's session keeps only its own list of functions: deltann's go back in.
+    crate::udf::register(&ctx);
+    Ok((ctx, runtime))
+}
+
+/// Registers exactly the Parquet files `paths` as `name`.
+fn register_files(
+    ctx: &SessionContext,
+    name: &str,
+    paths: &[PathBuf],
+    schema: datafusion::arrow::datatypes::SchemaRef,
+) -> Result<()> {
+    let urls = paths
+        .iter()
+        .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
 }
 
 /// Registers the Parquet files at `path` (a folder, or one file) as `name`.

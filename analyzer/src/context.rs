@@ -87,7 +87,7 @@ impl Session {
         // (one image in every cell) are pruned by row-group statistics either way.
         let config = SessionConfig::new().with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
-        ctx.register_udf(crate::udf::logits_values());
+        crate::udf::register(&ctx);
         let pin = SharedPin::default();
         let sources = Table::ALL
             .into_iter()

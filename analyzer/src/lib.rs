@@ -12,7 +12,9 @@ deltann's analyzer: what a reviewer asks of a store after an overnight sweep.
   the derived Parquet; the suite checks they agree), [`cells`] for the environment dimensions,
   [`stats`] for bootstrap intervals of latency quantiles and contrasts; [`detail`] looks one
   image up.
-- [`udf`] adds `logits_values()`, the logits' bytes as floats in SQL.
+- [`udf`] adds `logits_values()`, the logits' bytes as floats in SQL, and the fold's measures as
+  SQL functions, with which [`derived::distributed`] builds the derived tables on a Ballista
+  cluster ([`ballista`] also runs any SQL there).
 - [`report`] renders an analysis, [`check`] turns it into a CI gate, [`diff`] compares two stores.
 */
 

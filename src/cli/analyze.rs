@@ -26,6 +26,11 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
         super::follow_remote(&args.store);
         return follow(args);
     }
+    if let Some(url) = &args.ballista {
+        let advance = on_ballista(&args.store, url)?;
+        print_advance(&advance, &args.store)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = Store::open(&args.store)?;
     let advance = with_bar(&store, args.rebuild)?;
     print_advance(&advance, &args.store)?;
@@ -49,6 +54,27 @@ fn with_bar(store: &Store, rebuild: bool) -> anyhow::Result<Advance> {
         bar.set_position(p.parts_done as u64);
         bar.set_message(format!("{} of {} rows", p.rows_done, p.rows_total));
     })?;
+    bar.finish_and_clear();
+    Ok(advance)
+}
+
+/// A rebuild on a Ballista cluster, with a spinner counting the rows received.
+fn on_ballista(root: &std::path::Path, url: &str) -> anyhow::Result<Advance> {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} rebuilding on {prefix}: {msg} ({elapsed})")
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    bar.set_prefix(url.to_string());
+    bar.set_message("planning");
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let advance = deltann_analyzer::ballista::rebuild_derived(root, url, &mut |r| {
+        bar.set_message(format!("{} {} rows received", r.rows, r.table.name()));
+    })
+    .map_err(|e| anyhow::anyhow!("analyze --ballista {url}: {e}"))?;
     bar.finish_and_clear();
     Ok(advance)
 }

@@ -467,6 +467,12 @@ pub struct AnalyzeArgs {
     /// Threads for folding (default: every core; 1 with --follow).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Rebuild the derived tables from scratch on an Apache Ballista cluster (a scheduler from
+    /// `deltann ballista scheduler`, executors from `deltann ballista executor`) instead of in
+    /// this process. The executors must see the store at the same path; this process receives
+    /// the rows and writes the derived state, which later advances extend as usual.
+    #[arg(long, value_name = "df://HOST:PORT", conflicts_with = "follow")]
+    pub ballista: Option<String>,
 }
 
 const ANALYZE_HELP: &str = "\
@@ -481,6 +487,7 @@ longer lists (dropped by `store repair`, or left out by `--skip-damaged`) is reb
 Examples:
   deltann analyze results/demo
   deltann analyze results/night --follow --idle-exit 600 &
+  deltann analyze /shared/night --ballista df://scheduler:50050     (see docs/SCALE.md)
   deltann query results/demo \"SELECT cell_a, cell_b, avg(CAST(flip AS INT)) FROM comparisons GROUP BY 1, 2\"";
 
 /// Arguments of `deltann report`.

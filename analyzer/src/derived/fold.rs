@@ -126,7 +126,7 @@ pub struct CellAcc {
 }
 
 impl CellAcc {
-    fn add(&mut self, label: Option<i32>, top1: i32, floor: &RepFloor, rows: usize) {
+    pub(crate) fn add(&mut self, label: Option<i32>, top1: i32, floor: &RepFloor, rows: usize) {
         self.images += 1;
         self.rows += rows as u64;
         self.compared += u64::from(floor.compared);

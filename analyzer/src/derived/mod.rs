@@ -18,6 +18,7 @@
 //! leftovers of such a crash and are removed by the next advance. A state written by another
 //! [`ANALYSIS_VERSION`] is discarded and rebuilt.
 
+pub mod distributed;
 pub mod fold;
 pub mod read;
 pub mod tables;
@@ -251,25 +252,7 @@ pub fn advance(
     let started = Instant::now();
     let root = store.root();
     let dir = root.join(DIR);
-    std::fs::create_dir_all(&dir)
-        .and_then(|()| {
-            // A read-only store (a copy on shared media) gets a clear message, not a bare EACCES.
-            // The probe's name is this advance's own: a report and a TUI advancing at once
-            // (before either holds the lock) must not remove each other's.
-            static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let probe = dir.join(format!(".probe-{}-{n}", std::process::id()));
-            std::fs::write(&probe, b"")?;
-            std::fs::remove_file(&probe)
-        })
-        .map_err(|e| {
-            Error::Invalid(format!(
-                "{}: cannot write the derived tables ({e}); the analysis keeps its state beside \
-                 the data, so analyse a writable copy of the store",
-                dir.display()
-            ))
-        })?;
-    let _lock = lock(&dir)?;
+    let _lock = open(&dir)?;
     let mut report = Advance::default();
     // A state that folded parts the store no longer lists (dropped by `store repair`, or left
     // out as damaged by a reader asked to skip them) describes rows that are not there: it is
@@ -287,71 +270,22 @@ pub fn advance(
         Some(s) => s,
         None => {
             report.rebuilt = true;
-            for table in DerivedTable::ALL {
-                let tdir = dir.join(table.name());
-                if tdir.is_dir() {
-                    std::fs::remove_dir_all(&tdir).map_err(|e| Error::file(&tdir, e))?;
-                }
-            }
-            State {
-                analysis_version: ANALYSIS_VERSION,
-                next_part: 1,
-                ..State::default()
-            }
+            reset(&dir)?
         }
     };
     clean(root, &state)?;
 
     let done: HashSet<u64> = state.folded.iter().map(|f| f.seq).collect();
-    let pending_entries: Vec<(usize, &PartEntry)> = store
-        .entries()
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.table == Table::Outputs && !done.contains(&e.seq))
-        .filter(|(_, e)| e.cell_id.is_some())
-        .collect();
-    if pending_entries.is_empty() {
+    let mut pending = pending(store, &done)?;
+    if pending.is_empty() {
         if report.rebuilt {
             state.save(root)?;
         }
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-    let families: HashMap<String, String> = crate::cells::load_models(store)?
-        .into_iter()
-        .map(|(model, facts)| {
-            let family = if facts.family.is_empty() {
-                model.clone()
-            } else {
-                facts.family
-            };
-            (model, family)
-        })
-        .collect();
-
-    // Every pending part with its image range, ordered so that a batch covers one family's
-    // images across cells (parts of different cells over the same images fold together).
-    let mut pending: Vec<(usize, Folded)> = Vec::with_capacity(pending_entries.len());
-    for (order, e) in pending_entries {
-        let (model, engine) = partition(&e.path);
-        let family = families
-            .get(&model)
-            .cloned()
-            .unwrap_or_else(|| model.clone());
-        let range = crate::merge::image_range(&store.part_path(e))?;
-        pending.push((
-            order,
-            Folded {
-                seq: e.seq,
-                cell_id: e.cell_id.clone().unwrap_or_default(),
-                model,
-                engine,
-                family,
-                range,
-                rows: e.rows,
-            },
-        ));
-    }
+    // Ordered so that a batch covers one family's images across cells (parts of different cells
+    // over the same images fold together).
     pending.sort_by(|(oa, a), (ob, b)| {
         a.family
             .cmp(&b.family)
@@ -398,6 +332,120 @@ pub fn advance(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Creates `derived/` (with a clear error for a read-only store) and takes its lock, waiting for
+/// another advancer to finish.
+fn open(dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            // A read-only store (a copy on shared media) gets a clear message, not a bare EACCES.
+            // The probe's name is this advance's own: a report and a TUI advancing at once
+            // (before either holds the lock) must not remove each other's.
+            static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let probe = dir.join(format!(".probe-{}-{n}", std::process::id()));
+            std::fs::write(&probe, b"")?;
+            std::fs::remove_file(&probe)
+        })
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "{}: cannot write the derived tables ({e}); the analysis keeps its state beside \
+                 the data, so analyse a writable copy of the store",
+                dir.display()
+            ))
+        })?;
+    lock(dir)
+}
+
+/// Removes the derived tables' parts: the start of a rebuild.
+fn reset(dir: &Path) -> Result<State> {
+    for table in DerivedTable::ALL {
+        let tdir = dir.join(table.name());
+        if tdir.is_dir() {
+            std::fs::remove_dir_all(&tdir).map_err(|e| Error::file(&tdir, e))?;
+        }
+    }
+    Ok(State {
+        analysis_version: ANALYSIS_VERSION,
+        next_part: 1,
+        ..State::default()
+    })
+}
+
+/// Every committed `outputs` part of a cell not in `done`, with its commit position, family and
+/// image range (from the part's footer).
+fn pending(store: &Store, done: &HashSet<u64>) -> Result<Vec<(usize, Folded)>> {
+    let entries: Vec<(usize, &PartEntry)> = store
+        .entries()
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.table == Table::Outputs && !done.contains(&e.seq))
+        .filter(|(_, e)| e.cell_id.is_some())
+        .collect();
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let families: HashMap<String, String> = crate::cells::load_models(store)?
+        .into_iter()
+        .map(|(model, facts)| {
+            let family = if facts.family.is_empty() {
+                model.clone()
+            } else {
+                facts.family
+            };
+            (model, family)
+        })
+        .collect();
+    let mut pending = Vec::with_capacity(entries.len());
+    for (order, e) in entries {
+        let (model, engine) = partition(&e.path);
+        let family = families
+            .get(&model)
+            .cloned()
+            .unwrap_or_else(|| model.clone());
+        let range = crate::merge::image_range(&store.part_path(e))?;
+        pending.push((
+            order,
+            Folded {
+                seq: e.seq,
+                cell_id: e.cell_id.clone().unwrap_or_default(),
+                model,
+                engine,
+                family,
+                range,
+                rows: e.rows,
+            },
+        ));
+    }
+    Ok(pending)
+}
+
+/// Moves a finished derived part from `_tmp/` to its table as part `number` (a part without
+/// rows is removed instead).
+fn publish(
+    root: &Path,
+    table: DerivedTable,
+    file: PartFile,
+    number: u64,
+    range: Option<(String, String)>,
+) -> Result<Option<DerivedPart>> {
+    let (tmp, rows, bytes) = file.finish()?;
+    if rows == 0 {
+        std::fs::remove_file(&tmp).map_err(|e| Error::file(&tmp, e))?;
+        return Ok(None);
+    }
+    let rel = format!("{DIR}/{}/part-{number:06}.parquet", table.name());
+    let path = root.join(&rel);
+    std::fs::rename(&tmp, &path).map_err(|e| Error::file(&path, e))?;
+    sync_dir(&root.join(DIR).join(table.name()))?;
+    Ok(Some(DerivedPart {
+        table,
+        path: rel,
+        rows,
+        bytes,
+        range,
+    }))
 }
 
 /// Indices of folded parts of the same family whose image range overlaps `part`'s.
@@ -505,22 +553,7 @@ fn fold_batch(
         (DerivedTable::Comparisons, comparisons),
         (DerivedTable::CellImages, cell_images),
     ] {
-        let (tmp, part_rows, bytes) = file.finish()?;
-        if part_rows == 0 {
-            std::fs::remove_file(&tmp).map_err(|e| Error::file(&tmp, e))?;
-            continue;
-        }
-        let rel = format!("{DIR}/{}/part-{number:06}.parquet", table.name());
-        let path = root.join(&rel);
-        std::fs::rename(&tmp, &path).map_err(|e| Error::file(&path, e))?;
-        sync_dir(&dir.join(table.name()))?;
-        new_parts.push(DerivedPart {
-            table,
-            path: rel,
-            rows: part_rows,
-            bytes,
-            range: range.clone(),
-        });
+        new_parts.extend(publish(root, table, file, number, range.clone())?);
     }
     state.parts.extend(new_parts);
     state.folded.extend(batch.iter().map(|(_, f)| f.clone()));
