@@ -5,19 +5,17 @@
 //! is class 0's score. `comparisons` names each pair by number; the scan adds its family and
 //! cells with [`pair_names`].
 //!
-//! [`compare_outputs`] and [`max_abs_diff`] are the fold's measures as SQL functions, so the
+//! [`compare_cells`] and [`max_abs_diff`] are the fold's measures as SQL functions, so the
 //! derived tables can be built by a query on a Ballista cluster (see `derived::distributed`):
 //! they call the fold's own code, so a comparison made by SQL is bit for bit the fold's.
 
 use std::sync::Arc;
 
-use std::collections::HashMap;
-
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, DictionaryArray, Float32Builder, Float64Array,
-    Float64Builder, ListBuilder, StructArray,
+    Array, ArrayRef, AsArray, BooleanBuilder, DictionaryArray, Float32Builder, Float64Array,
+    Float64Builder, Int32Builder, ListArray, ListBuilder, StringBuilder, StructArray,
 };
-use arrow::buffer::ScalarBuffer;
+use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Fields};
 use arrow::datatypes::{Int32Type, UInt64Type};
 use datafusion::common::DataFusionError;
@@ -26,7 +24,7 @@ use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf}
 /// Registers deltann's SQL functions (all but the per-store [`pair_names`]) in `ctx`.
 pub fn register(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(logits_values());
-    ctx.register_udf(compare_outputs());
+    ctx.register_udf(compare_cells());
     ctx.register_udf(max_abs_diff());
 }
 
@@ -99,22 +97,27 @@ pub fn pair_names(column: &str, values: ArrayRef) -> ScalarUDF {
     )
 }
 
-/// The fields of [`compare_outputs`]'s result, in order.
-pub const COMPARE_FIELDS: [&str; 7] = [
-    "jaccard_top5",
-    "rbo_top5",
-    "kendall_tau",
-    "max_abs_logit",
-    "mean_abs_logit",
-    "kl_ab",
-    "kl_ba",
+/// The fields of each element of [`compare_cells`]'s result, in order.
+pub const PAIR_FIELDS: [(&str, DataType, bool); 13] = [
+    ("cell_a", DataType::Utf8, false),
+    ("cell_b", DataType::Utf8, false),
+    ("label", DataType::Int32, true),
+    ("top1_a", DataType::Int32, false),
+    ("top1_b", DataType::Int32, false),
+    ("identical", DataType::Boolean, false),
+    ("jaccard_top5", DataType::Float64, false),
+    ("rbo_top5", DataType::Float64, false),
+    ("kendall_tau", DataType::Float64, true),
+    ("max_abs_logit", DataType::Float64, true),
+    ("mean_abs_logit", DataType::Float64, true),
+    ("kl_ab", DataType::Float64, true),
+    ("kl_ba", DataType::Float64, true),
 ];
 
-fn compare_fields() -> Fields {
-    COMPARE_FIELDS
+fn pair_fields() -> Fields {
+    PAIR_FIELDS
         .iter()
-        .enumerate()
-        .map(|(i, n)| Field::new(*n, DataType::Float64, i >= 2))
+        .map(|(n, t, null)| Field::new(*n, t.clone(), *null))
         .collect()
 }
 
@@ -122,131 +125,128 @@ fn execution(e: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::Execution(e.to_string())
 }
 
-/// One side of a comparison: its top-5 and logits, with the softmax of its logits computed once
-/// per distinct logits in a batch of rows.
-fn side(
-    top5: &arrow::array::GenericListArray<i32>,
-    logits: &BinaryArray,
-    hash: &arrow::array::UInt64Array,
-    i: usize,
-) -> Result<crate::merge::Entry, DataFusionError> {
-    let top = top5.value(i);
-    let top = top
-        .as_primitive_opt::<Int32Type>()
-        .ok_or_else(|| execution("compare_outputs: top5 is not a list of int32"))?;
-    let logits: Option<ScalarBuffer<f32>> =
-        deltann_store::outputs::logits(logits, i).map_err(execution)?;
-    Ok(crate::merge::Entry::bare(crate::merge::Row {
-        rep: 0,
-        label: None,
-        top5: top.values().to_vec(),
-        top5_prob: Vec::new(),
-        logits,
-        logits_unread: false,
-        hash: hash.value(i),
-        latency: 0,
-    }))
-}
-
-/// `compare_outputs(top5_a, top5_b, logits_a, logits_b, logits_hash_a, logits_hash_b) ->
-/// struct<jaccard_top5, rbo_top5, kendall_tau, max_abs_logit, mean_abs_logit, kl_ab, kl_ba>`:
-/// the measures of one `comparisons` row (see [`crate::derived::fold::compare_with`]), for two
-/// cells' first repetitions of one image.
-pub fn compare_outputs() -> ScalarUDF {
-    let list = DataType::List(std::sync::Arc::new(Field::new_list_field(
-        DataType::Int32,
-        true,
-    )));
+/// `compare_cells(cell_ids, labels, top5s, logits, logits_hashes) -> list<struct<cell_a, cell_b,
+/// label, top1_a, top1_b, identical, jaccard_top5, rbo_top5, kendall_tau, max_abs_logit,
+/// mean_abs_logit, kl_ab, kl_ba>>`: given one image's first repetition in each cell of a model
+/// family (five lists of equal length, as `array_agg` makes them), every pair of those cells
+/// compared (`cell_a < cell_b`) as the fold compares them: the fold's own code, its softmax
+/// shared between cells with bit-identical logits. One `comparisons` row per element.
+pub fn compare_cells() -> ScalarUDF {
+    let list = |t: DataType| DataType::List(Arc::new(Field::new_list_field(t, true)));
     create_udf(
-        "compare_outputs",
+        "compare_cells",
         vec![
-            list.clone(),
-            list,
-            DataType::Binary,
-            DataType::Binary,
-            DataType::UInt64,
-            DataType::UInt64,
+            list(DataType::Utf8),
+            list(DataType::Int32),
+            list(list(DataType::Int32)),
+            list(DataType::Binary),
+            list(DataType::UInt64),
         ],
-        DataType::Struct(compare_fields()),
+        list(DataType::Struct(pair_fields())),
         Volatility::Immutable,
         Arc::new(|args: &[ColumnarValue]| {
             let arrays = ColumnarValue::values_to_arrays(args)?;
-            let bad = || {
-                execution(
-                    "compare_outputs takes (list<int32>, list<int32>, binary, binary, uint64, uint64)",
-                )
-            };
-            let [ta, tb, la, lb, ha, hb] = arrays.as_slice() else {
-                return Err(bad());
-            };
-            let (ta, tb) = (
-                ta.as_list_opt::<i32>().ok_or_else(bad)?,
-                tb.as_list_opt::<i32>().ok_or_else(bad)?,
-            );
-            let (la, lb) = (
-                la.as_binary_opt::<i32>().ok_or_else(bad)?,
-                lb.as_binary_opt::<i32>().ok_or_else(bad)?,
-            );
-            let (ha, hb) = (
-                ha.as_primitive_opt::<UInt64Type>().ok_or_else(bad)?,
-                hb.as_primitive_opt::<UInt64Type>().ok_or_else(bad)?,
-            );
-            let n = ta.len();
-            let mut columns: Vec<Float64Builder> = (0..COMPARE_FIELDS.len())
-                .map(|_| Float64Builder::with_capacity(n))
-                .collect();
-            // A row's softmax is shared by every pair that row is part of in this batch (the
-            // fold shares it between the cells of one image the same way).
-            let mut softmax: HashMap<u64, (Vec<u8>, Arc<crate::merge::Softmax>)> = HashMap::new();
-            let mut soft = |entry: &mut crate::merge::Entry, bytes: &[u8]| {
-                let Some(logits) = entry.row.logits.as_deref() else {
-                    return;
-                };
-                let s = match softmax.get(&entry.row.hash) {
-                    Some((b, s)) if b.as_slice() == bytes => s.clone(),
-                    _ => {
-                        let s = Arc::new(crate::merge::Softmax::of(logits));
-                        softmax.insert(entry.row.hash, (bytes.to_vec(), s.clone()));
-                        s
-                    }
-                };
-                entry.soft = Some(s);
-            };
-            for i in 0..n {
-                if ta.is_null(i) || tb.is_null(i) || ha.is_null(i) || hb.is_null(i) {
-                    for c in &mut columns {
-                        c.append_null();
-                    }
-                    continue;
-                }
-                let mut a = side(ta, la, ha, i)?;
-                let mut b = side(tb, lb, hb, i)?;
-                let distance = if a.same_logits(&b) {
-                    // Bit-identical finite logits: every distance is exactly 0.
-                    Some((0.0, 0.0, 0.0, 0.0))
-                } else {
-                    soft(&mut a, if la.is_null(i) { &[] } else { la.value(i) });
-                    soft(&mut b, if lb.is_null(i) { &[] } else { lb.value(i) });
-                    crate::derived::fold::distance(&a, &b)
-                };
-                let c = crate::derived::fold::compare_with(&a, &b, distance);
-                columns[0].append_value(c.jaccard);
-                columns[1].append_value(c.rbo);
-                columns[2].append_option(c.kendall_tau);
-                let d = c.logits;
-                columns[3].append_option(d.map(|d| d.0));
-                columns[4].append_option(d.map(|d| d.1));
-                columns[5].append_option(d.map(|d| d.2));
-                columns[6].append_option(d.map(|d| d.3));
-            }
-            let arrays: Vec<ArrayRef> = columns
-                .into_iter()
-                .map(|mut c| Arc::new(c.finish()) as ArrayRef)
-                .collect();
-            let out = StructArray::try_new(compare_fields(), arrays, None).map_err(execution)?;
-            Ok(ColumnarValue::Array(Arc::new(out)))
+            compare_cells_arrays(&arrays).map(|a| ColumnarValue::Array(Arc::new(a)))
         }),
     )
+}
+
+fn compare_cells_arrays(arrays: &[ArrayRef]) -> Result<ListArray, DataFusionError> {
+    let bad = || {
+        execution(
+            "compare_cells takes (list<utf8>, list<int32>, list<list<int32>>, list<binary>, \
+             list<uint64>)",
+        )
+    };
+    let [ids, labels, top5s, logits, hashes] = arrays else {
+        return Err(bad());
+    };
+    let lists = [ids, labels, top5s, logits, hashes]
+        .map(|a| a.as_list_opt::<i32>().ok_or_else(bad))
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let (ids, labels, top5s, logits, hashes) = (lists[0], lists[1], lists[2], lists[3], lists[4]);
+    let mut cell_a = StringBuilder::new();
+    let mut cell_b = StringBuilder::new();
+    let mut label = Int32Builder::new();
+    let (mut top1_a, mut top1_b) = (Int32Builder::new(), Int32Builder::new());
+    let mut identical = BooleanBuilder::new();
+    let mut measures: Vec<Float64Builder> = (0..7).map(|_| Float64Builder::new()).collect();
+    let mut offsets = vec![0i32];
+    for row in 0..ids.len() {
+        let id = ids.value(row);
+        let id = id.as_string_opt::<i32>().ok_or_else(bad)?;
+        let label_of = labels.value(row);
+        let label_of = label_of.as_primitive_opt::<Int32Type>().ok_or_else(bad)?;
+        let top5 = top5s.value(row);
+        let top5 = top5.as_list_opt::<i32>().ok_or_else(bad)?;
+        let logit = logits.value(row);
+        let logit = logit.as_binary_opt::<i32>().ok_or_else(bad)?;
+        let hash = hashes.value(row);
+        let hash = hash.as_primitive_opt::<UInt64Type>().ok_or_else(bad)?;
+        let n = id.len();
+        if [label_of.len(), top5.len(), logit.len(), hash.len()] != [n; 4] {
+            return Err(execution("compare_cells: the five lists differ in length"));
+        }
+        // In cell-id order, as the fold compares them.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&x, &y| id.value(x).cmp(id.value(y)));
+        let mut entries = Vec::with_capacity(n);
+        for &i in &order {
+            let top = top5.value(i);
+            let top = top.as_primitive_opt::<Int32Type>().ok_or_else(bad)?;
+            entries.push(crate::merge::Entry::bare(crate::merge::Row {
+                rep: 0,
+                label: (!label_of.is_null(i)).then(|| label_of.value(i)),
+                top5: top.values().to_vec(),
+                top5_prob: Vec::new(),
+                logits: deltann_store::outputs::logits(logit, i).map_err(execution)?,
+                logits_unread: false,
+                hash: hash.value(i),
+                latency: 0,
+            }));
+        }
+        let labels_sorted: Vec<Option<i32>> = entries.iter().map(|e| e.row.label).collect();
+        let (pairs, comparisons) = crate::derived::fold::compare_all(entries);
+        for ((i, j), c) in pairs.into_iter().zip(comparisons) {
+            cell_a.append_value(id.value(order[i]));
+            cell_b.append_value(id.value(order[j]));
+            label.append_option(labels_sorted[i].or(labels_sorted[j]));
+            top1_a.append_value(c.top1_a);
+            top1_b.append_value(c.top1_b);
+            identical.append_value(c.identical);
+            measures[0].append_value(c.jaccard);
+            measures[1].append_value(c.rbo);
+            measures[2].append_option(c.kendall_tau);
+            let d = c.logits;
+            measures[3].append_option(d.map(|d| d.0));
+            measures[4].append_option(d.map(|d| d.1));
+            measures[5].append_option(d.map(|d| d.2));
+            measures[6].append_option(d.map(|d| d.3));
+        }
+        offsets.push(i32::try_from(top1_a.values_slice().len()).map_err(execution)?);
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(cell_a.finish()),
+        Arc::new(cell_b.finish()),
+        Arc::new(label.finish()),
+        Arc::new(top1_a.finish()),
+        Arc::new(top1_b.finish()),
+        Arc::new(identical.finish()),
+    ];
+    columns.extend(
+        measures
+            .iter_mut()
+            .map(|m| Arc::new(m.finish()) as ArrayRef),
+    );
+    let values = StructArray::try_new(pair_fields(), columns, None).map_err(execution)?;
+    ListArray::try_new(
+        Arc::new(Field::new_list_field(DataType::Struct(pair_fields()), true)),
+        OffsetBuffer::new(ScalarBuffer::from(offsets)),
+        Arc::new(values),
+        None,
+    )
+    .map_err(execution)
 }
 
 /// `max_abs_diff(logits_a, logits_b) -> float64`: the largest |a - b| over two logit rows (null

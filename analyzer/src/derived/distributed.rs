@@ -7,9 +7,9 @@
 //!
 //! - `cell_images`: each (cell, image)'s first repetition joined with its later ones, for the
 //!   run-to-run floor (`max_abs_diff`) and the latencies in repetition order;
-//! - `comparisons`: those first repetitions self-joined on (family, image) with
-//!   `cell_a < cell_b`, measured by `compare_outputs`, the fold's own comparison code as a SQL
-//!   function (the executors of `deltann ballista executor` know it).
+//! - `comparisons`: those first repetitions grouped by (family, image), every pair of cells
+//!   compared by `compare_cells`, the fold's own comparison code as a SQL function (the
+//!   executors of `deltann ballista executor` know it).
 //!
 //! The executors shuffle and compare; this process receives the rows in image order, numbers
 //! the pairs, advances the pair and cell accumulators and writes the derived parts as an advance
@@ -90,17 +90,22 @@ ORDER BY f.image_id, f.cell_id"
     )
 }
 
-/// `comparisons` rows in image order: every pair of one family's cells on each image.
+/// `comparisons` rows in image order: per image and family, every pair of cells compared by
+/// `compare_cells` (the rows of one image travel to one executor once, rather than a pair of
+/// logit rows per pair through a self-join).
 fn comparisons_sql() -> String {
+    let agg = |c: &str| format!("array_agg({c} ORDER BY cell_id)");
     format!(
         "{FIRST}
-SELECT a.cell_id AS cell_a, b.cell_id AS cell_b, a.image_id, coalesce(a.label, b.label) AS label,
-       coalesce(a.top5[1], -1) AS top1_a, coalesce(b.top5[1], -1) AS top1_b,
-       a.logits_hash = b.logits_hash AS identical,
-       compare_outputs(a.top5, b.top5, a.logits, b.logits, a.logits_hash, b.logits_hash) AS m
-FROM first a JOIN first b
-  ON a.family = b.family AND a.image_id = b.image_id AND a.cell_id < b.cell_id
-ORDER BY a.image_id, a.cell_id, b.cell_id"
+SELECT image_id,
+       compare_cells({}, {}, {}, {}, {}) AS pairs
+FROM first GROUP BY family, image_id
+ORDER BY image_id",
+        agg("cell_id"),
+        agg("label"),
+        agg("top5"),
+        agg("logits"),
+        agg("logits_hash"),
     )
 }
 
@@ -230,33 +235,44 @@ pub fn rebuild(
     let mut pair_index: HashMap<(String, String), usize> = HashMap::new();
     let mut received = 0u64;
     stream(ctx, runtime, &comparisons_sql(), &mut |batch| {
-        let rows = ComparisonRows::new(&batch)?;
-        for i in 0..batch.num_rows() {
-            let (a, b) = (rows.cell_a.value(i), rows.cell_b.value(i));
-            let pairs = &mut writer.state.pairs;
-            let k = match pair_index.get(&(a.to_string(), b.to_string())) {
-                Some(&k) => k,
-                None => {
-                    let family = cells.get(a).map(|c| c.0.clone()).unwrap_or_default();
-                    pairs.push(PairAcc {
-                        family,
-                        cell_a: a.to_string(),
-                        cell_b: b.to_string(),
-                        ..Default::default()
-                    });
-                    pair_index.insert((a.to_string(), b.to_string()), pairs.len() - 1);
-                    pairs.len() - 1
-                }
-            };
-            let number = i32::try_from(k)
-                .map_err(|_| Error::Invalid(format!("more than {} pairs of cells", i32::MAX)))?;
-            let image = rows.image_id.value(i);
-            let label = (!rows.label.is_null(i)).then(|| rows.label.value(i));
-            let c = rows.comparison(i);
-            writer.state.pairs[k].add_comparison(image, label, &c);
-            writer.comparison(number, image, label, &c)?;
+        let images = column(&batch, "image_id", &DataType::Utf8)?;
+        let images = images.as_string::<i32>();
+        let pairs = batch
+            .column_by_name("pairs")
+            .and_then(|p| p.as_list_opt::<i32>())
+            .ok_or_else(|| Error::Invalid("the cluster's rows lack the list `pairs`".into()))?;
+        let rows = ComparisonRows::new(pairs.values())?;
+        let offsets = pairs.value_offsets();
+        for (r, image) in images.iter().enumerate() {
+            let image = image.unwrap_or_default();
+            let (from, to) = (offsets[r] as usize, offsets[r + 1] as usize);
+            for i in from..to {
+                let (a, b) = (rows.cell_a.value(i), rows.cell_b.value(i));
+                let pairs = &mut writer.state.pairs;
+                let k = match pair_index.get(&(a.to_string(), b.to_string())) {
+                    Some(&k) => k,
+                    None => {
+                        let family = cells.get(a).map(|c| c.0.clone()).unwrap_or_default();
+                        pairs.push(PairAcc {
+                            family,
+                            cell_a: a.to_string(),
+                            cell_b: b.to_string(),
+                            ..Default::default()
+                        });
+                        pair_index.insert((a.to_string(), b.to_string()), pairs.len() - 1);
+                        pairs.len() - 1
+                    }
+                };
+                let number = i32::try_from(k).map_err(|_| {
+                    Error::Invalid(format!("more than {} pairs of cells", i32::MAX))
+                })?;
+                let label = (!rows.label.is_null(i)).then(|| rows.label.value(i));
+                let c = rows.comparison(i);
+                writer.state.pairs[k].add_comparison(image, label, &c);
+                writer.comparison(number, image, label, &c)?;
+            }
+            received += (to - from) as u64;
         }
-        received += batch.num_rows() as u64;
         progress(Received {
             table: DerivedTable::Comparisons,
             rows: received,
@@ -454,7 +470,6 @@ impl CellImageRows {
 struct ComparisonRows {
     cell_a: StringArray,
     cell_b: StringArray,
-    image_id: StringArray,
     label: Int32Array,
     top1_a: Int32Array,
     top1_b: Int32Array,
@@ -463,44 +478,41 @@ struct ComparisonRows {
 }
 
 impl ComparisonRows {
-    fn new(batch: &RecordBatch) -> Result<Self> {
-        let string = |n: &str| -> Result<StringArray> {
-            Ok(column(batch, n, &DataType::Utf8)?
-                .as_string::<i32>()
-                .clone())
+    /// The fields of `compare_cells`'s elements.
+    fn new(values: &ArrayRef) -> Result<Self> {
+        let lacks = |n: &str| Error::Invalid(format!("the cluster's pairs lack the field `{n}`"));
+        let values = values
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .ok_or_else(|| lacks("(struct)"))?;
+        let field = |n: &str, ty: &DataType| -> Result<ArrayRef> {
+            let c = values.column_by_name(n).ok_or_else(|| lacks(n))?;
+            Ok(arrow::compute::cast(c, ty)?)
         };
+        let string =
+            |n: &str| -> Result<StringArray> { Ok(field(n, &DataType::Utf8)?.as_string().clone()) };
         let int32 = |n: &str| -> Result<Int32Array> {
-            Ok(column(batch, n, &DataType::Int32)?
-                .as_primitive::<Int32Type>()
-                .clone())
+            Ok(field(n, &DataType::Int32)?.as_primitive().clone())
         };
-        let m = batch
-            .column_by_name("m")
-            .and_then(|m| m.as_any().downcast_ref::<StructArray>())
-            .ok_or_else(|| {
-                Error::Invalid("the cluster's rows lack the struct column `m`".into())
-            })?;
         let mut measures = Vec::new();
-        for name in crate::udf::COMPARE_FIELDS {
-            let c = m.column_by_name(name).ok_or_else(|| {
-                Error::Invalid(format!("the cluster's rows lack the measure `{name}`"))
-            })?;
-            measures.push(
-                arrow::compute::cast(c, &DataType::Float64)?
-                    .as_primitive::<arrow::datatypes::Float64Type>()
-                    .clone(),
-            );
+        for name in [
+            "jaccard_top5",
+            "rbo_top5",
+            "kendall_tau",
+            "max_abs_logit",
+            "mean_abs_logit",
+            "kl_ab",
+            "kl_ba",
+        ] {
+            measures.push(field(name, &DataType::Float64)?.as_primitive().clone());
         }
         Ok(Self {
             cell_a: string("cell_a")?,
             cell_b: string("cell_b")?,
-            image_id: string("image_id")?,
             label: int32("label")?,
             top1_a: int32("top1_a")?,
             top1_b: int32("top1_b")?,
-            identical: column(batch, "identical", &DataType::Boolean)?
-                .as_boolean()
-                .clone(),
+            identical: field("identical", &DataType::Boolean)?.as_boolean().clone(),
             measures,
         })
     }

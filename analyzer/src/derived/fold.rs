@@ -574,6 +574,32 @@ fn compare_image(id: String, mut present: Vec<Present>, cells: &[CellName]) -> I
     }
 }
 
+/// Compares every pair of `entries` (one family's cells' first repetitions of one image, in
+/// cell-id order) as a fold does: the pairs, by position, and their comparisons.
+pub(crate) fn compare_all(entries: Vec<Entry>) -> (Vec<(usize, usize)>, Vec<Comparison>) {
+    let cells = vec![
+        CellName {
+            id: String::new(),
+            family: String::new(),
+            model: String::new(),
+        };
+        entries.len()
+    ];
+    let present = entries
+        .into_iter()
+        .enumerate()
+        .map(|(cell, entry)| Present {
+            cell,
+            new: true,
+            entry,
+            floor: RepFloor::default(),
+            latencies: Vec::new(),
+        })
+        .collect();
+    let image = compare_image(String::new(), present, &cells);
+    (image.pairs, image.comparisons)
+}
+
 /// max |a - b|, mean |a - b|, KL(a || b) and KL(b || a) of two logit rows.
 pub(crate) type Distance = (f64, f64, f64, f64);
 
