@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Saved queries on Apache Ballista (a scheduler and two executors on loopback, each its own
-# process) against the local DataFusion session, on the 1M-row synthetic store. On one machine
-# the executors share its cores with each other and the scheduler, so this measures what
+# The derived-table build and the saved queries on Apache Ballista (a scheduler and two
+# executors on loopback, each its own process) against the local fold and DataFusion session, on
+# the 1M-row synthetic store: times, and whether the answers are the same (every saved query's
+# rows; the derived tables' rows and running sums, by checksum of their sorted CSV). On one
+# machine the executors share its cores with each other and the scheduler, so this measures what
 # distribution costs (planning, gRPC, Arrow Flight shuffles), not what more machines gain.
 #   scripts/bench-ballista.sh [BIN] [STORE] [ROUNDS]
 set -euo pipefail
@@ -22,8 +24,37 @@ for i in 1 2; do
   pids+=($!)
 done
 sleep 1
-"$bin" analyze "$store" > /dev/null   # derived tables up to date: both sides read them
 echo "store: $store ($(du -sh "$store" | cut -f1)); Ballista: $url, 2 executors of 1 task"
+
+# The derived tables' rows and running sums, as one checksum.
+derived_sum() {
+  for sql in \
+    "SELECT family, cell_a, cell_b, image_id, label, top1_a, top1_b, flip, identical, jaccard_top5, rbo_top5, kendall_tau, max_abs_logit, mean_abs_logit, kl_ab, kl_ba FROM comparisons ORDER BY cell_a, cell_b, image_id" \
+    "SELECT * FROM cell_images ORDER BY cell_id, image_id" \
+    "SELECT * EXCLUDE (pair) FROM pairs ORDER BY cell_a, cell_b"; do
+    "$bin" query "$store" "$sql" --format csv
+  done | sha256sum | cut -c1-16
+}
+for round in $(seq 1 "$rounds"); do
+  /usr/bin/time -f "derived build round $round local    %e s wall, %U s user, %M KB" \
+    "$bin" analyze "$store" --rebuild > /dev/null
+  here="$(derived_sum)"
+  /usr/bin/time -f "derived build round $round ballista %e s wall, %U s user (client), %M KB" \
+    "$bin" analyze "$store" --ballista "$url" > /dev/null
+  there="$(derived_sum)"
+  echo "derived tables: local $here, ballista $there$([ "$here" = "$there" ] || echo ': DIFFER')"
+done
+
+# Every saved query's rows, once.
+for query in $("$bin" query --list 2>/dev/null | grep -E '^[a-z0-9_]+ ' | awk '{print $1}'); do
+  "$bin" query "$store" --saved "$query" --format csv > "$work/local.csv"
+  "$bin" query "$store" --saved "$query" --format csv --ballista "$url" > "$work/ballista.csv"
+  if cmp -s <(tail -n +2 "$work/local.csv" | sort) <(tail -n +2 "$work/ballista.csv" | sort); then
+    echo "$query: same $(($(wc -l < "$work/local.csv") - 1)) rows"
+  else
+    echo "$query: the answers differ"
+  fi
+done
 for query in flip_matrix flip_matrix_raw accuracy_per_cell slowest_cells; do
   for round in $(seq 1 "$rounds"); do
     /usr/bin/time -f "$query round $round local    %e s wall, %U s user, %M KB" \
