@@ -280,3 +280,102 @@ pub fn max_abs_diff() -> ScalarUDF {
         }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{BinaryBuilder, UInt64Builder};
+
+    fn entry(top5: &[i32], logits: &[f32], label: Option<i32>) -> crate::merge::Entry {
+        crate::merge::Entry::new(crate::merge::Row {
+            rep: 0,
+            label,
+            top5: top5.to_vec(),
+            top5_prob: Vec::new(),
+            logits: Some(ScalarBuffer::from(logits.to_vec())),
+            logits_unread: false,
+            hash: xxhash_rust::xxh3::xxh3_64(&deltann_store::outputs::logits_bytes(logits)),
+            latency: 0,
+        })
+    }
+
+    #[test]
+    fn compare_cells_gives_the_folds_comparison_of_every_pair_in_cell_order() {
+        let l1 = [1.0f32, 2.0, 0.5, -1.0];
+        let l2 = [1.5f32, 1.0, 0.5, -1.0];
+        // Out of cell-id order, one pair with bit-identical logits, one cell without a label.
+        let cells = [
+            ("c", [1, 0, 2, 3], &l2, Some(1)),
+            ("a", [1, 0, 2, 3], &l1, Some(1)),
+            ("b", [1, 0, 2, 3], &l1, None),
+        ];
+        let item = |t: DataType| Arc::new(Field::new_list_field(t, true));
+        let mut ids = ListBuilder::new(StringBuilder::new());
+        let mut labels = ListBuilder::new(Int32Builder::new());
+        let mut top5s = ListBuilder::new(ListBuilder::new(Int32Builder::new()));
+        let mut logits = ListBuilder::new(BinaryBuilder::new());
+        let mut hashes = ListBuilder::new(UInt64Builder::new());
+        for (id, top5, l, label) in &cells {
+            ids.values().append_value(id);
+            labels.values().append_option(*label);
+            top5s.values().values().append_slice(top5);
+            top5s.values().append(true);
+            let bytes = deltann_store::outputs::logits_bytes(l.as_slice());
+            hashes
+                .values()
+                .append_value(xxhash_rust::xxh3::xxh3_64(&bytes));
+            logits.values().append_value(bytes);
+        }
+        ids.append(true);
+        labels.append(true);
+        top5s.append(true);
+        logits.append(true);
+        hashes.append(true);
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(ids.finish()),
+            Arc::new(labels.finish()),
+            Arc::new(top5s.finish()),
+            Arc::new(logits.finish()),
+            Arc::new(hashes.finish()),
+        ];
+        assert_eq!(
+            arrays[3].data_type(),
+            &DataType::List(item(DataType::Binary))
+        );
+        let out = compare_cells_arrays(&arrays).unwrap();
+        assert_eq!(out.value_offsets(), &[0, 3]);
+        let pairs = out.values().as_struct();
+        let strings = |n: &str| pairs.column_by_name(n).unwrap().as_string::<i32>().clone();
+        let (a, b) = (strings("cell_a"), strings("cell_b"));
+        let got: Vec<(&str, &str)> = (0..3).map(|i| (a.value(i), b.value(i))).collect();
+        assert_eq!(got, [("a", "b"), ("a", "c"), ("b", "c")]);
+        let by_id = |id: &str| {
+            let (_, top5, l, label) = cells.iter().find(|c| c.0 == id).unwrap();
+            entry(top5, l.as_slice(), *label)
+        };
+        let f64s = |n: &str| {
+            pairs
+                .column_by_name(n)
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .clone()
+        };
+        for (i, (x, y)) in got.iter().enumerate() {
+            let want = crate::derived::fold::compare(&by_id(x), &by_id(y));
+            let d = want.logits.unwrap();
+            assert_eq!(f64s("max_abs_logit").value(i), d.0, "{x} {y}");
+            assert_eq!(f64s("mean_abs_logit").value(i), d.1, "{x} {y}");
+            assert_eq!(f64s("kl_ab").value(i), d.2, "{x} {y}");
+            assert_eq!(f64s("kl_ba").value(i), d.3, "{x} {y}");
+            assert_eq!(f64s("rbo_top5").value(i), want.rbo);
+        }
+        // a and b share their logits; the label comes from a (b has none).
+        assert_eq!(f64s("max_abs_logit").value(0), 0.0);
+        assert!(f64s("kl_ab").value(1) > 0.0);
+        let labels = pairs
+            .column_by_name("label")
+            .unwrap()
+            .as_primitive::<Int32Type>();
+        assert_eq!(labels.value(0), 1);
+    }
+}
