@@ -377,35 +377,47 @@ struct Image {
     comparisons: Vec<Comparison>,
 }
 
-/// Which logits each input's rows need decoded: most of a fold's time is decoding logits, and an
-/// already folded ("old") part is read only as the other side of comparisons. Of an old part,
-/// only the first repetition of images that have new rows of its family is compared, and of
-/// those only the rows whose logits hash no new row and no earlier old row of that image and
-/// family has: bit-identical logits are common (threads and batch sizes often give them), and
-/// such a row takes the logits of the row it matches (see [`fill_unread`]). New parts are read
-/// whole; with no old parts there is nothing to decide.
+/// Which logits each input's rows need decoded: most of a fold's time is decoding logits, and
+/// bit-identical logits are common (threads, batch sizes and repetitions often give them). Of a
+/// new part, a row's logits are decoded only when no earlier row of that image and family has
+/// its logits hash; the others take the logits of the row they match (see [`fill_unread`]). An
+/// already folded ("old") part is read only as the other side of comparisons: only the first
+/// repetition of images that have new rows of its family, and of those only the rows whose hash
+/// no new row and no earlier old row of that image and family has.
 fn plan(inputs: &[Input], cells: &[CellName]) -> Result<Vec<Wanted>> {
-    if inputs.iter().all(|i| i.new) {
-        return Ok(vec![Wanted::All; inputs.len()]);
-    }
     let keys: Vec<Vec<(String, i32, u64)>> = inputs
         .par_iter()
         .map(|i| merge::keys(&i.path))
         .collect::<Result<_>>()?;
     // Per family and image: the logits hashes whose logits the merge will hold.
     let mut covered: HashMap<&str, HashMap<&str, Vec<u64>>> = HashMap::new();
-    for (input, keys) in inputs.iter().zip(&keys).filter(|(i, _)| i.new) {
+    let mut wanted: Vec<Option<Wanted>> = vec![None; inputs.len()];
+    for (k, (input, keys)) in inputs.iter().zip(&keys).enumerate() {
+        if !input.new {
+            continue;
+        }
         let images = covered
             .entry(cells[input.cell].family.as_str())
             .or_default();
-        for (image, _, hash) in keys {
-            images.entry(image.as_str()).or_default().push(*hash);
-        }
+        let rows: Vec<bool> = keys
+            .iter()
+            .map(|(image, _, hash)| {
+                let hashes = images.entry(image.as_str()).or_default();
+                let first = !hashes.contains(hash);
+                if first {
+                    hashes.push(*hash);
+                }
+                first
+            })
+            .collect();
+        wanted[k] = Some(if rows.iter().all(|&r| r) {
+            Wanted::All
+        } else {
+            Wanted::Rows(rows)
+        });
     }
-    let mut wanted = Vec::with_capacity(inputs.len());
-    for (input, keys) in inputs.iter().zip(&keys) {
+    for (k, (input, keys)) in inputs.iter().zip(&keys).enumerate() {
         if input.new {
-            wanted.push(Wanted::All);
             continue;
         }
         let mut rows = vec![false; keys.len()];
@@ -426,9 +438,12 @@ fn plan(inputs: &[Input], cells: &[CellName]) -> Result<Vec<Wanted>> {
                 start = end;
             }
         }
-        wanted.push(Wanted::Rows(rows));
+        wanted[k] = Some(Wanted::Rows(rows));
     }
-    Ok(wanted)
+    Ok(wanted
+        .into_iter()
+        .map(|w| w.unwrap_or(Wanted::All))
+        .collect())
 }
 
 /// Gives rows whose logits were not decoded (see [`plan`]) those of a row of the same image
