@@ -13,6 +13,8 @@ use crate::util::{self, data_sweep, text};
 struct Cluster {
     processes: Vec<Child>,
     url: String,
+    /// The executors' temporary folder (their shuffle files), removed with the cluster.
+    _work: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -21,9 +23,11 @@ impl Cluster {
         command.args(["ballista", "scheduler"]);
         let (scheduler, url) = util::spawn_listening(command);
         let mut processes = vec![scheduler];
+        let work = tempfile::tempdir().unwrap();
         for _ in 0..executors {
             let mut executor = util::deltann()
                 .args(["ballista", "executor", "--scheduler", &url])
+                .env("TMPDIR", work.path())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -37,7 +41,11 @@ impl Cluster {
         }
         // Executors register with their first poll.
         std::thread::sleep(Duration::from_millis(500));
-        Cluster { processes, url }
+        Cluster {
+            processes,
+            url,
+            _work: work,
+        }
     }
 }
 
