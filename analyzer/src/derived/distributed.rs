@@ -165,15 +165,14 @@ pub fn rebuild(
             .or_insert_with(|| (f.family.clone(), f.model.clone()));
     }
     let cells_file = write_cells(&dir, &cells)?;
+    let paths: HashMap<u64, PathBuf> = store
+        .entries()
+        .iter()
+        .map(|e| (e.seq, store.part_path(e)))
+        .collect();
     let parts: Vec<PathBuf> = with_rows
         .iter()
-        .filter_map(|f| {
-            store
-                .entries()
-                .iter()
-                .find(|e| e.seq == f.seq)
-                .map(|e| store.part_path(e))
-        })
+        .filter_map(|f| paths.get(&f.seq).cloned())
         .collect();
     register(
         ctx,
@@ -232,7 +231,13 @@ pub fn rebuild(
     })?;
     writer.close(DerivedTable::CellImages)?;
 
-    let mut pair_index: HashMap<(String, String), usize> = HashMap::new();
+    // Pairs by their cells' positions, so a row's lookup allocates nothing.
+    let cell_ids: HashMap<&str, usize> = cells
+        .keys()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut pair_index: HashMap<(usize, usize), usize> = HashMap::new();
     let mut received = 0u64;
     stream(ctx, runtime, &comparisons_sql(), &mut |batch| {
         let images = column(&batch, "image_id", &DataType::Utf8)?;
@@ -249,7 +254,14 @@ pub fn rebuild(
             for i in from..to {
                 let (a, b) = (rows.cell_a.value(i), rows.cell_b.value(i));
                 let pairs = &mut writer.state.pairs;
-                let k = match pair_index.get(&(a.to_string(), b.to_string())) {
+                let unknown = |c: &str| {
+                    Error::Invalid(format!("the cluster named a cell {c} that no part holds"))
+                };
+                let key = (
+                    *cell_ids.get(a).ok_or_else(|| unknown(a))?,
+                    *cell_ids.get(b).ok_or_else(|| unknown(b))?,
+                );
+                let k = match pair_index.get(&key) {
                     Some(&k) => k,
                     None => {
                         let family = cells.get(a).map(|c| c.0.clone()).unwrap_or_default();
@@ -259,7 +271,7 @@ pub fn rebuild(
                             cell_b: b.to_string(),
                             ..Default::default()
                         });
-                        pair_index.insert((a.to_string(), b.to_string()), pairs.len() - 1);
+                        pair_index.insert(key, pairs.len() - 1);
                         pairs.len() - 1
                     }
                 };
@@ -546,7 +558,8 @@ struct Writer<'s> {
 
 /// A table's open part: its file, rows not yet encoded, and the image range so far.
 struct Open<B> {
-    file: Option<PartFile>,
+    /// The open part and its number.
+    file: Option<(PartFile, u64)>,
     rows: B,
     range: Option<(String, String)>,
     total: u64,
@@ -586,7 +599,9 @@ impl<'s> Writer<'s> {
             DerivedTable::Comparisons => (&self.comparisons.file, &self.comparisons.range),
             DerivedTable::CellImages => (&self.cell_images.file, &self.cell_images.range),
         };
-        let full = file.as_ref().is_some_and(|f| f.rows >= Self::limit(table))
+        let full = file
+            .as_ref()
+            .is_some_and(|(f, _)| f.rows >= Self::limit(table))
             && range.as_ref().is_some_and(|r| r.1 != image);
         if full {
             self.close(table)?;
@@ -605,8 +620,8 @@ impl<'s> Writer<'s> {
                 .join(format!("{}-{number:06}.parquet", table.name()));
             let file = PartFile::create(&tmp, table)?;
             match table {
-                DerivedTable::Comparisons => self.comparisons.file = Some(file),
-                DerivedTable::CellImages => self.cell_images.file = Some(file),
+                DerivedTable::Comparisons => self.comparisons.file = Some((file, number)),
+                DerivedTable::CellImages => self.cell_images.file = Some((file, number)),
             }
         }
         let range = match table {
@@ -637,7 +652,7 @@ impl<'s> Writer<'s> {
             latencies: &row.latencies,
         });
         if open.rows.rows >= 16_384
-            && let Some(file) = &mut open.file
+            && let Some((file, _)) = &mut open.file
         {
             file.write(open.rows.finish()?)?;
         }
@@ -655,7 +670,7 @@ impl<'s> Writer<'s> {
         let open = &mut self.comparisons;
         open.rows.push(pair, image, label, c);
         if open.rows.rows >= 65_536
-            && let Some(file) = &mut open.file
+            && let Some((file, _)) = &mut open.file
         {
             file.write(open.rows.finish()?)?;
         }
@@ -668,29 +683,22 @@ impl<'s> Writer<'s> {
         let (file, range, total) = match table {
             DerivedTable::Comparisons => {
                 let o = &mut self.comparisons;
-                if let Some(f) = &mut o.file {
+                if let Some((f, _)) = &mut o.file {
                     f.write(o.rows.finish()?)?;
                 }
                 (o.file.take(), o.range.take(), &mut o.total)
             }
             DerivedTable::CellImages => {
                 let o = &mut self.cell_images;
-                if let Some(f) = &mut o.file {
+                if let Some((f, _)) = &mut o.file {
                     f.write(o.rows.finish()?)?;
                 }
                 (o.file.take(), o.range.take(), &mut o.total)
             }
         };
-        let Some(file) = file else {
+        let Some((file, number)) = file else {
             return Ok(*total);
         };
-        let number = file
-            .tmp
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.rsplit('-').next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(self.state.next_part);
         let part: Option<DerivedPart> = super::publish(&self.root, table, file, number, range)?;
         if let Some(p) = part {
             *total += p.rows;
