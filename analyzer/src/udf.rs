@@ -5,9 +5,10 @@
 //! is class 0's score. `comparisons` names each pair by number; the scan adds its family and
 //! cells with [`pair_names`].
 //!
-//! [`compare_cells`] and [`max_abs_diff`] are the fold's measures as SQL functions, so the
-//! derived tables can be built by a query on a Ballista cluster (see `derived::distributed`):
-//! they call the fold's own code, so a comparison made by SQL is bit for bit the fold's.
+//! [`fold_image`], [`compare_cells`] and [`max_abs_diff`] are the fold's measures as SQL
+//! functions, so the derived tables can be built by a query on a Ballista cluster (see
+//! `derived::distributed`, which uses `fold_image`): they call the fold's own code, so a
+//! comparison made by SQL is bit for bit the fold's.
 
 use std::sync::Arc;
 
@@ -19,13 +20,16 @@ use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Fields};
 use arrow::datatypes::{Int32Type, UInt64Type};
 use datafusion::common::DataFusionError;
-use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
+};
 
 /// Registers deltann's SQL functions (all but the per-store [`pair_names`]) in `ctx`.
 pub fn register(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(logits_values());
     ctx.register_udf(compare_cells());
     ctx.register_udf(max_abs_diff());
+    ctx.register_udf(fold_image());
 }
 
 /// `logits_values(binary) -> list<float32>`.
@@ -166,13 +170,7 @@ fn compare_cells_arrays(arrays: &[ArrayRef]) -> Result<ListArray, DataFusionErro
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
     let (ids, labels, top5s, logits, hashes) = (lists[0], lists[1], lists[2], lists[3], lists[4]);
-    let mut cell_a = StringBuilder::new();
-    let mut cell_b = StringBuilder::new();
-    let mut label = Int32Builder::new();
-    let (mut top1_a, mut top1_b) = (Int32Builder::new(), Int32Builder::new());
-    let mut identical = BooleanBuilder::new();
-    let mut measures: Vec<Float64Builder> = (0..7).map(|_| Float64Builder::new()).collect();
-    let mut offsets = vec![0i32];
+    let mut pairs = PairsBuilder::default();
     for row in 0..ids.len() {
         let id = ids.value(row);
         let id = id.as_string_opt::<i32>().ok_or_else(bad)?;
@@ -191,10 +189,12 @@ fn compare_cells_arrays(arrays: &[ArrayRef]) -> Result<ListArray, DataFusionErro
         // In cell-id order, as the fold compares them.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&x, &y| id.value(x).cmp(id.value(y)));
+        let mut names = Vec::with_capacity(n);
         let mut entries = Vec::with_capacity(n);
         for &i in &order {
             let top = top5.value(i);
             let top = top.as_primitive_opt::<Int32Type>().ok_or_else(bad)?;
+            names.push(id.value(i));
             entries.push(crate::merge::Entry::bare(crate::merge::Row {
                 rep: 0,
                 label: (!label_of.is_null(i)).then(|| label_of.value(i)),
@@ -206,47 +206,347 @@ fn compare_cells_arrays(arrays: &[ArrayRef]) -> Result<ListArray, DataFusionErro
                 latency: 0,
             }));
         }
-        let labels_sorted: Vec<Option<i32>> = entries.iter().map(|e| e.row.label).collect();
+        pairs.image(&names, entries);
+        pairs.end_row()?;
+    }
+    pairs.finish()
+}
+
+/// The pairs of cells of one image after another, compared by the fold's code, as a
+/// `list<struct<PAIR_FIELDS>>` with one list per image.
+#[derive(Default)]
+struct PairsBuilder {
+    cell_a: StringBuilder,
+    cell_b: StringBuilder,
+    label: Int32Builder,
+    top1_a: Int32Builder,
+    top1_b: Int32Builder,
+    identical: BooleanBuilder,
+    measures: [Float64Builder; 7],
+    offsets: Vec<i32>,
+}
+
+impl PairsBuilder {
+    /// Compares every pair of `entries` (one image's first repetitions, named by `names`, in
+    /// cell-id order) and appends them to the current list.
+    fn image(&mut self, names: &[&str], entries: Vec<crate::merge::Entry>) {
+        let labels: Vec<Option<i32>> = entries.iter().map(|e| e.row.label).collect();
         let (pairs, comparisons) = crate::derived::fold::compare_all(entries);
         for ((i, j), c) in pairs.into_iter().zip(comparisons) {
-            cell_a.append_value(id.value(order[i]));
-            cell_b.append_value(id.value(order[j]));
-            label.append_option(labels_sorted[i].or(labels_sorted[j]));
-            top1_a.append_value(c.top1_a);
-            top1_b.append_value(c.top1_b);
-            identical.append_value(c.identical);
-            measures[0].append_value(c.jaccard);
-            measures[1].append_value(c.rbo);
-            measures[2].append_option(c.kendall_tau);
+            self.cell_a.append_value(names[i]);
+            self.cell_b.append_value(names[j]);
+            self.label.append_option(labels[i].or(labels[j]));
+            self.top1_a.append_value(c.top1_a);
+            self.top1_b.append_value(c.top1_b);
+            self.identical.append_value(c.identical);
+            self.measures[0].append_value(c.jaccard);
+            self.measures[1].append_value(c.rbo);
+            self.measures[2].append_option(c.kendall_tau);
             let d = c.logits;
-            measures[3].append_option(d.map(|d| d.0));
-            measures[4].append_option(d.map(|d| d.1));
-            measures[5].append_option(d.map(|d| d.2));
-            measures[6].append_option(d.map(|d| d.3));
+            self.measures[3].append_option(d.map(|d| d.0));
+            self.measures[4].append_option(d.map(|d| d.1));
+            self.measures[5].append_option(d.map(|d| d.2));
+            self.measures[6].append_option(d.map(|d| d.3));
         }
-        offsets.push(i32::try_from(top1_a.values_slice().len()).map_err(execution)?);
     }
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(cell_a.finish()),
-        Arc::new(cell_b.finish()),
-        Arc::new(label.finish()),
-        Arc::new(top1_a.finish()),
-        Arc::new(top1_b.finish()),
-        Arc::new(identical.finish()),
-    ];
-    columns.extend(
-        measures
-            .iter_mut()
-            .map(|m| Arc::new(m.finish()) as ArrayRef),
-    );
-    let values = StructArray::try_new(pair_fields(), columns, None).map_err(execution)?;
+
+    /// Ends the current list (one per input row).
+    fn end_row(&mut self) -> Result<(), DataFusionError> {
+        end_list(&mut self.offsets, self.top1_a.values_slice().len())
+    }
+
+    fn finish(mut self) -> Result<ListArray, DataFusionError> {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.cell_a.finish()),
+            Arc::new(self.cell_b.finish()),
+            Arc::new(self.label.finish()),
+            Arc::new(self.top1_a.finish()),
+            Arc::new(self.top1_b.finish()),
+            Arc::new(self.identical.finish()),
+        ];
+        columns.extend(
+            self.measures
+                .iter_mut()
+                .map(|m| Arc::new(m.finish()) as ArrayRef),
+        );
+        list_of_structs(pair_fields(), columns, self.offsets)
+    }
+}
+
+/// Ends a list at `len` values (the first list starts at 0).
+fn end_list(offsets: &mut Vec<i32>, len: usize) -> Result<(), DataFusionError> {
+    if offsets.is_empty() {
+        offsets.push(0);
+    }
+    offsets.push(i32::try_from(len).map_err(execution)?);
+    Ok(())
+}
+
+/// `columns` as structs of `fields`, cut into lists at `offsets` (as [`end_list`] made them).
+fn list_of_structs(
+    fields: Fields,
+    columns: Vec<ArrayRef>,
+    mut offsets: Vec<i32>,
+) -> Result<ListArray, DataFusionError> {
+    if offsets.is_empty() {
+        offsets.push(0);
+    }
+    let values = StructArray::try_new(fields.clone(), columns, None).map_err(execution)?;
     ListArray::try_new(
-        Arc::new(Field::new_list_field(DataType::Struct(pair_fields()), true)),
+        Arc::new(Field::new_list_field(DataType::Struct(fields), true)),
         OffsetBuffer::new(ScalarBuffer::from(offsets)),
         Arc::new(values),
         None,
     )
     .map_err(execution)
+}
+
+/// The fields of each element of [`fold_image`]'s `cells`: a `cell_images` row but for the
+/// family and model (which the caller knows), and how many rows repeat a repetition.
+fn cell_fields() -> Fields {
+    let list = |t: DataType| DataType::List(Arc::new(Field::new_list_field(t, true)));
+    Fields::from(vec![
+        Field::new("cell_id", DataType::Utf8, false),
+        Field::new("label", DataType::Int32, true),
+        Field::new("top5", list(DataType::Int32), false),
+        Field::new("top5_prob", list(DataType::Float32), false),
+        Field::new("logits_hash", DataType::UInt64, false),
+        Field::new("compared", DataType::Int64, false),
+        Field::new("flips", DataType::Int64, false),
+        Field::new("nondeterministic", DataType::Int64, false),
+        Field::new("max_abs_logit", DataType::Float64, true),
+        Field::new("latencies", list(DataType::Int64), false),
+        Field::new("repeated", DataType::Int64, false),
+    ])
+}
+
+/// [`fold_image`]'s result type: `struct<cells: list<struct<cell_fields>>, pairs:
+/// list<struct<PAIR_FIELDS>>>`.
+pub fn fold_image_type() -> DataType {
+    let list =
+        |f: Fields| DataType::List(Arc::new(Field::new_list_field(DataType::Struct(f), true)));
+    DataType::Struct(Fields::from(vec![
+        Field::new("cells", list(cell_fields()), false),
+        Field::new("pairs", list(pair_fields()), false),
+    ]))
+}
+
+/// `fold_image(array_agg(named_struct('cell_id', .., 'repetition', .., 'label', .., 'top5', ..,
+/// 'top5_prob', .., 'logits', .., 'logits_hash', .., 'latency_ns', ..)))`: given every `outputs`
+/// row of one image in the cells of one model family, what the fold derives from them: per cell
+/// its first repetition, run-to-run floor and latencies (`merge::first_and_floor`), and every
+/// pair of cells compared ([`compare_cells`]). One aggregation of the raw rows gives the whole
+/// derived state of an image, so a cluster moves each row's logits once.
+pub fn fold_image() -> ScalarUDF {
+    ScalarUDF::new_from_impl(FoldImage {
+        signature: Signature::any(1, Volatility::Immutable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FoldImage {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for FoldImage {
+    fn name(&self) -> &'static str {
+        "fold_image"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> Result<DataType, DataFusionError> {
+        Ok(fold_image_type())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [rows] = arrays.as_slice() else {
+            return Err(execution("fold_image takes one argument"));
+        };
+        fold_image_array(rows).map(|a| ColumnarValue::Array(Arc::new(a)))
+    }
+}
+
+/// The fields `fold_image` reads from its rows, cast to the types it computes with (a cluster
+/// may hand strings back as views).
+struct ImageRows {
+    cell_id: arrow::array::StringArray,
+    repetition: arrow::array::Int32Array,
+    label: arrow::array::Int32Array,
+    top5: ListArray,
+    top5_prob: ListArray,
+    logits: arrow::array::BinaryArray,
+    hash: arrow::array::UInt64Array,
+    latency: arrow::array::Int64Array,
+}
+
+impl ImageRows {
+    fn new(rows: &StructArray) -> Result<Self, DataFusionError> {
+        let field = |n: &str, ty: &DataType| -> Result<ArrayRef, DataFusionError> {
+            let c = rows
+                .column_by_name(n)
+                .ok_or_else(|| execution(format!("fold_image: its rows lack the field `{n}`")))?;
+            Ok(arrow::compute::cast(c, ty)?)
+        };
+        let list = |t: DataType| DataType::List(Arc::new(Field::new_list_field(t, true)));
+        Ok(Self {
+            cell_id: field("cell_id", &DataType::Utf8)?.as_string().clone(),
+            repetition: field("repetition", &DataType::Int32)?
+                .as_primitive()
+                .clone(),
+            label: field("label", &DataType::Int32)?.as_primitive().clone(),
+            top5: field("top5", &list(DataType::Int32))?.as_list().clone(),
+            top5_prob: field("top5_prob", &list(DataType::Float32))?
+                .as_list()
+                .clone(),
+            logits: field("logits", &DataType::Binary)?.as_binary().clone(),
+            hash: field("logits_hash", &DataType::UInt64)?
+                .as_primitive()
+                .clone(),
+            latency: field("latency_ns", &DataType::Int64)?
+                .as_primitive()
+                .clone(),
+        })
+    }
+
+    fn row(&self, i: usize) -> Result<crate::merge::Row, DataFusionError> {
+        let top5 = self.top5.value(i);
+        let top5_prob = self.top5_prob.value(i);
+        Ok(crate::merge::Row {
+            rep: self.repetition.value(i),
+            label: (!self.label.is_null(i)).then(|| self.label.value(i)),
+            top5: top5.as_primitive::<Int32Type>().values().to_vec(),
+            top5_prob: top5_prob
+                .as_primitive::<arrow::datatypes::Float32Type>()
+                .values()
+                .to_vec(),
+            logits: deltann_store::outputs::logits(&self.logits, i).map_err(execution)?,
+            logits_unread: false,
+            hash: self.hash.value(i),
+            latency: self.latency.value(i),
+        })
+    }
+}
+
+fn fold_image_array(rows: &ArrayRef) -> Result<StructArray, DataFusionError> {
+    let lists = rows.as_list_opt::<i32>().ok_or_else(|| {
+        execution("fold_image takes a list of structs (array_agg(named_struct(..)))")
+    })?;
+    let values = lists.values().as_struct_opt().ok_or_else(|| {
+        execution("fold_image takes a list of structs (array_agg(named_struct(..)))")
+    })?;
+    let rows = ImageRows::new(values)?;
+    let mut cells = CellsBuilder::default();
+    let mut pairs = PairsBuilder::default();
+    let offsets = lists.value_offsets();
+    for image in 0..lists.len() {
+        let (from, to) = (offsets[image] as usize, offsets[image + 1] as usize);
+        // Each cell's rows together, in cell-id order (as the fold compares them) and
+        // repetition order.
+        let mut order: Vec<usize> = (from..to).collect();
+        order.sort_by(|&x, &y| {
+            (rows.cell_id.value(x), rows.repetition.value(x))
+                .cmp(&(rows.cell_id.value(y), rows.repetition.value(y)))
+        });
+        let mut names = Vec::new();
+        let mut entries = Vec::new();
+        for cell in order.chunk_by(|&x, &y| rows.cell_id.value(x) == rows.cell_id.value(y)) {
+            let repeated = cell
+                .windows(2)
+                .filter(|w| rows.repetition.value(w[0]) == rows.repetition.value(w[1]))
+                .count();
+            let cell_rows = cell
+                .iter()
+                .map(|&i| rows.row(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let Some((first, floor, latencies)) = crate::merge::first_and_floor(cell_rows) else {
+                continue;
+            };
+            let name = rows.cell_id.value(cell[0]);
+            cells.push(name, &first, &floor, &latencies, repeated);
+            names.push(name);
+            entries.push(crate::merge::Entry::bare(first));
+        }
+        pairs.image(&names, entries);
+        pairs.end_row()?;
+        cells.end_row()?;
+    }
+    let columns: Vec<ArrayRef> = vec![Arc::new(cells.finish()?), Arc::new(pairs.finish()?)];
+    let DataType::Struct(fields) = fold_image_type() else {
+        return Err(execution("fold_image: its type is not a struct"));
+    };
+    StructArray::try_new(fields, columns, None).map_err(execution)
+}
+
+/// [`fold_image`]'s `cells`, one list per image.
+#[derive(Default)]
+struct CellsBuilder {
+    cell_id: StringBuilder,
+    label: Int32Builder,
+    top5: ListBuilder<Int32Builder>,
+    top5_prob: ListBuilder<Float32Builder>,
+    hash: arrow::array::UInt64Builder,
+    counts: [arrow::array::Int64Builder; 3],
+    max_abs_logit: Float64Builder,
+    latencies: ListBuilder<arrow::array::Int64Builder>,
+    repeated: arrow::array::Int64Builder,
+    offsets: Vec<i32>,
+}
+
+impl CellsBuilder {
+    fn push(
+        &mut self,
+        cell: &str,
+        first: &crate::merge::Row,
+        floor: &crate::merge::RepFloor,
+        latencies: &[i64],
+        repeated: usize,
+    ) {
+        self.cell_id.append_value(cell);
+        self.label.append_option(first.label);
+        self.top5.values().append_slice(&first.top5);
+        self.top5.append(true);
+        self.top5_prob.values().append_slice(&first.top5_prob);
+        self.top5_prob.append(true);
+        self.hash.append_value(first.hash);
+        for (b, n) in
+            self.counts
+                .iter_mut()
+                .zip([floor.compared, floor.flips, floor.nondeterministic])
+        {
+            b.append_value(i64::from(n));
+        }
+        self.max_abs_logit.append_option(floor.max_abs_logit);
+        self.latencies.values().append_slice(latencies);
+        self.latencies.append(true);
+        self.repeated
+            .append_value(i64::try_from(repeated).unwrap_or(i64::MAX));
+    }
+
+    fn end_row(&mut self) -> Result<(), DataFusionError> {
+        end_list(&mut self.offsets, self.hash.values_slice().len())
+    }
+
+    fn finish(mut self) -> Result<ListArray, DataFusionError> {
+        let [compared, flips, nondeterministic] = &mut self.counts;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.cell_id.finish()),
+            Arc::new(self.label.finish()),
+            Arc::new(self.top5.finish()),
+            Arc::new(self.top5_prob.finish()),
+            Arc::new(self.hash.finish()),
+            Arc::new(compared.finish()),
+            Arc::new(flips.finish()),
+            Arc::new(nondeterministic.finish()),
+            Arc::new(self.max_abs_logit.finish()),
+            Arc::new(self.latencies.finish()),
+            Arc::new(self.repeated.finish()),
+        ];
+        list_of_structs(cell_fields(), columns, self.offsets)
+    }
 }
 
 /// `max_abs_diff(logits_a, logits_b) -> float64`: the largest |a - b| over two logit rows (null
@@ -377,5 +677,160 @@ mod tests {
             .unwrap()
             .as_primitive::<Int32Type>();
         assert_eq!(labels.value(0), 1);
+    }
+
+    /// (cell, repetition, top5, logits, latency)
+    type ImageRow<'a> = (&'a str, i32, [i32; 4], &'a [f32; 4], i64);
+
+    #[test]
+    fn fold_image_gives_each_cells_first_repetition_floor_and_pairs() {
+        let l1 = [1.0f32, 2.0, 0.5, -1.0];
+        let l2 = [1.5f32, 1.0, 0.5, -1.0];
+        let l3 = [3.0f32, 1.0, 0.5, -1.0];
+        // (cell, repetition, top5, logits, latency): out of order; b's second repetition flips
+        // and differs; a's repeats bit for bit; c has one repetition.
+        let rows = [
+            ("b", 1, [0, 1, 2, 3], &l3, 40),
+            ("c", 0, [1, 0, 2, 3], &l1, 50),
+            ("a", 1, [1, 0, 2, 3], &l1, 20),
+            ("b", 0, [1, 0, 2, 3], &l2, 30),
+            ("a", 0, [1, 0, 2, 3], &l1, 10),
+        ];
+        let image = |rows: &[ImageRow<'_>]| -> ArrayRef {
+            let mut id = StringBuilder::new();
+            let mut rep = Int32Builder::new();
+            let mut label = Int32Builder::new();
+            let mut top5 = ListBuilder::new(Int32Builder::new());
+            let mut prob = ListBuilder::new(Float32Builder::new());
+            let mut logits = BinaryBuilder::new();
+            let mut hash = UInt64Builder::new();
+            let mut latency = arrow::array::Int64Builder::new();
+            for (c, r, t, l, ns) in rows {
+                id.append_value(c);
+                rep.append_value(*r);
+                label.append_value(1);
+                top5.values().append_slice(t);
+                top5.append(true);
+                prob.values().append_slice(&[0.5, 0.2, 0.1, 0.1]);
+                prob.append(true);
+                let bytes = deltann_store::outputs::logits_bytes(l.as_slice());
+                hash.append_value(xxhash_rust::xxh3::xxh3_64(&bytes));
+                logits.append_value(bytes);
+                latency.append_value(*ns);
+            }
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(id.finish()),
+                Arc::new(rep.finish()),
+                Arc::new(label.finish()),
+                Arc::new(top5.finish()),
+                Arc::new(prob.finish()),
+                Arc::new(logits.finish()),
+                Arc::new(hash.finish()),
+                Arc::new(latency.finish()),
+            ];
+            let fields: Vec<Field> = [
+                "cell_id",
+                "repetition",
+                "label",
+                "top5",
+                "top5_prob",
+                "logits",
+                "logits_hash",
+                "latency_ns",
+            ]
+            .iter()
+            .zip(&columns)
+            .map(|(n, c)| Field::new(*n, c.data_type().clone(), true))
+            .collect();
+            let values = StructArray::try_new(fields.clone().into(), columns, None).unwrap();
+            let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
+            let offsets = OffsetBuffer::from_lengths([rows.len()]);
+            Arc::new(ListArray::try_new(field, offsets, Arc::new(values), None).unwrap())
+        };
+        let out = fold_image_array(&image(&rows)).unwrap();
+        assert_eq!(out.data_type(), &fold_image_type());
+        let cells = out.column_by_name("cells").unwrap().as_list::<i32>();
+        assert_eq!(cells.value_offsets(), &[0, 3]);
+        let cells = cells.values().as_struct();
+        let column = |n: &str| cells.column_by_name(n).unwrap().clone();
+        let ids = column("cell_id");
+        let ids: Vec<&str> = ids.as_string::<i32>().iter().flatten().collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        let int64s = |n: &str| -> Vec<i64> {
+            column(n)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec()
+        };
+        assert_eq!(int64s("compared"), [1, 1, 0]);
+        assert_eq!(int64s("flips"), [0, 1, 0]);
+        assert_eq!(int64s("nondeterministic"), [0, 1, 0]);
+        assert_eq!(int64s("repeated"), [0, 0, 0]);
+        let max = column("max_abs_logit");
+        let max = max.as_primitive::<arrow::datatypes::Float64Type>();
+        assert_eq!(max.value(0), 0.0);
+        assert_eq!(max.value(1), 1.5);
+        assert!(max.is_null(2));
+        let latencies = column("latencies");
+        let latencies = latencies.as_list::<i32>();
+        let of = |i: usize| {
+            latencies
+                .value(i)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec()
+        };
+        assert_eq!(
+            (of(0), of(1), of(2)),
+            (vec![10, 20], vec![30, 40], vec![50])
+        );
+        let top1 = column("top5");
+        assert_eq!(
+            top1.as_list::<i32>()
+                .value(1)
+                .as_primitive::<Int32Type>()
+                .value(0),
+            1,
+            "b's first repetition, not its second"
+        );
+
+        // The pairs are compare_cells' of the first repetitions.
+        let pairs = out.column_by_name("pairs").unwrap().as_list::<i32>();
+        assert_eq!(pairs.value_offsets(), &[0, 3]);
+        let pairs = pairs.values().as_struct();
+        let want = |a: &[f32; 4], b: &[f32; 4]| {
+            crate::derived::fold::compare(
+                &entry(&[1, 0, 2, 3], a, Some(1)),
+                &entry(&[1, 0, 2, 3], b, Some(1)),
+            )
+        };
+        let max = pairs
+            .column_by_name("max_abs_logit")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .clone();
+        let kl = pairs
+            .column_by_name("kl_ab")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .clone();
+        for (i, (a, b)) in [(&l1, &l2), (&l1, &l1), (&l2, &l1)].iter().enumerate() {
+            let d = want(a, b).logits.unwrap();
+            assert_eq!((max.value(i), kl.value(i)), (d.0, d.2), "pair {i}");
+        }
+
+        // A repetition held twice is counted, for the caller to refuse.
+        let mut twice = rows.to_vec();
+        twice.push(("c", 0, [1, 0, 2, 3], &l1, 60));
+        let out = fold_image_array(&image(&twice)).unwrap();
+        let cells = out.column_by_name("cells").unwrap().as_list::<i32>();
+        let repeated = cells
+            .values()
+            .as_struct()
+            .column_by_name("repeated")
+            .unwrap()
+            .clone();
+        let repeated = repeated.as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!(repeated.values().to_vec(), [0, 0, 1]);
     }
 }

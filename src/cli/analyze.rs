@@ -72,7 +72,10 @@ fn on_ballista(root: &std::path::Path, url: &str) -> anyhow::Result<Advance> {
     bar.set_message("planning");
     bar.enable_steady_tick(Duration::from_millis(200));
     let advance = deltann_analyzer::ballista::rebuild_derived(root, url, &mut |r| {
-        bar.set_message(format!("{} {} rows received", r.rows, r.table.name()));
+        bar.set_message(format!(
+            "{} cell-images and {} comparisons received",
+            r.cell_images, r.comparisons
+        ));
     })
     .map_err(|e| anyhow::anyhow!("analyze --ballista {url}: {e}"))?;
     bar.finish_and_clear();

@@ -470,7 +470,8 @@ pub struct AnalyzeArgs {
     /// Rebuild the derived tables from scratch on an Apache Ballista cluster (a scheduler from
     /// `deltann ballista scheduler`, executors from `deltann ballista executor`) instead of in
     /// this process. The executors must see the store at the same path; this process receives
-    /// the rows and writes the derived state, which later advances extend as usual.
+    /// the rows and writes the derived state, which later advances extend as usual. The
+    /// executors need about the size of the store's `outputs` free for shuffle files.
     #[arg(long, value_name = "df://HOST:PORT", conflicts_with = "follow")]
     pub ballista: Option<String>,
 }

@@ -1,15 +1,15 @@
 //! The derived tables built from scratch on an Apache Ballista cluster, for stores whose
 //! rebuild outgrows one machine.
 //!
-//! What [`super::fold`] does image by image on one machine is asked of the cluster as two SQL
-//! statements over exactly the committed `outputs` parts (the manifest's list, not the folders,
-//! so a collector writing beside the build adds nothing half-done):
-//!
-//! - `cell_images`: each (cell, image)'s first repetition joined with its later ones, for the
-//!   run-to-run floor (`max_abs_diff`) and the latencies in repetition order;
-//! - `comparisons`: those first repetitions grouped by (family, image), every pair of cells
-//!   compared by `compare_cells`, the fold's own comparison code as a SQL function (the
-//!   executors of `deltann ballista executor` know it).
+//! What [`super::fold`] does image by image on one machine is asked of the cluster as one SQL
+//! statement over exactly the committed `outputs` parts (the manifest's list, not the folders,
+//! so a collector writing beside the build adds nothing half-done): the rows grouped by (image,
+//! model family), each group handed to `fold_image`, the fold's own code as a SQL function (the
+//! executors of `deltann ballista executor` know it), which gives each cell's first repetition,
+//! run-to-run floor and latencies, and every pair of cells compared. Grouping the raw rows once
+//! moves each row's logits across the cluster once; a first version computed the first
+//! repetitions and the floors by joins, which shuffled them five times (24 GB of shuffle files
+//! for a 1M-row store).
 //!
 //! The executors shuffle and compare; this process receives the rows in image order, numbers
 //! the pairs, advances the pair and cell accumulators and writes the derived parts as an advance
@@ -51,69 +51,25 @@ const PART_ROWS: [(DerivedTable, u64); 2] = [
     (DerivedTable::CellImages, 1 << 20),
 ];
 
-/// Each (cell, image)'s first repetition with its latencies and how many rows repeat a
-/// repetition (a store holding a (cell, image) twice, which the fold resolves by commit order).
-const FIRST: &str = "
-WITH o AS (
-  SELECT o.cell_id, c.family, c.model, o.image_id, o.label, o.repetition, o.top5, o.top5_prob,
-         o.logits, o.logits_hash, o.latency_ns
-  FROM fold_outputs o JOIN fold_cells c ON o.cell_id = c.cell_id),
-reps AS (
-  SELECT cell_id, image_id, min(repetition) AS first_rep,
-         count(*) - count(DISTINCT repetition) AS repeated,
-         array_agg(latency_ns ORDER BY repetition) AS latencies
-  FROM o GROUP BY cell_id, image_id),
-first AS (
-  SELECT o.*, reps.repeated, reps.latencies
-  FROM o JOIN reps
-    ON o.cell_id = reps.cell_id AND o.image_id = reps.image_id
-   AND o.repetition = reps.first_rep)";
-
-/// `cell_images` rows in image order: the first repetition and the floor of the later ones.
-fn cell_images_sql() -> String {
-    format!(
-        "{FIRST},
-floor AS (
-  SELECT l.cell_id, l.image_id, count(*) AS compared,
-         sum(CASE WHEN l.top5[1] IS DISTINCT FROM f.top5[1] THEN 1 ELSE 0 END) AS flips,
-         sum(CASE WHEN l.logits_hash <> f.logits_hash THEN 1 ELSE 0 END) AS nondeterministic,
-         max(max_abs_diff(f.logits, l.logits)) AS max_abs_logit
-  FROM o l JOIN first f
-    ON l.cell_id = f.cell_id AND l.image_id = f.image_id AND l.repetition > f.repetition
-  GROUP BY l.cell_id, l.image_id)
-SELECT f.cell_id, f.image_id, f.family, f.model, f.label, f.top5, f.top5_prob, f.logits_hash,
-       coalesce(floor.compared, 0) AS compared, coalesce(floor.flips, 0) AS flips,
-       coalesce(floor.nondeterministic, 0) AS nondeterministic, floor.max_abs_logit,
-       f.latencies, f.repeated
-FROM first f LEFT JOIN floor ON f.cell_id = floor.cell_id AND f.image_id = floor.image_id
-ORDER BY f.image_id, f.cell_id"
-    )
-}
-
-/// `comparisons` rows in image order: per image and family, every pair of cells compared by
-/// `compare_cells` (the rows of one image travel to one executor once, rather than a pair of
-/// logit rows per pair through a self-join).
-fn comparisons_sql() -> String {
-    let agg = |c: &str| format!("array_agg({c} ORDER BY cell_id)");
-    format!(
-        "{FIRST}
-SELECT image_id,
-       compare_cells({}, {}, {}, {}, {}) AS pairs
-FROM first GROUP BY family, image_id
-ORDER BY image_id",
-        agg("cell_id"),
-        agg("label"),
-        agg("top5"),
-        agg("logits"),
-        agg("logits_hash"),
-    )
-}
+/// Per image and model family, the image's rows in the family's cells folded by `fold_image`
+/// (first repetitions, floors, latencies and every pair compared), in image order. One
+/// aggregation: each row's logits cross the cluster once, on their way to the executor that
+/// holds the image.
+const FOLD: &str = "
+SELECT o.image_id, c.family,
+       fold_image(array_agg(named_struct(
+         'cell_id', o.cell_id, 'repetition', o.repetition, 'label', o.label, 'top5', o.top5,
+         'top5_prob', o.top5_prob, 'logits', o.logits, 'logits_hash', o.logits_hash,
+         'latency_ns', o.latency_ns))) AS folded
+FROM fold_outputs o JOIN fold_cells c ON o.cell_id = c.cell_id
+GROUP BY o.image_id, c.family
+ORDER BY o.image_id, c.family";
 
 /// Rows received so far, for progress bars.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Received {
-    pub table: DerivedTable,
-    pub rows: u64,
+    pub cell_images: u64,
+    pub comparisons: u64,
 }
 
 /// Registers the tables the build reads (see [`OUTPUTS_TABLE`] and [`CELLS_TABLE`]).
@@ -189,78 +145,72 @@ pub fn rebuild(
 
     let mut writer = Writer::new(root, &mut state);
     let mut cell_index: HashMap<String, usize> = HashMap::new();
-    let mut received = 0u64;
-    stream(ctx, runtime, &cell_images_sql(), &mut |batch| {
-        let rows = CellImageRows::new(&batch)?;
-        for i in 0..batch.num_rows() {
-            if rows.repeated.value(i) > 0 {
-                return Err(Error::Invalid(format!(
-                    "cell {}: image {} holds a repetition twice (two parts hold this cell and \
-                     image); the local fold keeps the earlier commit, which the files alone do not \
-                     tell: rebuild without --ballista",
-                    rows.cell_id.value(i),
-                    rows.image_id.value(i)
-                )));
-            }
-            let row = rows.row(i);
-            let k = *cell_index
-                .entry(row.cell_id.to_string())
-                .or_insert_with(|| {
-                    writer.state.cells.push(CellAcc {
-                        cell_id: row.cell_id.to_string(),
-                        family: row.family.to_string(),
-                        model: row.model.to_string(),
-                        ..Default::default()
-                    });
-                    writer.state.cells.len() - 1
-                });
-            writer.state.cells[k].add(
-                row.label,
-                row.top5.first().copied().unwrap_or(-1),
-                &row.floor,
-                row.latencies.len(),
-            );
-            writer.cell_image(&row)?;
-        }
-        received += batch.num_rows() as u64;
-        progress(Received {
-            table: DerivedTable::CellImages,
-            rows: received,
-        });
-        Ok(())
-    })?;
-    writer.close(DerivedTable::CellImages)?;
-
     // Pairs by their cells' positions, so a row's lookup allocates nothing.
     let cell_ids: HashMap<&str, usize> = cells
         .keys()
         .enumerate()
         .map(|(i, id)| (id.as_str(), i))
         .collect();
+    let unknown =
+        |c: &str| Error::Invalid(format!("the cluster named a cell {c} that no part holds"));
     let mut pair_index: HashMap<(usize, usize), usize> = HashMap::new();
-    let mut received = 0u64;
-    stream(ctx, runtime, &comparisons_sql(), &mut |batch| {
+    let mut received = Received::default();
+    stream(ctx, runtime, FOLD, &mut |batch| {
         let images = column(&batch, "image_id", &DataType::Utf8)?;
         let images = images.as_string::<i32>();
-        let pairs = batch
-            .column_by_name("pairs")
-            .and_then(|p| p.as_list_opt::<i32>())
-            .ok_or_else(|| Error::Invalid("the cluster's rows lack the list `pairs`".into()))?;
-        let rows = ComparisonRows::new(pairs.values())?;
-        let offsets = pairs.value_offsets();
+        let lacks = |n: &str| Error::Invalid(format!("the cluster's rows lack `{n}`"));
+        let folded = batch
+            .column_by_name("folded")
+            .and_then(|c| c.as_struct_opt())
+            .ok_or_else(|| lacks("folded"))?;
+        let list = |n: &str| {
+            folded
+                .column_by_name(n)
+                .and_then(|c| c.as_list_opt::<i32>())
+                .ok_or_else(|| lacks(n))
+        };
+        let (cells_of, pairs_of) = (list("cells")?, list("pairs")?);
+        let cell_rows = CellImageRows::new(cells_of.values())?;
+        let pair_rows = ComparisonRows::new(pairs_of.values())?;
         for (r, image) in images.iter().enumerate() {
             let image = image.unwrap_or_default();
-            let (from, to) = (offsets[r] as usize, offsets[r + 1] as usize);
-            for i in from..to {
-                let (a, b) = (rows.cell_a.value(i), rows.cell_b.value(i));
-                let pairs = &mut writer.state.pairs;
-                let unknown = |c: &str| {
-                    Error::Invalid(format!("the cluster named a cell {c} that no part holds"))
-                };
+            for i in range(cells_of, r) {
+                if cell_rows.repeated.value(i) > 0 {
+                    return Err(Error::Invalid(format!(
+                        "cell {}: image {image} holds a repetition twice (two parts hold this \
+                         cell and image); the local fold keeps the earlier commit, which the \
+                         files alone do not tell: rebuild without --ballista",
+                        cell_rows.cell_id.value(i),
+                    )));
+                }
+                let cell = cell_rows.cell_id.value(i);
+                let (family, model) = cells.get(cell).ok_or_else(|| unknown(cell))?;
+                let row = cell_rows.row(i, image, family, model);
+                let k = *cell_index.entry(cell.to_string()).or_insert_with(|| {
+                    writer.state.cells.push(CellAcc {
+                        cell_id: cell.to_string(),
+                        family: family.clone(),
+                        model: model.clone(),
+                        ..Default::default()
+                    });
+                    writer.state.cells.len() - 1
+                });
+                writer.state.cells[k].add(
+                    row.label,
+                    row.top5.first().copied().unwrap_or(-1),
+                    &row.floor,
+                    row.latencies.len(),
+                );
+                writer.cell_image(&row)?;
+                received.cell_images += 1;
+            }
+            for i in range(pairs_of, r) {
+                let (a, b) = (pair_rows.cell_a.value(i), pair_rows.cell_b.value(i));
                 let key = (
                     *cell_ids.get(a).ok_or_else(|| unknown(a))?,
                     *cell_ids.get(b).ok_or_else(|| unknown(b))?,
                 );
+                let pairs = &mut writer.state.pairs;
                 let k = match pair_index.get(&key) {
                     Some(&k) => k,
                     None => {
@@ -278,19 +228,17 @@ pub fn rebuild(
                 let number = i32::try_from(k).map_err(|_| {
                     Error::Invalid(format!("more than {} pairs of cells", i32::MAX))
                 })?;
-                let label = (!rows.label.is_null(i)).then(|| rows.label.value(i));
-                let c = rows.comparison(i);
+                let label = (!pair_rows.label.is_null(i)).then(|| pair_rows.label.value(i));
+                let c = pair_rows.comparison(i);
                 writer.state.pairs[k].add_comparison(image, label, &c);
                 writer.comparison(number, image, label, &c)?;
+                received.comparisons += 1;
             }
-            received += (to - from) as u64;
         }
-        progress(Received {
-            table: DerivedTable::Comparisons,
-            rows: received,
-        });
+        progress(received);
         Ok(())
     })?;
+    writer.close(DerivedTable::CellImages)?;
     report.comparisons = writer.close(DerivedTable::Comparisons)?;
     report.batches = 1;
 
@@ -299,6 +247,12 @@ pub fn rebuild(
     std::fs::remove_file(&cells_file).map_err(|e| Error::file(&cells_file, e))?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The positions of row `r`'s elements in `list`'s values.
+fn range(list: &arrow::array::ListArray, r: usize) -> std::ops::Range<usize> {
+    let offsets = list.value_offsets();
+    offsets[r] as usize..offsets[r + 1] as usize
 }
 
 /// Runs `sql` on the cluster and hands its batches to `each` as they arrive.
@@ -369,12 +323,9 @@ fn list_of(item: DataType) -> DataType {
     DataType::List(Arc::new(Field::new_list_field(item, true)))
 }
 
-/// The columns of a batch of `cell_images` rows.
+/// The fields of `fold_image`'s cells (a `cell_images` row but for family and model).
 struct CellImageRows {
     cell_id: StringArray,
-    image_id: StringArray,
-    family: StringArray,
-    model: StringArray,
     label: Int32Array,
     top5: arrow::array::ListArray,
     top5_prob: arrow::array::ListArray,
@@ -401,38 +352,49 @@ struct CellImageRow<'a> {
     latencies: Vec<i64>,
 }
 
+/// Field `name` of the struct array `values`, cast to `ty` (the cluster may hand strings back
+/// as views, lists as large).
+fn field(values: &StructArray, name: &str, ty: &DataType) -> Result<ArrayRef> {
+    let c = values
+        .column_by_name(name)
+        .ok_or_else(|| Error::Invalid(format!("the cluster's rows lack the field `{name}`")))?;
+    Ok(arrow::compute::cast(c, ty)?)
+}
+
+fn structs(values: &ArrayRef) -> Result<&StructArray> {
+    values
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| Error::Invalid("the cluster's rows are not structs".into()))
+}
+
 impl CellImageRows {
-    fn new(batch: &RecordBatch) -> Result<Self> {
-        let string = |n: &str| -> Result<StringArray> {
-            Ok(column(batch, n, &DataType::Utf8)?
-                .as_string::<i32>()
-                .clone())
-        };
+    fn new(values: &ArrayRef) -> Result<Self> {
+        let values = structs(values)?;
         let int64 = |n: &str| -> Result<Int64Array> {
-            Ok(column(batch, n, &DataType::Int64)?
+            Ok(field(values, n, &DataType::Int64)?
                 .as_primitive::<Int64Type>()
                 .clone())
         };
         let list = |n: &str, item: DataType| -> Result<arrow::array::ListArray> {
-            Ok(column(batch, n, &list_of(item))?.as_list::<i32>().clone())
+            Ok(field(values, n, &list_of(item))?.as_list::<i32>().clone())
         };
         Ok(Self {
-            cell_id: string("cell_id")?,
-            image_id: string("image_id")?,
-            family: string("family")?,
-            model: string("model")?,
-            label: column(batch, "label", &DataType::Int32)?
+            cell_id: field(values, "cell_id", &DataType::Utf8)?
+                .as_string::<i32>()
+                .clone(),
+            label: field(values, "label", &DataType::Int32)?
                 .as_primitive::<Int32Type>()
                 .clone(),
             top5: list("top5", DataType::Int32)?,
             top5_prob: list("top5_prob", DataType::Float32)?,
-            hash: column(batch, "logits_hash", &DataType::UInt64)?
+            hash: field(values, "logits_hash", &DataType::UInt64)?
                 .as_primitive()
                 .clone(),
             compared: int64("compared")?,
             flips: int64("flips")?,
             nondeterministic: int64("nondeterministic")?,
-            max_abs_logit: column(batch, "max_abs_logit", &DataType::Float64)?
+            max_abs_logit: field(values, "max_abs_logit", &DataType::Float64)?
                 .as_primitive()
                 .clone(),
             latencies: list("latencies", DataType::Int64)?,
@@ -440,13 +402,19 @@ impl CellImageRows {
         })
     }
 
-    fn row(&self, i: usize) -> CellImageRow<'_> {
+    fn row<'a>(
+        &'a self,
+        i: usize,
+        image_id: &'a str,
+        family: &'a str,
+        model: &'a str,
+    ) -> CellImageRow<'a> {
         let count = |a: &Int64Array| u32::try_from(a.value(i)).unwrap_or(u32::MAX);
         CellImageRow {
             cell_id: self.cell_id.value(i),
-            image_id: self.image_id.value(i),
-            family: self.family.value(i),
-            model: self.model.value(i),
+            image_id,
+            family,
+            model,
             label: (!self.label.is_null(i)).then(|| self.label.value(i)),
             top5: self
                 .top5
@@ -492,15 +460,8 @@ struct ComparisonRows {
 impl ComparisonRows {
     /// The fields of `compare_cells`'s elements.
     fn new(values: &ArrayRef) -> Result<Self> {
-        let lacks = |n: &str| Error::Invalid(format!("the cluster's pairs lack the field `{n}`"));
-        let values = values
-            .as_any()
-            .downcast_ref::<StructArray>()
-            .ok_or_else(|| lacks("(struct)"))?;
-        let field = |n: &str, ty: &DataType| -> Result<ArrayRef> {
-            let c = values.column_by_name(n).ok_or_else(|| lacks(n))?;
-            Ok(arrow::compute::cast(c, ty)?)
-        };
+        let values = structs(values)?;
+        let field = |n: &str, ty: &DataType| field(values, n, ty);
         let string =
             |n: &str| -> Result<StringArray> { Ok(field(n, &DataType::Utf8)?.as_string().clone()) };
         let int32 = |n: &str| -> Result<Int32Array> {
