@@ -144,13 +144,13 @@ pub fn rebuild(
     )?;
 
     let mut writer = Writer::new(root, &mut state);
-    let mut cell_index: HashMap<String, usize> = HashMap::new();
-    // Pairs by their cells' positions, so a row's lookup allocates nothing.
+    // Cells and pairs by their cells' positions, so a row's lookup allocates nothing.
     let cell_ids: HashMap<&str, usize> = cells
         .keys()
         .enumerate()
         .map(|(i, id)| (id.as_str(), i))
         .collect();
+    let mut cell_index: Vec<Option<usize>> = vec![None; cell_ids.len()];
     let unknown =
         |c: &str| Error::Invalid(format!("the cluster named a cell {c} that no part holds"));
     let mut pair_index: HashMap<(usize, usize), usize> = HashMap::new();
@@ -186,7 +186,8 @@ pub fn rebuild(
                 let cell = cell_rows.cell_id.value(i);
                 let (family, model) = cells.get(cell).ok_or_else(|| unknown(cell))?;
                 let row = cell_rows.row(i, image, family, model);
-                let k = *cell_index.entry(cell.to_string()).or_insert_with(|| {
+                let at = *cell_ids.get(cell).ok_or_else(|| unknown(cell))?;
+                let k = *cell_index[at].get_or_insert_with(|| {
                     writer.state.cells.push(CellAcc {
                         cell_id: cell.to_string(),
                         family: family.clone(),
