@@ -253,8 +253,8 @@ pub(crate) fn fold(
     let mut stats = FoldStats::default();
     std::thread::scope(|scope| -> Result<()> {
         // Decoding (the merge, sequential) runs on its own thread, one window of images ahead
-        // of the comparisons (parallel, one image per task) and of recording their results in
-        // image order, so the two overlap instead of taking turns.
+        // of the comparisons (parallel, one image per task), which run one window ahead of
+        // recording their results in image order, so the three overlap instead of taking turns.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Window>>>(1);
         let reader = scope.spawn(move || {
             let mut read = FoldStats::default();
@@ -267,19 +267,24 @@ pub(crate) fn fold(
             }
             read.duplicates
         });
+        // A window is compared while the one before it is recorded (recording is sequential:
+        // it advances the accumulators and the rows in image order).
+        let mut compared: Option<Vec<Image>> = None;
         for window in rx {
             let window = window?;
             if window.is_empty() {
                 break;
             }
-            record(
-                compare_window(window, cells),
-                cells,
-                acc,
-                rows,
-                &mut stats,
-                &mut flush,
-            )?;
+            let comparing = scope.spawn(move || compare_window(window, cells));
+            if let Some(done) = compared.take() {
+                record(done, cells, acc, rows, &mut stats, &mut flush)?;
+            }
+            compared = Some(comparing.join().map_err(|_| {
+                crate::error::Error::Invalid("the fold's comparisons panicked".into())
+            })?);
+        }
+        if let Some(done) = compared {
+            record(done, cells, acc, rows, &mut stats, &mut flush)?;
         }
         stats.duplicates = reader
             .join()
