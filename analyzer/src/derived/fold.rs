@@ -276,12 +276,15 @@ pub(crate) fn fold(
                 break;
             }
             let comparing = scope.spawn(move || compare_window(window, cells));
-            if let Some(done) = compared.take() {
-                record(done, cells, acc, rows, &mut stats, &mut flush)?;
-            }
-            compared = Some(comparing.join().map_err(|_| {
+            let recorded = compared.take().map_or(Ok(()), |done| {
+                record(done, cells, acc, rows, &mut stats, &mut flush)
+            });
+            // Joined before a recording error returns, so the error is the one reported.
+            let joined = comparing.join().map_err(|_| {
                 crate::error::Error::Invalid("the fold's comparisons panicked".into())
-            })?);
+            });
+            recorded?;
+            compared = Some(joined?);
         }
         if let Some(done) = compared {
             record(done, cells, acc, rows, &mut stats, &mut flush)?;
