@@ -50,8 +50,16 @@ pub fn rbo(a: &[i32], b: &[i32], p: f64) -> f64 {
         return 1.0;
     }
     let (mut score, mut norm, mut weight) = (0.0, 0.0, 1.0);
+    // |A_d ∩ B_d|, counted as the elements of a[..d] found in b[..d], kept from one depth to the
+    // next (a rebuild calls this tens of millions of times): at depth d, a[d-1] is new, and the
+    // earlier elements of a equal to b[d-1] count now unless b already held that label.
+    let mut overlap = 0usize;
     for d in 1..=k {
-        let overlap = a[..d].iter().filter(|x| b[..d].contains(x)).count();
+        let (x, y) = (a[d - 1], b[d - 1]);
+        overlap += usize::from(b[..d].contains(&x));
+        if !b[..d - 1].contains(&y) {
+            overlap += a[..d - 1].iter().filter(|&&v| v == y).count();
+        }
         // overlap / d first: identical rankings then sum exactly the weights (score = norm).
         score += weight * (overlap as f64 / d as f64);
         norm += weight;
@@ -165,6 +173,33 @@ mod tests {
         // RBO, p = 0.5, [1,2] vs [2,1]: depth 1 overlap 0, depth 2 overlap 2/2.
         // (1*0 + 0.5*1) / (1 + 0.5) = 1/3.
         assert!(close(rbo(&[1, 2], &[2, 1], 0.5), 1.0 / 3.0));
+        // The running overlap equals counting a[..d] in b[..d] at every depth, repeated labels
+        // included; every pair of lists of length up to 4 over 3 labels.
+        let by_definition = |a: &[i32], b: &[i32], p: f64| {
+            let k = a.len().min(b.len());
+            if k == 0 {
+                return 1.0;
+            }
+            let (mut score, mut norm, mut weight) = (0.0, 0.0, 1.0);
+            for d in 1..=k {
+                let overlap = a[..d].iter().filter(|x| b[..d].contains(x)).count();
+                score += weight * (overlap as f64 / d as f64);
+                norm += weight;
+                weight *= p;
+            }
+            score / norm
+        };
+        let mut lists: Vec<Vec<i32>> = vec![Vec::new()];
+        for len in 1..=4u32 {
+            for code in 0..3i32.pow(len) {
+                lists.push((0..len).map(|i| code / 3i32.pow(i) % 3).collect());
+            }
+        }
+        for a in &lists {
+            for b in &lists {
+                assert_eq!(rbo(a, b, 0.9), by_definition(a, b, 0.9), "{a:?} {b:?}");
+            }
+        }
         assert!(close(rbo(&[1, 2, 3], &[1, 2, 3], 0.9), 1.0));
     }
 

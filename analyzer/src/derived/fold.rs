@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use arrow::buffer::ScalarBuffer;
 use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::tables::{CellImage, CellImagesBuilder, Comparison, ComparisonsBuilder};
@@ -162,7 +163,9 @@ pub(crate) struct FoldStats {
 pub(crate) struct Accumulators<'a> {
     pub(crate) pairs: &'a mut Vec<PairAcc>,
     pub(crate) cells: &'a mut Vec<CellAcc>,
-    pair_index: HashMap<(usize, usize), usize>,
+    /// Looked up once per comparison (24M times in the 1M-row rebuild): a fast hash, as
+    /// SipHash showed in its profile.
+    pair_index: FxHashMap<(usize, usize), usize>,
     cell_index: Vec<Option<usize>>,
 }
 
@@ -177,7 +180,7 @@ impl<'a> Accumulators<'a> {
             .enumerate()
             .map(|(i, c)| (c.id.as_str(), i))
             .collect();
-        let mut pair_index = HashMap::new();
+        let mut pair_index = FxHashMap::default();
         for (k, p) in pairs.iter().enumerate() {
             if let (Some(&a), Some(&b)) =
                 (by_id.get(p.cell_a.as_str()), by_id.get(p.cell_b.as_str()))
@@ -562,22 +565,59 @@ fn compare_image(id: String, mut present: Vec<Present>, cells: &[CellName]) -> I
             present[i].entry.soft = present[rep[i]].entry.soft.clone();
         }
     }
+    // Families as small integers: comparing two strings for each of the ~18,000 pairs of 192
+    // cells per image showed in a profile.
+    let mut families: Vec<&str> = Vec::new();
+    let family: Vec<usize> = present
+        .iter()
+        .map(|p| {
+            let name = cells[p.cell].family.as_str();
+            families.iter().position(|f| *f == name).unwrap_or_else(|| {
+                families.push(name);
+                families.len() - 1
+            })
+        })
+        .collect();
     let most = n * n.saturating_sub(1) / 2;
     let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(most);
-    let mut distances: Vec<Option<Option<Distance>>> = vec![None; n * n];
+    // Distances and top-5 measures between representatives, computed once per pair of them:
+    // tables per family over its representatives alone (one n x n table over all cells, zeroed
+    // per image, spent more in page faults and clearing than it saved). Distances are kept for
+    // the pair in rep order and turned around; measures for each orientation, and used only for
+    // cells ranking exactly as their representatives do.
+    let mut ordinal = vec![0; n];
+    let mut reps = vec![0; families.len()];
+    for i in 0..n {
+        if rep[i] == i {
+            ordinal[i] = reps[family[i]];
+            reps[family[i]] += 1;
+        }
+    }
+    let mut offset = Vec::with_capacity(families.len());
+    let mut cells_in_tables = 0;
+    for m in &reps {
+        offset.push(cells_in_tables);
+        cells_in_tables += m * m;
+    }
+    let mut distances: Vec<Option<Option<Distance>>> = vec![None; cells_in_tables];
+    let mut ranked: Vec<Option<Measures>> = vec![None; cells_in_tables];
     let mut comparisons = Vec::with_capacity(most);
     for i in 0..n {
         for j in i + 1..n {
             let (a, b) = (&present[i], &present[j]);
-            if !(a.new || b.new) || cells[a.cell].family != cells[b.cell].family {
+            if !(a.new || b.new) || family[i] != family[j] {
                 continue;
             }
             let (ri, rj) = (rep[i], rep[j]);
+            let table = |x: usize, y: usize| {
+                let f = family[x];
+                offset[f] + ordinal[x] * reps[f] + ordinal[y]
+            };
             let d = if ri == rj {
                 a.entry.soft.as_ref().map(|_| (0.0, 0.0, 0.0, 0.0))
             } else {
                 let (x, y) = (ri.min(rj), ri.max(rj));
-                let d = *distances[x * n + y]
+                let d = *distances[table(x, y)]
                     .get_or_insert_with(|| distance(&present[x].entry, &present[y].entry));
                 if ri < rj {
                     d
@@ -585,8 +625,15 @@ fn compare_image(id: String, mut present: Vec<Present>, cells: &[CellName]) -> I
                     d.map(|(m, s, ab, ba)| (m, s, ba, ab))
                 }
             };
+            let (ta, tb) = (&a.entry.row.top5, &b.entry.row.top5);
+            let (rank_i, rank_j) = (&present[ri].entry.row.top5, &present[rj].entry.row.top5);
+            let m = if ri != rj && ta == rank_i && tb == rank_j {
+                *ranked[table(ri, rj)].get_or_insert_with(|| measures(rank_i, rank_j))
+            } else {
+                measures(ta, tb)
+            };
             pairs.push((i, j));
-            comparisons.push(compare_with(&a.entry, &b.entry, d));
+            comparisons.push(compare_ranked(&a.entry, &b.entry, m, d));
         }
     }
     Image {
@@ -649,8 +696,15 @@ pub(crate) fn compare(a: &Entry, b: &Entry) -> Comparison {
 
 /// Compares two cells' first repetitions of one image, their logit distances given.
 pub(crate) fn compare_with(a: &Entry, b: &Entry, logits: Option<Distance>) -> Comparison {
-    let (ta, tb) = (&a.row.top5, &b.row.top5);
-    let (jaccard, rbo, kendall_tau) = if ta == tb && distinct(ta) {
+    compare_ranked(a, b, measures(&a.row.top5, &b.row.top5), logits)
+}
+
+/// Jaccard, RBO and Kendall's tau of two top-5 rankings.
+type Measures = (f64, f64, Option<f64>);
+
+/// The top-5 measures of rankings `ta` against `tb`.
+fn measures(ta: &[i32], tb: &[i32]) -> Measures {
+    if ta == tb && distinct(ta) {
         // Most pairs rank the same top-5: the three measures' values for identical rankings.
         (1.0, 1.0, (ta.len() >= 2).then_some(1.0))
     } else {
@@ -659,7 +713,17 @@ pub(crate) fn compare_with(a: &Entry, b: &Entry, logits: Option<Distance>) -> Co
             metrics::rbo(ta, tb, RBO_P),
             metrics::kendall_tau(ta, tb),
         )
-    };
+    }
+}
+
+/// Compares two cells' first repetitions of one image, their top-5 measures and logit
+/// distances given.
+fn compare_ranked(
+    a: &Entry,
+    b: &Entry,
+    (jaccard, rbo, kendall_tau): Measures,
+    logits: Option<Distance>,
+) -> Comparison {
     Comparison {
         top1_a: a.top1(),
         top1_b: b.top1(),
@@ -680,8 +744,13 @@ fn distinct(labels: &[i32]) -> bool {
 }
 
 /// max |a - b|, sum |a - b|, KL(a || b) and KL(b || a) over two logit rows and their softmaxes,
-/// in eight independent lanes so the compiler can vectorise (a single running sum would
-/// serialise on float addition).
+/// in sixteen independent lanes so the compiler can vectorise (a single running sum would
+/// serialise on float addition). The rows are cut to one length and walked as arrays of
+/// sixteen, so no index is bounds-checked inside the loop. With eight lanes indexed into six
+/// slices the loop stayed scalar (a profile of `analyze --rebuild` showed `movss` and a compare
+/// per load, 18% of the rebuild); eight lanes as arrays vectorised poorly (shuffles, spills);
+/// sixteen gave 4-6x fewer nanoseconds per pair of 1000-class rows in a micro-benchmark on
+/// this machine's baseline x86-64 (SSE2).
 pub(crate) fn fused(
     la: &[f32],
     lb: &[f32],
@@ -690,17 +759,33 @@ pub(crate) fn fused(
     lpa: &[f32],
     lpb: &[f32],
 ) -> (f32, f32, f32, f32) {
-    const L: usize = 8;
+    const L: usize = 16;
+    let n = la
+        .len()
+        .min(lb.len())
+        .min(pa.len())
+        .min(pb.len())
+        .min(lpa.len())
+        .min(lpb.len());
+    let (la, lb, pa, pb, lpa, lpb) = (&la[..n], &lb[..n], &pa[..n], &pb[..n], &lpa[..n], &lpb[..n]);
+    let (ca, ta) = la.as_chunks::<L>();
+    let (cb, tb) = lb.as_chunks::<L>();
+    let (cpa, tpa) = pa.as_chunks::<L>();
+    let (cpb, tpb) = pb.as_chunks::<L>();
+    let (clpa, tlpa) = lpa.as_chunks::<L>();
+    let (clpb, tlpb) = lpb.as_chunks::<L>();
     let (mut max, mut sum, mut kab, mut kba) = ([0.0f32; L], [0.0f32; L], [0.0f32; L], [0.0f32; L]);
-    let n = la.len() / L * L;
-    for i in (0..n).step_by(L) {
+    for (((((a, b), p), q), x), y) in ca.iter().zip(cb).zip(cpa).zip(cpb).zip(clpa).zip(clpb) {
         for j in 0..L {
-            let d = (la[i + j] - lb[i + j]).abs();
-            max[j] = max[j].max(d);
+            let d = (a[j] - b[j]).abs();
+            // A select rather than f32::max (the same answer: a NaN d is skipped either way)
+            // maps to one vector max; a conditional store (`if d > max[j] { max[j] = d }`)
+            // compiled to a branch per lane.
+            max[j] = if d > max[j] { d } else { max[j] };
             sum[j] += d;
-            let lp = lpa[i + j] - lpb[i + j];
-            kab[j] += pa[i + j] * lp;
-            kba[j] -= pb[i + j] * lp;
+            let lp = x[j] - y[j];
+            kab[j] += p[j] * lp;
+            kba[j] -= q[j] * lp;
         }
     }
     let (mut m, mut s, mut x, mut y) = (
@@ -709,13 +794,14 @@ pub(crate) fn fused(
         kab.iter().sum::<f32>(),
         kba.iter().sum::<f32>(),
     );
-    for i in n..la.len() {
-        let d = (la[i] - lb[i]).abs();
+    let tails = ta.iter().zip(tb).zip(tpa).zip(tpb).zip(tlpa).zip(tlpb);
+    for (((((a, b), p), q), lp_a), lp_b) in tails {
+        let d = (a - b).abs();
         m = m.max(d);
         s += d;
-        let lp = lpa[i] - lpb[i];
-        x += pa[i] * lp;
-        y -= pb[i] * lp;
+        let lp = lp_a - lp_b;
+        x += p * lp;
+        y -= q * lp;
     }
     (m, s, x, y)
 }
@@ -742,6 +828,91 @@ mod tests {
         };
         assert!((f64::from(kab) - kl(&pa, &lpa, &lpb)).abs() < 1e-5);
         assert!((f64::from(kba) - kl(&pb, &lpb, &lpa)).abs() < 1e-5);
+    }
+
+    /// compare_image shares work between cells with bit-identical logits (a softmax, the
+    /// distances and the top-5 measures per pair of representatives, per family): every pair
+    /// must still get exactly what comparing the two cells directly gives, whichever side of the
+    /// pair the representative is on, for a duplicate ranking differently from its
+    /// representative, for non-finite logits (never shared) and across families (never paired).
+    #[test]
+    fn shared_work_gives_each_pair_what_comparing_it_directly_gives() {
+        let logits = |seed: f32| -> Vec<f32> {
+            (0..37)
+                .map(|i| ((i as f32 + seed) * 0.37).sin() * 4.0)
+                .collect()
+        };
+        let (v0, v1, v2) = (logits(0.0), logits(1.5), logits(3.25));
+        let mut nan = logits(7.0);
+        nan[3] = f32::NAN;
+        let row = |l: Option<&Vec<f32>>, hash: u64, top5: &[i32]| Row {
+            rep: 0,
+            label: Some(top5[0]),
+            top5: top5.to_vec(),
+            top5_prob: Vec::new(),
+            logits: l.map(|l| ScalarBuffer::from(l.clone())),
+            logits_unread: false,
+            hash,
+            latency: 0,
+        };
+        // (family, row): cells 0, 2 and 4 share v0's logits; 4 ranks them differently (as a
+        // store could claim); 5 and 6 hold the same NaN logits; 7 has none; 8 is another family
+        // with v0's logits; 1 and 3 repeat each other (the representative after a duplicate).
+        let cells_rows = vec![
+            ("f", row(Some(&v0), 10, &[1, 2, 3, 4, 5])),
+            ("f", row(Some(&v2), 12, &[3, 1, 2, 5, 4])),
+            ("f", row(Some(&v0), 10, &[1, 2, 3, 4, 5])),
+            ("f", row(Some(&v2), 12, &[3, 1, 2, 5, 4])),
+            ("f", row(Some(&v0), 10, &[2, 1, 3, 9, 5])),
+            ("f", row(Some(&nan), 13, &[4, 3, 2, 1, 0])),
+            ("f", row(Some(&nan), 13, &[4, 3, 2, 1, 0])),
+            ("f", row(None, 14, &[7, 1, 2, 3, 4])),
+            ("g", row(Some(&v0), 10, &[1, 2, 3, 4, 5])),
+            ("f", row(Some(&v1), 11, &[1, 3, 2, 4, 6])),
+        ];
+        let cells: Vec<CellName> = cells_rows
+            .iter()
+            .enumerate()
+            .map(|(i, (family, _))| CellName {
+                id: format!("c{i}"),
+                family: family.to_string(),
+                model: String::new(),
+            })
+            .collect();
+        let present: Vec<Present> = cells_rows
+            .iter()
+            .enumerate()
+            .map(|(cell, (_, row))| Present {
+                cell,
+                new: true,
+                entry: Entry::bare(row.clone()),
+                floor: RepFloor::default(),
+                latencies: Vec::new(),
+            })
+            .collect();
+        let image = compare_image("img".into(), present, &cells);
+        let mut want_pairs = Vec::new();
+        for i in 0..cells.len() {
+            for j in i + 1..cells.len() {
+                if cells[i].family == cells[j].family {
+                    want_pairs.push((i, j));
+                }
+            }
+        }
+        assert_eq!(image.pairs, want_pairs);
+        for (&(i, j), got) in image.pairs.iter().zip(&image.comparisons) {
+            let want = compare(
+                &Entry::new(cells_rows[i].1.clone()),
+                &Entry::new(cells_rows[j].1.clone()),
+            );
+            // By their printed form, exact for floats and equal for NaN (the NaN row's mean).
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "pair ({i}, {j})");
+        }
+        // The duplicates were shared (one softmax for 0, 2 and 4), the NaN rows were not.
+        let soft = |k: usize| image.present[k].entry.soft.clone().unwrap();
+        assert!(Arc::ptr_eq(&soft(0), &soft(2)) && Arc::ptr_eq(&soft(0), &soft(4)));
+        assert!(Arc::ptr_eq(&soft(1), &soft(3)));
+        assert!(!Arc::ptr_eq(&soft(5), &soft(6)));
     }
 
     #[test]

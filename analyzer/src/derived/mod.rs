@@ -48,7 +48,7 @@ pub const LOCK_FILE: &str = "_lock";
 pub const TMP_DIR: &str = "_tmp";
 /// The version of what the derived tables hold and how they are computed. Bump it with any
 /// change to the fold or the tables: a state of another version is rebuilt from scratch.
-pub const ANALYSIS_VERSION: u32 = 4;
+pub const ANALYSIS_VERSION: u32 = 5;
 /// Parts one fold opens at once (new and old together), bounding open files.
 pub const MAX_OPEN_PARTS: usize = 192;
 
