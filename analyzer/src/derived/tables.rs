@@ -62,6 +62,17 @@ impl DerivedTable {
         }
     }
 
+    /// The codec. `comparisons` (24 rows per output row) uses LZ4: its encoder thread was a
+    /// third of a rebuild's CPU, zstd a fifth of that (and a compression context allocated per
+    /// page); LZ4 took a 1M-row rebuild's CPU down by 2 s (user and system) for files 23%
+    /// larger, and scans of it are no slower (BENCHMARKS.md). `cell_images` is small: zstd.
+    fn compression(self) -> Compression {
+        match self {
+            DerivedTable::Comparisons => Compression::LZ4_RAW,
+            DerivedTable::CellImages => Compression::ZSTD(ZstdLevel::default()),
+        }
+    }
+
     /// Rows per row group: `cell_images` is read one image at a time by the TUI (smaller groups
     /// read less per lookup, but every group costs codec set-up when a report reads them all).
     fn row_group_rows(self) -> usize {
@@ -336,7 +347,7 @@ impl PartFile {
     pub(crate) fn create(tmp: &Path, table: DerivedTable) -> Result<Self> {
         let file = File::create(tmp).map_err(|e| Error::file(tmp, e))?;
         let mut props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_compression(table.compression())
             .set_max_row_group_row_count(Some(table.row_group_rows()));
         // Continuous values almost never repeat within a row group: a dictionary would hash
         // every one of them and end up larger than the values (all of a group's 65,536 f32s fit
