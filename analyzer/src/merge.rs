@@ -97,7 +97,8 @@ impl Entry {
     pub fn same_logits(&self, other: &Entry) -> bool {
         self.row.hash == other.row.hash
             && match (&self.row.logits, &other.row.logits) {
-                (Some(a), Some(b)) => {
+                // Empty rows are not "identical logits": they have no distances at all.
+                (Some(a), Some(b)) if !a.is_empty() => {
                     (a.ptr_eq(b) || a.inner().as_slice() == b.inner().as_slice())
                         && a.iter().fold(true, |finite, x| finite & x.is_finite())
                 }

@@ -546,11 +546,27 @@ fn gather(
 /// Compares every pair of one family on one image where at least one side is new.
 fn compare_image(id: String, mut present: Vec<Present>, cells: &[CellName]) -> Image {
     let n = present.len();
-    // Cells with bit-identical logits (threads, batch sizes, repetitions often are) share one
-    // softmax and one distance computation: the expensive part of a comparison.
+    // Families as small integers: comparing two strings for each of the ~18,000 pairs of 192
+    // cells per image showed in a profile.
+    let mut families: Vec<&str> = Vec::new();
+    let family: Vec<usize> = present
+        .iter()
+        .map(|p| {
+            let name = cells[p.cell].family.as_str();
+            families.iter().position(|f| *f == name).unwrap_or_else(|| {
+                families.push(name);
+                families.len() - 1
+            })
+        })
+        .collect();
+    // Cells of one family with bit-identical logits (threads, batch sizes, repetitions often
+    // are) share one softmax and one distance computation: the expensive part of a comparison.
+    // A representative is of its cells' family: the tables below are per family.
     let mut rep: Vec<usize> = Vec::with_capacity(n);
     for i in 0..n {
-        let same = (0..i).find(|&j| rep[j] == j && present[j].entry.same_logits(&present[i].entry));
+        let same = (0..i).find(|&j| {
+            rep[j] == j && family[j] == family[i] && present[j].entry.same_logits(&present[i].entry)
+        });
         rep.push(same.unwrap_or(i));
     }
     for i in 0..n {
@@ -565,19 +581,6 @@ fn compare_image(id: String, mut present: Vec<Present>, cells: &[CellName]) -> I
             present[i].entry.soft = present[rep[i]].entry.soft.clone();
         }
     }
-    // Families as small integers: comparing two strings for each of the ~18,000 pairs of 192
-    // cells per image showed in a profile.
-    let mut families: Vec<&str> = Vec::new();
-    let family: Vec<usize> = present
-        .iter()
-        .map(|p| {
-            let name = cells[p.cell].family.as_str();
-            families.iter().position(|f| *f == name).unwrap_or_else(|| {
-                families.push(name);
-                families.len() - 1
-            })
-        })
-        .collect();
     let most = n * n.saturating_sub(1) / 2;
     let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(most);
     // Distances and top-5 measures between representatives, computed once per pair of them:
@@ -869,6 +872,14 @@ mod tests {
             ("f", row(None, 14, &[7, 1, 2, 3, 4])),
             ("g", row(Some(&v0), 10, &[1, 2, 3, 4, 5])),
             ("f", row(Some(&v1), 11, &[1, 3, 2, 4, 6])),
+            // Family g: 8 shares f's v0 logits but is g's own representative (tables are per
+            // family: had it taken f's cell 0 as its representative, its pair with 11, g's
+            // second representative, would have read f's table at the place of f's pair 0-1).
+            ("g", row(Some(&logits(5.5)), 15, &[6, 1, 3, 2, 4])),
+            ("g", row(Some(&logits(6.5)), 16, &[6, 3, 1, 2, 4])),
+            // Two empty logit rows with one hash: no distances, not "identical logits".
+            ("f", row(Some(&Vec::new()), 17, &[8, 1, 2, 3, 4])),
+            ("f", row(Some(&Vec::new()), 17, &[8, 1, 2, 3, 4])),
         ];
         let cells: Vec<CellName> = cells_rows
             .iter()
@@ -908,8 +919,10 @@ mod tests {
             // By their printed form, exact for floats and equal for NaN (the NaN row's mean).
             assert_eq!(format!("{got:?}"), format!("{want:?}"), "pair ({i}, {j})");
         }
-        // The duplicates were shared (one softmax for 0, 2 and 4), the NaN rows were not.
+        // The duplicates were shared (one softmax for 0, 2 and 4), the NaN rows were not, nor
+        // logits across families.
         let soft = |k: usize| image.present[k].entry.soft.clone().unwrap();
+        assert!(!Arc::ptr_eq(&soft(0), &soft(8)));
         assert!(Arc::ptr_eq(&soft(0), &soft(2)) && Arc::ptr_eq(&soft(0), &soft(4)));
         assert!(Arc::ptr_eq(&soft(1), &soft(3)));
         assert!(!Arc::ptr_eq(&soft(5), &soft(6)));
