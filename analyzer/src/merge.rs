@@ -91,9 +91,9 @@ impl Entry {
     }
 
     /// Whether two rows hold bit-identical, finite logits (then every distance is exactly 0).
-    /// Called for every pair of a family's cells whose hashes agree: the bytes are compared as
-    /// bytes (or not at all when both rows share one decoded buffer), and finiteness is folded
-    /// without an early exit so that both loops vectorise.
+    /// The fold calls it for each cell against every earlier representative of its family;
+    /// when the hashes agree, the rows are compared as bytes (or not at all when both share one
+    /// decoded buffer), and finiteness is folded without an early exit so the loop vectorises.
     pub fn same_logits(&self, other: &Entry) -> bool {
         self.row.hash == other.row.hash
             && match (&self.row.logits, &other.row.logits) {

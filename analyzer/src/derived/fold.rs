@@ -602,6 +602,11 @@ fn compare_image(id: String, mut present: Vec<Present>, cells: &[CellName]) -> I
         offset.push(cells_in_tables);
         cells_in_tables += m * m;
     }
+    // The place of the pair of representatives (x, y) of one family in its table.
+    let table = |x: usize, y: usize| {
+        let f = family[x];
+        offset[f] + ordinal[x] * reps[f] + ordinal[y]
+    };
     let mut distances: Vec<Option<Option<Distance>>> = vec![None; cells_in_tables];
     let mut ranked: Vec<Option<Measures>> = vec![None; cells_in_tables];
     let mut comparisons = Vec::with_capacity(most);
@@ -612,10 +617,6 @@ fn compare_image(id: String, mut present: Vec<Present>, cells: &[CellName]) -> I
                 continue;
             }
             let (ri, rj) = (rep[i], rep[j]);
-            let table = |x: usize, y: usize| {
-                let f = family[x];
-                offset[f] + ordinal[x] * reps[f] + ordinal[y]
-            };
             let d = if ri == rj {
                 a.entry.soft.as_ref().map(|_| (0.0, 0.0, 0.0, 0.0))
             } else {
