@@ -48,18 +48,21 @@ pub struct Row {
     pub latency: i64,
 }
 
-/// Log-probabilities and probabilities of one logit row.
+/// The probabilities of one logit row and its log-partition.
 #[derive(Debug, PartialEq)]
 pub struct Softmax {
-    pub log_p: Vec<f32>,
     pub p: Vec<f32>,
+    /// max + ln sum e^(x - max), in f64: log p = x - lse. A KL divergence is taken as
+    /// sum p (x_a - x_b) - (lse_a - lse_b) (see `derived::fold::distance`), not from f32
+    /// log-probabilities, whose rounding (5e-7 near -7) swamped the KL of near-identical rows.
+    pub lse: f64,
 }
 
 impl Softmax {
     /// The softmax of a logit row (one exponential per class).
     pub fn of(logits: &[f32]) -> Self {
-        let (log_p, p) = softmax_pair(logits);
-        Self { log_p, p }
+        let (p, lse) = softmax(logits);
+        Self { p, lse }
     }
 }
 
@@ -139,18 +142,78 @@ pub fn first_and_floor(mut rows: Vec<Row>) -> Option<(Row, RepFloor, Vec<i64>)> 
     Some((first, floor, latencies))
 }
 
-/// Log-probabilities and probabilities of a logit row with one exponential per class.
-pub fn softmax_pair(logits: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut p: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
-    let sum: f64 = p.iter().map(|&e| f64::from(e)).sum();
-    let log_sum = sum.ln() as f32;
+/// The probabilities of a logit row, with one exponential per class, and its log-partition
+/// (max + ln sum e^(x - max), in f64).
+///
+/// A rebuild computes a softmax per distinct logit row (a quarter million rows of 1000 classes
+/// on the 1M-row synthetic store): with libm's `expf` per class and a serial f64 sum it was 8%
+/// of the rebuild's CPU. The row is walked as arrays of sixteen lanes (the maximum as a select,
+/// the exponential as [`exp_nonpositive`], sixteen f32 partial sums added in f64), which the
+/// compiler vectorises on baseline x86-64: 6.3-8.7 -> 3.2 us per 1000-class row in a
+/// micro-benchmark (f64 partial sums spilled registers: 5.4-6.3 us). Sixteen partial sums of
+/// at most 1/16 of the row each keep the sum's relative error near 1e-7.
+pub fn softmax(logits: &[f32]) -> (Vec<f32>, f64) {
+    const L: usize = 16;
+    let (chunks, tail) = logits.as_chunks::<L>();
+    // A NaN is skipped by the select as by f32::max.
+    let mut lanes = [f32::NEG_INFINITY; L];
+    for c in chunks {
+        for j in 0..L {
+            lanes[j] = if c[j] > lanes[j] { c[j] } else { lanes[j] };
+        }
+    }
+    let max = lanes
+        .iter()
+        .chain(tail)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut p = vec![0.0f32; logits.len()];
+    let mut sums = [0.0f32; L];
+    let (out, out_tail) = p.as_chunks_mut::<L>();
+    for (c, o) in chunks.iter().zip(out.iter_mut()) {
+        for j in 0..L {
+            let e = exp_nonpositive(c[j] - max);
+            o[j] = e;
+            sums[j] += e;
+        }
+    }
+    let mut sum: f64 = sums.iter().map(|&s| f64::from(s)).sum();
+    for (v, o) in tail.iter().zip(out_tail.iter_mut()) {
+        *o = exp_nonpositive(v - max);
+        sum += f64::from(*o);
+    }
     let inv = (1.0 / sum) as f32;
     for e in &mut p {
         *e *= inv;
     }
-    let lp = logits.iter().map(|&v| v - max - log_sum).collect();
-    (lp, p)
+    (p, f64::from(max) + sum.ln())
+}
+
+/// e^x for x <= 0 (or NaN, which it returns), within 2 ulp of the exact value; 0 below
+/// -87.33, where e^x leaves the normal floats (libm would give subnormals down to -103.3: a
+/// probability under 1e-38 weighs nothing in a KL divergence). Cephes' `expf`: x = n ln 2 + r
+/// with |r| <= ln 2 / 2, e^r by a degree-6 polynomial, 2^n written into the exponent bits; n is
+/// rounded by adding 1.5 x 2^23 (no rounding instruction before SSE4.1), so the whole function
+/// is arithmetic and selects, which vectorise.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 1.5 x 2^23: adding it rounds to an integer
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let t = x * std::f32::consts::LOG2_E + SHIFT;
+    // t's low mantissa bits are n (for |n| < 2^22); NaN and -inf give garbage, masked below.
+    let n = (t.to_bits() as i32).wrapping_sub(SHIFT.to_bits() as i32);
+    let nf = t - SHIFT;
+    let r = x - nf * LN2_HI - nf * LN2_LO;
+    let mut q = 1.987_569_2e-4f32;
+    q = q * r + 1.398_199_9e-3;
+    q = q * r + 8.333_452e-3;
+    q = q * r + 4.166_579_6e-2;
+    q = q * r + 1.666_666_5e-1;
+    q = q * r + 0.5;
+    let er = q * r * r + r + 1.0;
+    let scale = f32::from_bits((n.wrapping_add(127) as u32).wrapping_shl(23));
+    if x < -87.336_54 { 0.0 } else { er * scale }
 }
 
 /// Which rows of a part need their logits decoded. Logits are nearly all of an `outputs` part's
@@ -604,10 +667,13 @@ impl Merge {
     /// # Errors
     /// Fails when a part cannot be opened or lacks a column analysis needs.
     pub fn open_wanted(parts: Vec<(PathBuf, Wanted)>) -> Result<Self> {
-        let mut cursors = Vec::with_capacity(parts.len());
-        for (slot, (path, wanted)) in parts.into_iter().enumerate() {
-            cursors.push(Cursor::open(slot, path, wanted)?);
-        }
+        // Opening decodes each part's first batch (its logits included): in parallel, or a
+        // fold's start waits on one core while every part is opened in turn.
+        let cursors = parts
+            .into_par_iter()
+            .enumerate()
+            .map(|(slot, (path, wanted))| Cursor::open(slot, path, wanted))
+            .collect::<Result<Vec<_>>>()?;
         let heap = cursors
             .iter()
             .enumerate()
@@ -644,5 +710,66 @@ impl Merge {
             }
         }
         Ok(Some((id, out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_nonpositive_is_within_two_ulp_of_the_exponential() {
+        // Every 1/4096 from -90 to 0, and the edges.
+        let mut checked = 0;
+        for k in 0..=(90 * 4096) {
+            let x = -(k as f32) / 4096.0;
+            let exact = f64::from(x).exp();
+            let got = f64::from(exp_nonpositive(x));
+            if x < -87.336_54 {
+                assert_eq!(got, 0.0, "e^{x}");
+                continue;
+            }
+            let ulp = f64::from(f32::EPSILON) * exact;
+            assert!(
+                (got - exact).abs() <= 2.0 * ulp,
+                "e^{x}: {got} against {exact}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 350_000);
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn softmax_matches_the_definition_in_f64() {
+        // Lengths around the sixteen lanes.
+        for n in [1, 2, 15, 16, 17, 33, 1000] {
+            let logits: Vec<f32> = (0..n).map(|i| (i as f32 * 0.73).sin() * 9.0).collect();
+            let (p, lse) = softmax(&logits);
+            // The differences to the maximum are rounded to f32 as the softmax rounds them:
+            // what is checked is the exponential, the sum and the scaling.
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let x: Vec<f64> = logits.iter().map(|&v| f64::from(v - max)).collect();
+            let sum: f64 = x.iter().map(|x| x.exp()).sum();
+            assert!(
+                (lse - (f64::from(max) + sum.ln())).abs() <= 2e-7,
+                "lse of {n}"
+            );
+            for i in 0..n {
+                let exact = x[i].exp() / sum;
+                assert!(
+                    (f64::from(p[i]) - exact).abs() <= 5e-7 * exact,
+                    "p[{i}] of {n}"
+                );
+            }
+        }
+        let (p, lse) = softmax(&[1.0, f32::NAN, 2.0]);
+        assert!(p[1].is_nan() && lse.is_nan());
+        assert!(
+            p[0].is_nan(),
+            "the NaN's exponential enters the sum, as with libm"
+        );
     }
 }

@@ -115,29 +115,6 @@ pub fn abs_diff(a: &[f32], b: &[f32]) -> Option<(f64, f64)> {
     Some((f64::from(max), sum / a.len() as f64))
 }
 
-/// Log-softmax of a logit row, the form the KL divergence needs.
-pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&v| (f64::from(v - max)).exp()).sum();
-    let log_sum = sum.ln() as f32;
-    logits.iter().map(|&v| v - max - log_sum).collect()
-}
-
-/// KL(P || Q) in nats from two log-softmax rows.
-pub fn kl(log_p: &[f32], log_q: &[f32]) -> Option<f64> {
-    if log_p.len() != log_q.len() || log_p.is_empty() {
-        return None;
-    }
-    let mut total = 0.0f64;
-    for (lp, lq) in log_p.iter().zip(log_q) {
-        let p = f64::from(*lp).exp();
-        if p > 0.0 {
-            total += p * f64::from(lp - lq);
-        }
-    }
-    Some(total.max(0.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,12 +199,6 @@ mod tests {
             Some((2.0, 2.5 / 3.0))
         );
         assert_eq!(abs_diff(&[1.0], &[1.0, 2.0]), None);
-        let p = log_softmax(&[0.0, 0.0]);
-        assert!((p[0] - (0.5f32).ln()).abs() < 1e-7);
-        // KL([.5,.5] || [.9,.1]) = .5 ln(.5/.9) + .5 ln(.5/.1) = 0.510826.
-        let q = [(0.9f32).ln(), (0.1f32).ln()];
-        assert!((kl(&p, &q).unwrap() - 0.510_826).abs() < 1e-5);
-        assert_eq!(kl(&p, &p), Some(0.0));
     }
 
     #[test]

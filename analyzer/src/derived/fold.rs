@@ -684,12 +684,19 @@ pub(crate) fn distance(a: &Entry, b: &Entry) -> Option<Distance> {
     if la.len() != lb.len() || la.is_empty() {
         return None;
     }
-    let (max, sum, kl_ab, kl_ba) = fused(la, lb, &sa.p, &sb.p, &sa.log_p, &sb.log_p);
+    let (max, sum, dot_a, dot_b) = fused(la, lb, &sa.p, &sb.p);
+    // KL(a || b) = sum p_a (log p_a - log p_b) = sum p_a (x_a - x_b) - (lse_a - lse_b), since
+    // the probabilities sum to 1: the per-class part is small where the rows are close, and the
+    // log-partitions' difference is taken in f64. Its error is about 1e-7 of the largest logit
+    // difference; from f32 log-probabilities it was about 1e-7 of the largest log-probability
+    // (1e-6 for KL values near 1e-7, the typical KL of two engines' near-identical rows).
+    let kl_ab = f64::from(dot_a) - (sa.lse - sb.lse);
+    let kl_ba = f64::from(dot_b) - (sb.lse - sa.lse);
     Some((
         f64::from(max),
         f64::from(sum) / la.len() as f64,
-        f64::from(kl_ab.max(0.0)),
-        f64::from(kl_ba.max(0.0)),
+        kl_ab.max(0.0),
+        kl_ba.max(0.0),
     ))
 }
 
@@ -747,65 +754,48 @@ fn distinct(labels: &[i32]) -> bool {
         .all(|(i, x)| !labels[i + 1..].contains(x))
 }
 
-/// max |a - b|, sum |a - b|, KL(a || b) and KL(b || a) over two logit rows and their softmaxes,
-/// in sixteen independent lanes so the compiler can vectorise (a single running sum would
-/// serialise on float addition). The rows are cut to one length and walked as arrays of
-/// sixteen, so no index is bounds-checked inside the loop. With eight lanes indexed into six
+/// max |a - b|, sum |a - b|, sum p_a (a - b) and sum p_b (b - a) over two logit rows and their
+/// probabilities, in sixteen independent lanes so the compiler can vectorise (a single running
+/// sum would serialise on float addition). The rows are cut to one length and walked as arrays
+/// of sixteen, so no index is bounds-checked inside the loop. With eight lanes indexed into the
 /// slices the loop stayed scalar (a profile of `analyze --rebuild` showed `movss` and a compare
 /// per load, 18% of the rebuild); eight lanes as arrays vectorised poorly (shuffles, spills);
 /// sixteen gave 4-6x fewer nanoseconds per pair of 1000-class rows in a micro-benchmark on
 /// this machine's baseline x86-64 (SSE2).
-pub(crate) fn fused(
-    la: &[f32],
-    lb: &[f32],
-    pa: &[f32],
-    pb: &[f32],
-    lpa: &[f32],
-    lpb: &[f32],
-) -> (f32, f32, f32, f32) {
+pub(crate) fn fused(la: &[f32], lb: &[f32], pa: &[f32], pb: &[f32]) -> (f32, f32, f32, f32) {
     const L: usize = 16;
-    let n = la
-        .len()
-        .min(lb.len())
-        .min(pa.len())
-        .min(pb.len())
-        .min(lpa.len())
-        .min(lpb.len());
-    let (la, lb, pa, pb, lpa, lpb) = (&la[..n], &lb[..n], &pa[..n], &pb[..n], &lpa[..n], &lpb[..n]);
+    let n = la.len().min(lb.len()).min(pa.len()).min(pb.len());
+    let (la, lb, pa, pb) = (&la[..n], &lb[..n], &pa[..n], &pb[..n]);
     let (ca, ta) = la.as_chunks::<L>();
     let (cb, tb) = lb.as_chunks::<L>();
     let (cpa, tpa) = pa.as_chunks::<L>();
     let (cpb, tpb) = pb.as_chunks::<L>();
-    let (clpa, tlpa) = lpa.as_chunks::<L>();
-    let (clpb, tlpb) = lpb.as_chunks::<L>();
-    let (mut max, mut sum, mut kab, mut kba) = ([0.0f32; L], [0.0f32; L], [0.0f32; L], [0.0f32; L]);
-    for (((((a, b), p), q), x), y) in ca.iter().zip(cb).zip(cpa).zip(cpb).zip(clpa).zip(clpb) {
+    let (mut max, mut sum, mut dab, mut dba) = ([0.0f32; L], [0.0f32; L], [0.0f32; L], [0.0f32; L]);
+    for (((a, b), p), q) in ca.iter().zip(cb).zip(cpa).zip(cpb) {
         for j in 0..L {
-            let d = (a[j] - b[j]).abs();
-            // A select rather than f32::max (the same answer: a NaN d is skipped either way)
+            let d = a[j] - b[j];
+            let abs = d.abs();
+            // A select rather than f32::max (the same answer: a NaN is skipped either way)
             // maps to one vector max; a conditional store (`if d > max[j] { max[j] = d }`)
             // compiled to a branch per lane.
-            max[j] = if d > max[j] { d } else { max[j] };
-            sum[j] += d;
-            let lp = x[j] - y[j];
-            kab[j] += p[j] * lp;
-            kba[j] -= q[j] * lp;
+            max[j] = if abs > max[j] { abs } else { max[j] };
+            sum[j] += abs;
+            dab[j] += p[j] * d;
+            dba[j] -= q[j] * d;
         }
     }
     let (mut m, mut s, mut x, mut y) = (
         max.iter().copied().fold(0.0, f32::max),
         sum.iter().sum::<f32>(),
-        kab.iter().sum::<f32>(),
-        kba.iter().sum::<f32>(),
+        dab.iter().sum::<f32>(),
+        dba.iter().sum::<f32>(),
     );
-    let tails = ta.iter().zip(tb).zip(tpa).zip(tpb).zip(tlpa).zip(tlpb);
-    for (((((a, b), p), q), lp_a), lp_b) in tails {
-        let d = (a - b).abs();
-        m = m.max(d);
-        s += d;
-        let lp = lp_a - lp_b;
-        x += p * lp;
-        y -= q * lp;
+    for (((a, b), p), q) in ta.iter().zip(tb).zip(tpa).zip(tpb) {
+        let d = a - b;
+        m = m.max(d.abs());
+        s += d.abs();
+        x += p * d;
+        y -= q * d;
     }
     (m, s, x, y)
 }
@@ -818,20 +808,91 @@ mod tests {
     fn fused_matches_the_plain_definitions() {
         let la: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
         let lb: Vec<f32> = (0..37).map(|i| (i as f32 * 0.41).cos() * 2.0).collect();
-        let (lpa, pa) = merge::softmax_pair(&la);
-        let (lpb, pb) = merge::softmax_pair(&lb);
-        let (max, sum, kab, kba) = fused(&la, &lb, &pa, &pb, &lpa, &lpb);
+        let (pa, _) = merge::softmax(&la);
+        let (pb, _) = merge::softmax(&lb);
+        let (max, sum, dab, dba) = fused(&la, &lb, &pa, &pb);
         let (pmax, psum) = metrics::abs_diff(&la, &lb).unwrap();
         assert!((f64::from(max) - pmax).abs() < 1e-5);
         assert!((f64::from(sum) / 37.0 - psum).abs() < 1e-5);
-        let kl = |p: &[f32], lp: &[f32], lq: &[f32]| -> f64 {
+        let dot = |p: &[f32], x: &[f32], y: &[f32]| -> f64 {
             p.iter()
-                .zip(lp.iter().zip(lq))
+                .zip(x.iter().zip(y))
                 .map(|(p, (a, b))| f64::from(*p) * f64::from(a - b))
                 .sum()
         };
-        assert!((f64::from(kab) - kl(&pa, &lpa, &lpb)).abs() < 1e-5);
-        assert!((f64::from(kba) - kl(&pb, &lpb, &lpa)).abs() < 1e-5);
+        assert!((f64::from(dab) - dot(&pa, &la, &lb)).abs() < 1e-5);
+        assert!((f64::from(dba) - dot(&pb, &lb, &la)).abs() < 1e-5);
+    }
+
+    /// The KL divergence of near-identical rows (what two engines usually give) against f64
+    /// throughout. Taken from f32 log-probabilities it was off by 0.4-2.8e-7 on these rows (a KL
+    /// of 2.5e-9 read as 1.3e-7); the log-partition form is within 3.4e-8, the floor the f32
+    /// exponentials leave.
+    #[test]
+    fn kl_of_near_identical_rows_is_accurate() {
+        // Peaked rows (spread 6) and flat ones (spread 0.5: log-probabilities near -6.9, whose
+        // f32 rounding is 2.4e-7), around a large logit (a shift the KL must not see).
+        let row = |seed: u32, noise: f32, spread: f32| -> Vec<f32> {
+            (0..1000)
+                .map(|i| {
+                    let base = ((i * 7919 % 1000) as f32 * 0.013).sin() * spread + 12.0;
+                    base + noise * ((i as f32 + seed as f32) * 1.7).sin()
+                })
+                .collect()
+        };
+        let exact_kl = |a: &[f32], b: &[f32]| -> f64 {
+            let lse = |x: &[f32]| {
+                let m = x
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .fold(f64::NEG_INFINITY, f64::max);
+                m + x
+                    .iter()
+                    .map(|&v| (f64::from(v) - m).exp())
+                    .sum::<f64>()
+                    .ln()
+            };
+            let (la, lb) = (lse(a), lse(b));
+            a.iter()
+                .zip(b)
+                .map(|(&x, &y)| {
+                    let lp = f64::from(x) - la;
+                    lp.exp() * (lp - (f64::from(y) - lb))
+                })
+                .sum()
+        };
+        let entry = |logits: Vec<f32>| {
+            Entry::new(Row {
+                rep: 0,
+                label: None,
+                top5: Vec::new(),
+                top5_prob: Vec::new(),
+                logits: Some(ScalarBuffer::from(logits)),
+                logits_unread: false,
+                hash: 0,
+                latency: 0,
+            })
+        };
+        // By hand: KL([.5, .5] || [.9, .1]) = .5 ln(.5/.9) + .5 ln(.5/.1) = 0.510826; and back.
+        let (half, skew) = (vec![0.0, 0.0], vec![0.9f32.ln(), 0.1f32.ln()]);
+        let (_, _, kl_ab, kl_ba) = distance(&entry(half.clone()), &entry(skew)).unwrap();
+        assert!((kl_ab - 0.510_826).abs() < 1e-6, "{kl_ab}");
+        assert!((kl_ba - (0.9 * (0.9f64 / 0.5).ln() + 0.1 * (0.1f64 / 0.5).ln())).abs() < 1e-6);
+        assert_eq!(distance(&entry(half.clone()), &entry(half)).unwrap().2, 0.0);
+        for (noise, spread) in [1e-4f32, 1e-3, 1e-2, 0.3]
+            .into_iter()
+            .flat_map(|n| [(n, 6.0), (n, 0.5)])
+        {
+            let (a, b) = (row(0, 0.0, spread), row(1, noise, spread));
+            let (want_ab, want_ba) = (exact_kl(&a, &b), exact_kl(&b, &a));
+            let (_, _, kl_ab, kl_ba) = distance(&entry(a), &entry(b)).unwrap();
+            for (got, want) in [(kl_ab, want_ab), (kl_ba, want_ba)] {
+                assert!(
+                    (got - want).abs() <= 5e-8 + 1e-5 * want,
+                    "noise {noise}: KL {got:e} against {want:e}"
+                );
+            }
+        }
     }
 
     /// compare_image shares work between cells with bit-identical logits (a softmax, the

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use deltann_store::{PartEntry, Store, Table};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use fold::{CellAcc, PairAcc};
@@ -48,7 +49,7 @@ pub const LOCK_FILE: &str = "_lock";
 pub const TMP_DIR: &str = "_tmp";
 /// The version of what the derived tables hold and how they are computed. Bump it with any
 /// change to the fold or the tables: a state of another version is rebuilt from scratch.
-pub const ANALYSIS_VERSION: u32 = 5;
+pub const ANALYSIS_VERSION: u32 = 6;
 /// Parts one fold opens at once (new and old together), bounding open files.
 pub const MAX_OPEN_PARTS: usize = 192;
 
@@ -397,14 +398,18 @@ fn pending(store: &Store, done: &HashSet<u64>) -> Result<Vec<(usize, Folded)>> {
             (model, family)
         })
         .collect();
+    // Each part's image range is in its footer: read in parallel (a rebuild reads hundreds).
+    let ranges = entries
+        .par_iter()
+        .map(|(_, e)| crate::merge::image_range(&store.part_path(e)))
+        .collect::<Result<Vec<_>>>()?;
     let mut pending = Vec::with_capacity(entries.len());
-    for (order, e) in entries {
+    for ((order, e), range) in entries.into_iter().zip(ranges) {
         let (model, engine) = partition(&e.path);
         let family = families
             .get(&model)
             .cloned()
             .unwrap_or_else(|| model.clone());
-        let range = crate::merge::image_range(&store.part_path(e))?;
         pending.push((
             order,
             Folded {
