@@ -52,9 +52,10 @@ pub struct Row {
 #[derive(Debug, PartialEq)]
 pub struct Softmax {
     pub p: Vec<f32>,
-    /// max + ln sum e^(x - max), in f64: log p = x - lse. A KL divergence is taken as
-    /// sum p (x_a - x_b) - (lse_a - lse_b) (see `derived::fold::distance`), not from f32
-    /// log-probabilities, whose rounding (5e-7 near -7) swamped the KL of near-identical rows.
+    /// max + ln sum e^(x - max), in f64: log p = x - lse. A KL divergence is taken from the
+    /// logits and the log-partitions' difference (see `derived::fold::distance`), not from f32
+    /// log-probabilities, whose rounding (up to 2.4e-7 near -6.9) swamped the KL of
+    /// near-identical rows.
     pub lse: f64,
 }
 

@@ -684,14 +684,19 @@ pub(crate) fn distance(a: &Entry, b: &Entry) -> Option<Distance> {
     if la.len() != lb.len() || la.is_empty() {
         return None;
     }
-    let (max, sum, dot_a, dot_b) = fused(la, lb, &sa.p, &sb.p);
-    // KL(a || b) = sum p_a (log p_a - log p_b) = sum p_a (x_a - x_b) - (lse_a - lse_b), since
-    // the probabilities sum to 1: the per-class part is small where the rows are close, and the
-    // log-partitions' difference is taken in f64. Its error is about 1e-7 of the largest logit
-    // difference; from f32 log-probabilities it was about 1e-7 of the largest log-probability
-    // (1e-6 for KL values near 1e-7, the typical KL of two engines' near-identical rows).
-    let kl_ab = f64::from(dot_a) - (sa.lse - sb.lse);
-    let kl_ba = f64::from(dot_b) - (sb.lse - sa.lse);
+    // KL(a || b) = sum p_a (log p_a - log p_b) = sum p_a (x_a - x_b - delta), with delta =
+    // lse_a - lse_b, the log-partitions' difference, in f64. The sum runs in f32 over
+    // (x_a - x_b) - c, c = delta rounded to f32, so its terms are small where the rows are close
+    // even when one is the other shifted by a constant (a softmax does not see shifts); the
+    // rounding of c, delta - c, is added back in f64 (the probabilities sum to 1 within 1e-7).
+    // From f32 log-probabilities the error was about 1e-7 of the largest log-probability (up
+    // to 3e-7 for KL values near 1e-9); now 3e-8 where the rows are close, the floor the f32
+    // exponentials leave (`kl_of_near_identical_rows_is_accurate`).
+    let delta = sa.lse - sb.lse;
+    let c = delta as f32;
+    let (max, sum, dot_a, dot_b) = fused(la, lb, &sa.p, &sb.p, c);
+    let kl_ab = f64::from(dot_a) - (delta - f64::from(c));
+    let kl_ba = f64::from(dot_b) + (delta - f64::from(c));
     Some((
         f64::from(max),
         f64::from(sum) / la.len() as f64,
@@ -754,15 +759,21 @@ fn distinct(labels: &[i32]) -> bool {
         .all(|(i, x)| !labels[i + 1..].contains(x))
 }
 
-/// max |a - b|, sum |a - b|, sum p_a (a - b) and sum p_b (b - a) over two logit rows and their
-/// probabilities, in sixteen independent lanes so the compiler can vectorise (a single running
+/// max |a - b|, sum |a - b|, sum p_a (a - b - c) and sum p_b (c - (a - b)) over two logit rows
+/// and their probabilities, in sixteen independent lanes so the compiler can vectorise (a single running
 /// sum would serialise on float addition). The rows are cut to one length and walked as arrays
 /// of sixteen, so no index is bounds-checked inside the loop. With eight lanes indexed into the
 /// slices the loop stayed scalar (a profile of `analyze --rebuild` showed `movss` and a compare
 /// per load, 18% of the rebuild); eight lanes as arrays vectorised poorly (shuffles, spills);
 /// sixteen gave 4-6x fewer nanoseconds per pair of 1000-class rows in a micro-benchmark on
 /// this machine's baseline x86-64 (SSE2).
-pub(crate) fn fused(la: &[f32], lb: &[f32], pa: &[f32], pb: &[f32]) -> (f32, f32, f32, f32) {
+pub(crate) fn fused(
+    la: &[f32],
+    lb: &[f32],
+    pa: &[f32],
+    pb: &[f32],
+    c: f32,
+) -> (f32, f32, f32, f32) {
     const L: usize = 16;
     let n = la.len().min(lb.len()).min(pa.len()).min(pb.len());
     let (la, lb, pa, pb) = (&la[..n], &lb[..n], &pa[..n], &pb[..n]);
@@ -780,8 +791,9 @@ pub(crate) fn fused(la: &[f32], lb: &[f32], pa: &[f32], pb: &[f32]) -> (f32, f32
             // compiled to a branch per lane.
             max[j] = if abs > max[j] { abs } else { max[j] };
             sum[j] += abs;
-            dab[j] += p[j] * d;
-            dba[j] -= q[j] * d;
+            let t = d - c;
+            dab[j] += p[j] * t;
+            dba[j] -= q[j] * t;
         }
     }
     let (mut m, mut s, mut x, mut y) = (
@@ -794,8 +806,9 @@ pub(crate) fn fused(la: &[f32], lb: &[f32], pa: &[f32], pb: &[f32]) -> (f32, f32
         let d = a - b;
         m = m.max(d.abs());
         s += d.abs();
-        x += p * d;
-        y -= q * d;
+        let t = d - c;
+        x += p * t;
+        y -= q * t;
     }
     (m, s, x, y)
 }
@@ -810,7 +823,7 @@ mod tests {
         let lb: Vec<f32> = (0..37).map(|i| (i as f32 * 0.41).cos() * 2.0).collect();
         let (pa, _) = merge::softmax(&la);
         let (pb, _) = merge::softmax(&lb);
-        let (max, sum, dab, dba) = fused(&la, &lb, &pa, &pb);
+        let (max, sum, dab, dba) = fused(&la, &lb, &pa, &pb, 0.0);
         let (pmax, psum) = metrics::abs_diff(&la, &lb).unwrap();
         assert!((f64::from(max) - pmax).abs() < 1e-5);
         assert!((f64::from(sum) / 37.0 - psum).abs() < 1e-5);
@@ -827,7 +840,8 @@ mod tests {
     /// The KL divergence of near-identical rows (what two engines usually give) against f64
     /// throughout. Taken from f32 log-probabilities it was off by 0.4-2.8e-7 on these rows (a KL
     /// of 2.5e-9 read as 1.3e-7); the log-partition form is within 3.4e-8, the floor the f32
-    /// exponentials leave.
+    /// exponentials leave, and within 9e-8 when one row is the other shifted by 20 (without
+    /// the shift taken out of the f32 sum: 2-4e-6).
     #[test]
     fn kl_of_near_identical_rows_is_accurate() {
         // Peaked rows (spread 6) and flat ones (spread 0.5: log-probabilities near -6.9, whose
@@ -879,17 +893,22 @@ mod tests {
         assert!((kl_ab - 0.510_826).abs() < 1e-6, "{kl_ab}");
         assert!((kl_ba - (0.9 * (0.9f64 / 0.5).ln() + 0.1 * (0.1f64 / 0.5).ln())).abs() < 1e-6);
         assert_eq!(distance(&entry(half.clone()), &entry(half)).unwrap().2, 0.0);
-        for (noise, spread) in [1e-4f32, 1e-3, 1e-2, 0.3]
+        // And one row the other shifted by a constant (20 or -7.5), which the softmax removes.
+        let cases = [1e-4f32, 1e-3, 1e-2, 0.3]
             .into_iter()
             .flat_map(|n| [(n, 6.0), (n, 0.5)])
-        {
-            let (a, b) = (row(0, 0.0, spread), row(1, noise, spread));
+            .flat_map(|(n, s)| [(n, s, 0.0f32), (n, s, 20.0), (n, s, -7.5)]);
+        for (noise, spread, shift) in cases {
+            let a = row(0, 0.0, spread);
+            let b: Vec<f32> = row(1, noise, spread).iter().map(|v| v + shift).collect();
             let (want_ab, want_ba) = (exact_kl(&a, &b), exact_kl(&b, &a));
             let (_, _, kl_ab, kl_ba) = distance(&entry(a), &entry(b)).unwrap();
+            // Shifted, x_a - x_b is rounded at the shift's scale (ulp(20) = 1.9e-6) per class.
+            let floor = if shift == 0.0 { 5e-8 } else { 1.5e-7 };
             for (got, want) in [(kl_ab, want_ab), (kl_ba, want_ba)] {
                 assert!(
-                    (got - want).abs() <= 5e-8 + 1e-5 * want,
-                    "noise {noise}: KL {got:e} against {want:e}"
+                    (got - want).abs() <= floor + 1e-5 * want,
+                    "noise {noise}, shift {shift}: KL {got:e} against {want:e}"
                 );
             }
         }
