@@ -402,6 +402,9 @@ fn pending(store: &Store, done: &HashSet<u64>) -> Result<Vec<(usize, Folded)>> {
     let ranges = entries
         .par_iter()
         .map(|(_, e)| crate::merge::image_range(&store.part_path(e)))
+        // The first failure in commit order is reported, whichever thread met one first.
+        .collect::<Vec<_>>()
+        .into_iter()
         .collect::<Result<Vec<_>>>()?;
     let mut pending = Vec::with_capacity(entries.len());
     for ((order, e), range) in entries.into_iter().zip(ranges) {
