@@ -760,10 +760,10 @@ fn distinct(labels: &[i32]) -> bool {
 }
 
 /// max |a - b|, sum |a - b|, sum p_a (a - b - c) and sum p_b (c - (a - b)) over two logit rows
-/// and their probabilities, in sixteen independent lanes so the compiler can vectorise (a single running
-/// sum would serialise on float addition). The rows are cut to one length and walked as arrays
-/// of sixteen, so no index is bounds-checked inside the loop. With eight lanes indexed into the
-/// slices the loop stayed scalar (a profile of `analyze --rebuild` showed `movss` and a compare
+/// and their probabilities, in sixteen independent lanes so the compiler can vectorise (a
+/// single running sum would serialise on float addition). The rows are cut to one length and
+/// walked as arrays of sixteen, so no index is bounds-checked inside the loop. With eight lanes
+/// indexed into the slices the loop stayed scalar (a profile of `analyze --rebuild` showed `movss` and a compare
 /// per load, 18% of the rebuild); eight lanes as arrays vectorised poorly (shuffles, spills);
 /// sixteen gave 4-6x fewer nanoseconds per pair of 1000-class rows in a micro-benchmark on
 /// this machine's baseline x86-64 (SSE2).
@@ -787,7 +787,7 @@ pub(crate) fn fused(
             let d = a[j] - b[j];
             let abs = d.abs();
             // A select rather than f32::max (the same answer: a NaN is skipped either way)
-            // maps to one vector max; a conditional store (`if d > max[j] { max[j] = d }`)
+            // maps to one vector max; a conditional store (`if abs > max[j] { max[j] = abs }`)
             // compiled to a branch per lane.
             max[j] = if abs > max[j] { abs } else { max[j] };
             sum[j] += abs;
