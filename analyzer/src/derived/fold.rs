@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use arrow::buffer::ScalarBuffer;
 use rayon::prelude::*;
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::tables::{CellImage, CellImagesBuilder, Comparison, ComparisonsBuilder};
@@ -77,16 +76,32 @@ pub struct PairAcc {
 impl PairAcc {
     /// Adds one image's comparison.
     pub fn add_comparison(&mut self, image: &str, label: Option<i32>, c: &Comparison) {
-        self.images += 1;
         if c.flip() {
-            self.flips += 1;
-            let full = self.flipped.len() >= FLIPPED_EXAMPLES;
-            if !full || self.flipped.last().is_some_and(|l| image < l.as_str()) {
-                let at = self.flipped.partition_point(|f| f.as_str() < image);
-                self.flipped.insert(at, image.to_string());
-                self.flipped.truncate(FLIPPED_EXAMPLES);
-            }
+            self.offer_flipped(image);
         }
+        self.add_sums(label, c);
+    }
+
+    /// Keeps `image` among the flipped examples if it is one of the smallest ids.
+    fn offer_flipped(&mut self, image: &str) {
+        let full = self.flipped.len() >= FLIPPED_EXAMPLES;
+        if !full || self.flipped.last().is_some_and(|l| image < l.as_str()) {
+            let at = self.flipped.partition_point(|f| f.as_str() < image);
+            self.flipped.insert(at, image.to_string());
+            self.flipped.truncate(FLIPPED_EXAMPLES);
+        }
+    }
+
+    /// Whether no image from `image` on can enter the flipped examples.
+    fn flipped_closed_from(&self, image: &str) -> bool {
+        self.flipped.len() >= FLIPPED_EXAMPLES
+            && self.flipped.last().is_some_and(|l| l.as_str() <= image)
+    }
+
+    /// Adds one image's comparison to every count and sum (the flipped examples aside).
+    fn add_sums(&mut self, label: Option<i32>, c: &Comparison) {
+        self.images += 1;
+        self.flips += u64::from(c.flip());
         self.identical += u64::from(c.identical);
         self.jaccard += c.jaccard;
         self.rbo += c.rbo;
@@ -163,11 +178,20 @@ pub(crate) struct FoldStats {
 pub(crate) struct Accumulators<'a> {
     pub(crate) pairs: &'a mut Vec<PairAcc>,
     pub(crate) cells: &'a mut Vec<CellAcc>,
-    /// Looked up once per comparison (24M times in the 1M-row rebuild): a fast hash, as
-    /// SipHash showed in its profile.
-    pair_index: FxHashMap<(usize, usize), usize>,
+    /// Looked up once per comparison (24M times in the 1M-row rebuild): a dense table over the
+    /// fold's cells, `a * cells + b`, [`NO_PAIR`] where the pair has no number yet.
+    pair_index: Vec<u32>,
+    /// Per pair number: its flipped examples can take no image of this fold from the current
+    /// one on (images come in increasing order), so its flips skip the comparison of ids.
+    flipped_closed: Vec<bool>,
     cell_index: Vec<Option<usize>>,
+    cell_count: usize,
+    /// The image recorded last.
+    last_image: Option<String>,
 }
+
+/// An empty slot of [`Accumulators::pair_index`].
+const NO_PAIR: u32 = u32::MAX;
 
 impl<'a> Accumulators<'a> {
     pub(crate) fn new(
@@ -180,14 +204,18 @@ impl<'a> Accumulators<'a> {
             .enumerate()
             .map(|(i, c)| (c.id.as_str(), i))
             .collect();
-        let mut pair_index = FxHashMap::default();
+        let n = cells.len();
+        let mut pair_index = vec![NO_PAIR; n * n];
         for (k, p) in pairs.iter().enumerate() {
-            if let (Some(&a), Some(&b)) =
-                (by_id.get(p.cell_a.as_str()), by_id.get(p.cell_b.as_str()))
-            {
-                pair_index.insert((a, b), k);
+            if let (Some(&a), Some(&b), Ok(k)) = (
+                by_id.get(p.cell_a.as_str()),
+                by_id.get(p.cell_b.as_str()),
+                u32::try_from(k),
+            ) {
+                pair_index[a * n + b] = k;
             }
         }
+        let flipped_closed = vec![false; pairs.len()];
         let mut cell_index = vec![None; cells.len()];
         for (k, c) in cells_acc.iter().enumerate() {
             if let Some(&i) = by_id.get(c.cell_id.as_str()) {
@@ -198,21 +226,53 @@ impl<'a> Accumulators<'a> {
             pairs,
             cells: cells_acc,
             pair_index,
+            flipped_closed,
             cell_index,
+            cell_count: n,
+            last_image: None,
         }
     }
 
     /// The pair's position in the state's pairs (its number in `comparisons` and `pairs`).
-    fn pair(&mut self, a: usize, b: usize, cells: &[CellName]) -> usize {
-        *self.pair_index.entry((a, b)).or_insert_with(|| {
-            self.pairs.push(PairAcc {
-                family: cells[a].family.clone(),
-                cell_a: cells[a].id.clone(),
-                cell_b: cells[b].id.clone(),
-                ..Default::default()
-            });
-            self.pairs.len() - 1
-        })
+    fn pair(&mut self, a: usize, b: usize, cells: &[CellName]) -> Result<usize> {
+        let slot = &mut self.pair_index[a * self.cell_count + b];
+        if *slot != NO_PAIR {
+            return Ok(*slot as usize);
+        }
+        let k = self.pairs.len();
+        *slot = u32::try_from(k)
+            .ok()
+            .filter(|&k| k != NO_PAIR && i32::try_from(k).is_ok())
+            .ok_or_else(|| {
+                crate::error::Error::Invalid(format!("more than {} pairs of cells", i32::MAX))
+            })?;
+        self.pairs.push(PairAcc {
+            family: cells[a].family.clone(),
+            cell_a: cells[a].id.clone(),
+            cell_b: cells[b].id.clone(),
+            ..Default::default()
+        });
+        self.flipped_closed.push(false);
+        Ok(k)
+    }
+
+    /// Adds an image's comparison to pair `k`, after [`Accumulators::begin_image`].
+    fn add_comparison(&mut self, k: usize, image: &str, label: Option<i32>, c: &Comparison) {
+        let pair = &mut self.pairs[k];
+        if c.flip() && !self.flipped_closed[k] {
+            pair.offer_flipped(image);
+            self.flipped_closed[k] = pair.flipped_closed_from(image);
+        }
+        pair.add_sums(label, c);
+    }
+
+    /// Starts recording an image's comparisons. A fold's images come in increasing order; if
+    /// one does not, which pairs' examples are closed is forgotten.
+    fn begin_image(&mut self, id: &str) {
+        if self.last_image.as_deref().is_some_and(|last| id <= last) {
+            self.flipped_closed.fill(false);
+        }
+        id.clone_into(self.last_image.get_or_insert_with(String::new));
     }
 
     fn cell(&mut self, c: usize, cells: &[CellName]) -> &mut CellAcc {
@@ -342,6 +402,7 @@ fn record(
     for image in done {
         stats.images += 1;
         let id = &image.id;
+        acc.begin_image(id);
         for p in image.present.iter().filter(|p| p.new) {
             let name = &cells[p.cell];
             let row = &p.entry.row;
@@ -363,12 +424,10 @@ fn record(
         for (&(i, j), c) in image.pairs.iter().zip(&image.comparisons) {
             let (a, b) = (&image.present[i], &image.present[j]);
             let label = a.entry.row.label.or(b.entry.row.label);
-            let k = acc.pair(a.cell, b.cell, cells);
-            let number = i32::try_from(k).map_err(|_| {
-                crate::error::Error::Invalid(format!("more than {} pairs of cells", i32::MAX))
-            })?;
-            rows.comparisons.push(number, id, label, c);
-            acc.pairs[k].add_comparison(id, label, c);
+            let k = acc.pair(a.cell, b.cell, cells)?;
+            // `pair` keeps numbers within i32.
+            rows.comparisons.push(k as i32, id, label, c);
+            acc.add_comparison(k, id, label, c);
         }
         stats.comparisons += image.comparisons.len() as u64;
         flush(rows, id)?;
@@ -1062,5 +1121,59 @@ mod tests {
         assert_eq!(forward.flipped, backward.flipped);
         assert_eq!(forward.flipped.len(), FLIPPED_EXAMPLES);
         assert_eq!(forward.flipped[0], "img0000");
+    }
+
+    /// The fold's shortcut (a pair whose examples are full and below the current image skips
+    /// the comparison of ids) gives what adding every comparison gives: over folds in
+    /// increasing order, later folds of smaller and interleaved ids, and an order that goes
+    /// back within one fold.
+    #[test]
+    fn closed_flipped_examples_match_adding_every_comparison() {
+        let flip = |f: bool| Comparison {
+            top1_a: 1,
+            top1_b: if f { 2 } else { 1 },
+            identical: !f,
+            jaccard: 1.0,
+            rbo: 1.0,
+            kendall_tau: None,
+            logits: None,
+        };
+        let cells: Vec<CellName> = ["a", "b", "c"]
+            .iter()
+            .map(|id| CellName {
+                id: (*id).into(),
+                family: "f".into(),
+                model: "m".into(),
+            })
+            .collect();
+        let id = |i: usize| format!("img{i:04}");
+        let folds: Vec<Vec<usize>> = vec![
+            (200..320).collect(),
+            (0..150).step_by(3).collect(),
+            (100..260).rev().step_by(7).collect(),
+            [330, 331, 5, 6, 400, 1].into(),
+        ];
+        let mut pairs = Vec::new();
+        let mut cell_accs = Vec::new();
+        let mut reference = vec![PairAcc::default(); 3];
+        for fold in &folds {
+            let mut acc = Accumulators::new(&mut pairs, &mut cell_accs, &cells);
+            for &i in fold {
+                let image = id(i);
+                acc.begin_image(&image);
+                for (n, (a, b)) in [(0, 1), (0, 2), (1, 2)].into_iter().enumerate() {
+                    let c = flip((i + n) % (n + 2) != 0);
+                    let k = acc.pair(a, b, &cells).unwrap();
+                    acc.add_comparison(k, &image, None, &c);
+                    reference[n].add_comparison(&image, None, &c);
+                }
+            }
+        }
+        assert_eq!(pairs.len(), 3);
+        for (got, want) in pairs.iter().zip(&reference) {
+            assert_eq!(got.flipped, want.flipped);
+            assert_eq!((got.images, got.flips), (want.images, want.flips));
+            assert_eq!(got.flipped.len(), FLIPPED_EXAMPLES);
+        }
     }
 }
