@@ -54,17 +54,6 @@ impl DerivedTable {
         }
     }
 
-    /// Columns whose row groups keep min/max statistics: those a reader prunes on (the TUI
-    /// reads one image's rows). The others skip them: computing them cost `comparisons`' encoder
-    /// 8% of its time (a min and a max for each of 24M values per column), for statistics that
-    /// prune nothing (every row group holds the whole range of a measure).
-    fn statistics_columns(self) -> &'static [&'static str] {
-        match self {
-            DerivedTable::Comparisons => &["pair", "image_id", "label"],
-            DerivedTable::CellImages => &["cell_id", "image_id", "family", "model", "label"],
-        }
-    }
-
     /// Columns of continuous values, written without a dictionary.
     fn continuous_columns(self) -> &'static [&'static str] {
         match self {
@@ -93,6 +82,14 @@ impl DerivedTable {
         }
     }
 }
+
+/// Columns whose row groups keep min/max statistics: only those a reader prunes on. Rows
+/// are sorted by image within a part, so a row group covers a narrow range of image ids and
+/// the TUI reads one image's rows from the groups whose range holds it; every other column
+/// spans its whole range in every group (all pairs, cells, labels and measure values), so
+/// its statistics would prune nothing, and computing them (a min and a max for each of 24M
+/// values per column) cost `comparisons`' encoder 8-15% of its time.
+const STATISTICS_COLUMNS: [&str; 1] = ["image_id"];
 
 /// Columns of `comparisons` in SQL that its files do not hold: the pair's family and cells,
 /// named by `pair` through the derived state's `pairs` (see [`comparisons_sql_schema`]).
@@ -372,7 +369,7 @@ impl PartFile {
             .map_err(|e| Error::parquet(tmp, e))?;
         for leaf in leaves.columns() {
             let root = leaf.path().parts().first().map_or("", String::as_str);
-            if !table.statistics_columns().contains(&root) {
+            if !STATISTICS_COLUMNS.contains(&root) {
                 props = props
                     .set_column_statistics_enabled(leaf.path().clone(), EnabledStatistics::None);
             }
@@ -498,7 +495,7 @@ mod tests {
                     with.push(root);
                 }
             }
-            assert_eq!(with, table.statistics_columns(), "{}", table.name());
+            assert_eq!(with, STATISTICS_COLUMNS, "{}", table.name());
         }
     }
 
