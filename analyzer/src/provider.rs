@@ -2,13 +2,14 @@
 //!
 //! The file list comes from the manifest: a statement sees exactly the parts committed when it
 //! starts, never a file still being written, and a query run next to a live `collect` sees its
-//! progress. Every table of one statement reads one snapshot of the manifest (see [`Pin`]): a
-//! join of `cells_latest` and `outputs` cannot see a cell finished without its last part. Partition values (`model`, `engine` for `outputs`) come from the
-//! part paths; equality and IN filters on them prune files before anything is opened, and every
-//! other filter is left to DataFusion's Parquet pushdown (row-group statistics, page index).
-//! The derived tables (`comparisons`, `cell_images`) are served the same way from the derived
-//! state's list of parts, and `pairs` (the numbered pairs of cells, with their running counts)
-//! from the derived state itself.
+//! progress. Every table of one statement reads one snapshot of the manifest (see [`Pin`]): a join
+//! of `cells_latest` and `outputs` cannot see a cell finished without its last part. Partition
+//! values (`model`, `engine` for `outputs`) come from the part paths; equality and IN filters on
+//! them prune files before anything is opened, and every other filter is left to DataFusion's
+//! Parquet pushdown (row-group statistics, page index; the derived tables keep statistics only for
+//! the columns listed in `DerivedTable::statistics_columns`). The derived tables (`comparisons`,
+//! `cell_images`) are served the same way from the derived state's list of parts, and `pairs` (the
+//! numbered pairs of cells, with their running counts) from the derived state itself.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

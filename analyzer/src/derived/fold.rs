@@ -235,6 +235,7 @@ impl<'a> Accumulators<'a> {
 
     /// The pair's position in the state's pairs (its number in `comparisons` and `pairs`).
     fn pair(&mut self, a: usize, b: usize, cells: &[CellName]) -> Result<usize> {
+        debug_assert!(a < self.cell_count && b < self.cell_count && cells.len() == self.cell_count);
         let slot = &mut self.pair_index[a * self.cell_count + b];
         if *slot != NO_PAIR {
             return Ok(*slot as usize);

@@ -54,6 +54,21 @@ impl DerivedTable {
         }
     }
 
+    /// Columns whose row groups keep min/max statistics: those a reader prunes on. Within a
+    /// part rows are sorted by image, so a row group covers a narrow range of image ids (the
+    /// TUI reads one image's rows from the groups whose range holds it). Across parts, an
+    /// overnight sweep's fold writes the parts of the cells it brings: their `pair` numbers
+    /// (new pairs are numbered last) and cell names skip the other parts' row groups in
+    /// `WHERE pair = k` or `WHERE cell_id = '...'`. The measures and `label` span their whole
+    /// range in every group, so their statistics (a min and a max for each of 24M values per
+    /// column) would prune nothing; skipping them saved `comparisons`' encoder 8-15%.
+    fn statistics_columns(self) -> &'static [&'static str] {
+        match self {
+            DerivedTable::Comparisons => &["pair", "image_id"],
+            DerivedTable::CellImages => &["cell_id", "image_id", "family", "model"],
+        }
+    }
+
     /// Columns of continuous values, written without a dictionary.
     fn continuous_columns(self) -> &'static [&'static str] {
         match self {
@@ -82,14 +97,6 @@ impl DerivedTable {
         }
     }
 }
-
-/// Columns whose row groups keep min/max statistics: only those a reader prunes on. Rows
-/// are sorted by image within a part, so a row group covers a narrow range of image ids and
-/// the TUI reads one image's rows from the groups whose range holds it; every other column
-/// spans its whole range in every group (all pairs, cells, labels and measure values), so
-/// its statistics would prune nothing, and computing them (a min and a max for each of 24M
-/// values per column) cost `comparisons`' encoder 8-15% of its time.
-const STATISTICS_COLUMNS: [&str; 1] = ["image_id"];
 
 /// Columns of `comparisons` in SQL that its files do not hold: the pair's family and cells,
 /// named by `pair` through the derived state's `pairs` (see [`comparisons_sql_schema`]).
@@ -369,7 +376,7 @@ impl PartFile {
             .map_err(|e| Error::parquet(tmp, e))?;
         for leaf in leaves.columns() {
             let root = leaf.path().parts().first().map_or("", String::as_str);
-            if !STATISTICS_COLUMNS.contains(&root) {
+            if !table.statistics_columns().contains(&root) {
                 props = props
                     .set_column_statistics_enabled(leaf.path().clone(), EnabledStatistics::None);
             }
@@ -495,7 +502,7 @@ mod tests {
                     with.push(root);
                 }
             }
-            assert_eq!(with, STATISTICS_COLUMNS, "{}", table.name());
+            assert_eq!(with, table.statistics_columns(), "{}", table.name());
         }
     }
 
