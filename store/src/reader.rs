@@ -151,8 +151,8 @@ const READ_WHOLE_BYTES: u64 = 4 << 20;
 ///
 /// A small part (a `cells` or `models` part, a short cell's `outputs`) is read whole first: the
 /// reader over a `File` duplicates the descriptor, seeks, reads and closes it for every page
-/// (178 times for one `cells` part of 12 rows, 34,000 system calls for the 192 cells of the
-/// 1M-row store's report), where one read serves them all. A large part is read from the file, so
+/// (178 times for one `cells` part of one row, 34,000 times for the 192 cells of the 1M-row
+/// store's report), where one read serves them all. A large part is read from the file, so
 /// that its skipped columns (the logits, when only keys are wanted) are never read.
 fn open_part(
     path: &Path,

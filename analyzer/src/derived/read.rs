@@ -24,13 +24,14 @@ pub struct PerImage {
 }
 
 /// Reads `columns` of a derived part, only the row groups whose image-id range may hold `image`
-/// when one is given.
+/// when one is given, batch by batch: collecting a whole `cell_images` part first (half a
+/// million rows each on the 1M-row store) took a report's peak memory from 167 to 228 MB.
 fn read(
     root: &Path,
     part: &DerivedPart,
     columns: &[&str],
     image: Option<&str>,
-) -> Result<Vec<RecordBatch>> {
+) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
     let path = root.join(&part.path);
     let file = File::open(&path).map_err(|e| Error::file(&path, e))?;
     let builder =
@@ -65,11 +66,8 @@ fn read(
             .collect();
         builder = builder.with_row_groups(groups);
     }
-    builder
-        .build()
-        .map_err(|e| Error::parquet(&path, e))?
-        .map(|b| b.map_err(|e| Error::Invalid(format!("{}: {e}", path.display()))))
-        .collect()
+    let reader = builder.build().map_err(|e| Error::parquet(&path, e))?;
+    Ok(reader.map(move |b| b.map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))))
 }
 
 /// A batch's columns by name, with errors that name the table and column.
@@ -133,6 +131,7 @@ pub fn answers(
     ];
     for part in state.parts_of(T) {
         for batch in read(root, part, &columns, None)? {
+            let batch = batch?;
             let c = Cols(&batch, T);
             let ids = c.string("cell_id")?;
             let images = c.string("image_id")?;
@@ -219,6 +218,7 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
             "logits_hash",
         ];
         for batch in read(root, part, &columns, Some(image))? {
+            let batch = batch?;
             let c = Cols(&batch, C);
             let ids = c.string("image_id")?;
             let cells = c.string("cell_id")?;
@@ -257,6 +257,7 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
             "kl_ba",
         ];
         for batch in read(root, part, &columns, Some(image))? {
+            let batch = batch?;
             let c = Cols(&batch, P);
             let ids = c.string("image_id")?;
             let numbers = c.int("pair")?;
