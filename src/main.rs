@@ -33,7 +33,24 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 fn keep_freed_memory() {
     // SAFETY: mi_option_set only stores an integer option; -1 is documented as "no purging".
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    keep_freed_c_memory();
 }
+
+/// The same for what C libraries allocate through glibc's malloc: the Parquet reader makes a
+/// zstd codec for every column chunk it reads, and its contexts (hundreds of KB each) were
+/// allocated at the top of the heap and given back (`brk`) when freed, so the kernel faulted in
+/// and zeroed fresh pages for the next one: 4,400 `brk` calls and a fifth of a report's time on
+/// the 1M-row store (BENCHMARKS.md, "A report's C allocations"). Trimming only above 1 GiB
+/// keeps that memory in the heap for the next context.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn keep_freed_c_memory() {
+    // SAFETY: mallopt only sets an allocator parameter; M_TRIM_THRESHOLD takes a byte count.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_c_memory() {}
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();

@@ -20,6 +20,7 @@ use crate::disagreement::{self, Disagreement};
 use crate::error::Result;
 use crate::metrics;
 use crate::stats::{self, Estimate};
+use rayon::prelude::*;
 
 /// Settings of an analysis.
 #[derive(Clone, Debug)]
@@ -491,7 +492,9 @@ fn contrasts(
     sorted: &[Vec<f64>],
     options: &Options,
 ) -> Vec<Contrast> {
-    let mut out = Vec::new();
+    // The pairs that differ in one dimension, in group order; their bootstrap intervals (2,000
+    // draws each, hundreds of pairs) are drawn in parallel, each from its own seed.
+    let mut candidates = Vec::new();
     for g in groups {
         for (i, &x) in g.cells.iter().enumerate() {
             for &y in &g.cells[i + 1..] {
@@ -509,33 +512,36 @@ fn contrasts(
                 } else {
                     (x, y)
                 };
-                let seed = (from as u64) << 32 | to as u64;
-                let Some(change) = stats::relative_change(
-                    &sorted[from],
-                    &sorted[to],
-                    0.5,
-                    options.bootstrap_draws,
-                    seed,
-                ) else {
-                    continue;
-                };
-                let noise = options.noise_multiple
-                    * (perf[from].dispersion.powi(2) + perf[to].dispersion.powi(2)).sqrt();
-                let meant = intent.is_some();
-                out.push(Contrast {
-                    dimension: *dim,
-                    from,
-                    to,
-                    from_value: cells[from].value(*dim),
-                    to_value: cells[to].value(*dim),
-                    flagged: meant && change.lo > 0.0 && change.value > noise,
-                    change,
-                    meant_faster: meant,
-                    noise,
-                });
+                candidates.push((*dim, intent.is_some(), from, to));
             }
         }
     }
+    let mut out: Vec<Contrast> = candidates
+        .into_par_iter()
+        .filter_map(|(dim, meant, from, to)| {
+            let seed = (from as u64) << 32 | to as u64;
+            let change = stats::relative_change(
+                &sorted[from],
+                &sorted[to],
+                0.5,
+                options.bootstrap_draws,
+                seed,
+            )?;
+            let noise = options.noise_multiple
+                * (perf[from].dispersion.powi(2) + perf[to].dispersion.powi(2)).sqrt();
+            Some(Contrast {
+                dimension: dim,
+                from,
+                to,
+                from_value: cells[from].value(dim),
+                to_value: cells[to].value(dim),
+                flagged: meant && change.lo > 0.0 && change.value > noise,
+                change,
+                meant_faster: meant,
+                noise,
+            })
+        })
+        .collect();
     out.sort_by(|a, b| {
         b.flagged
             .cmp(&a.flagged)

@@ -770,8 +770,15 @@ impl PartWriter {
 }
 
 pub(crate) fn writer_properties(table: Table, footer: String) -> WriterProperties {
+    // A `cells` or `runs` part holds one row: compressing its pages saves nothing, and a zstd
+    // codec (a compression and a decompression context) is made for each of its columns by every
+    // reader, 8,600 of them for a report over 192 cells.
+    let compression = match table {
+        Table::Cells | Table::Runs => Compression::UNCOMPRESSED,
+        _ => Compression::ZSTD(ZstdLevel::default()),
+    };
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_compression(compression)
         .set_key_value_metadata(Some(vec![KeyValue::new(PART_META_KEY.into(), footer)]));
     if table == Table::Outputs {
         // Logits are little-endian float32 bytes that nothing compresses much (zstd after byte

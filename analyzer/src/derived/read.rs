@@ -9,7 +9,9 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int32Type, Int64Type, UInt64Type};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::statistics::Statistics;
+use rayon::prelude::*;
 
 use super::{DerivedPart, DerivedTable, State};
 use crate::disagreement::Answer;
@@ -23,14 +25,23 @@ pub struct PerImage {
     pub latencies: Vec<Vec<i64>>,
 }
 
-/// Reads `columns` of a derived part, only the row groups whose image-id range may hold `image`
-/// when one is given, batch by batch: collecting a whole `cell_images` part first (half a
-/// million rows each on the 1M-row store) took a report's peak memory from 167 to 228 MB.
+/// Which row groups of a part [`read`] reads.
+#[derive(Clone, Copy, Debug)]
+enum Groups<'a> {
+    /// Those whose image-id range may hold this image (the TUI's one-image lookups).
+    Holding(&'a str),
+    /// These, by index: a share of a part read beside the others.
+    Range(usize, usize),
+}
+
+/// Reads `columns` of a derived part, only the row groups `groups` selects, batch by batch:
+/// collecting a whole `cell_images` part first (half a million rows each on the 1M-row store)
+/// took a report's peak memory from 167 to 228 MB.
 fn read(
     root: &Path,
     part: &DerivedPart,
     columns: &[&str],
-    image: Option<&str>,
+    groups: Groups<'_>,
 ) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
     let path = root.join(&part.path);
     let file = File::open(&path).map_err(|e| Error::file(&path, e))?;
@@ -43,31 +54,44 @@ fn read(
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
     let mut builder = builder.with_projection(mask).with_batch_size(8192);
-    if let Some(image) = image {
-        let id_col = builder
-            .schema()
-            .index_of("image_id")
-            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-        let groups: Vec<usize> = builder
-            .metadata()
-            .row_groups()
-            .iter()
-            .enumerate()
-            .filter(|(_, rg)| match rg.column(id_col).statistics() {
-                Some(Statistics::ByteArray(s)) => match (s.min_opt(), s.max_opt()) {
-                    (Some(lo), Some(hi)) => {
-                        lo.data() <= image.as_bytes() && image.as_bytes() <= hi.data()
-                    }
+    match groups {
+        Groups::Range(from, to) => builder = builder.with_row_groups((from..to).collect()),
+        Groups::Holding(image) => {
+            let id_col = builder
+                .schema()
+                .index_of("image_id")
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            let groups: Vec<usize> = builder
+                .metadata()
+                .row_groups()
+                .iter()
+                .enumerate()
+                .filter(|(_, rg)| match rg.column(id_col).statistics() {
+                    Some(Statistics::ByteArray(s)) => match (s.min_opt(), s.max_opt()) {
+                        (Some(lo), Some(hi)) => {
+                            lo.data() <= image.as_bytes() && image.as_bytes() <= hi.data()
+                        }
+                        _ => true,
+                    },
                     _ => true,
-                },
-                _ => true,
-            })
-            .map(|(i, _)| i)
-            .collect();
-        builder = builder.with_row_groups(groups);
+                })
+                .map(|(i, _)| i)
+                .collect();
+            builder = builder.with_row_groups(groups);
+        }
     }
     let reader = builder.build().map_err(|e| Error::parquet(&path, e))?;
     Ok(reader.map(move |b| b.map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))))
+}
+
+/// A part's number of row groups, from its footer.
+fn row_groups(root: &Path, part: &DerivedPart) -> Result<usize> {
+    let path = root.join(&part.path);
+    let file = File::open(&path).map_err(|e| Error::file(&path, e))?;
+    let metadata = ParquetMetaDataReader::new()
+        .parse_and_finish(&file)
+        .map_err(|e| Error::parquet(&path, e))?;
+    Ok(metadata.num_row_groups())
 }
 
 /// A batch's columns by name, with errors that name the table and column.
@@ -117,9 +141,75 @@ pub fn answers(
     index: &HashMap<String, usize>,
     cells: usize,
 ) -> Result<PerImage> {
-    const T: DerivedTable = DerivedTable::CellImages;
+    answers_in_shares(root, state, index, cells, GROUPS_PER_SHARE)
+}
+
+fn answers_in_shares(
+    root: &Path,
+    state: &State,
+    index: &HashMap<String, usize>,
+    cells: usize,
+    groups_per_share: usize,
+) -> Result<PerImage> {
+    // Shares of row groups are decoded in parallel (decoding is most of a report's time) and
+    // put together in part and row order, so every image's answers and every cell's latencies
+    // come in the order one sequential read gives.
+    let mut shares = Vec::new();
+    for part in state.parts_of(DerivedTable::CellImages) {
+        let n = row_groups(root, part)?;
+        for from in (0..n).step_by(groups_per_share) {
+            shares.push((part, from, from.saturating_add(groups_per_share).min(n)));
+        }
+    }
     let mut by_image: HashMap<String, Vec<Answer>> = HashMap::new();
     let mut latencies = vec![Vec::new(); cells];
+    // A few shares per thread at a time, so that what is held besides the result stays small.
+    for some in shares.chunks(2 * rayon::current_num_threads()) {
+        let read: Vec<Share> = some
+            .par_iter()
+            .map(|&(part, from, to)| answers_of(root, part, Groups::Range(from, to), index, cells))
+            .collect::<Result<_>>()?;
+        for share in read {
+            for (image, answers) in share.runs {
+                match by_image.get_mut(&image) {
+                    Some(v) => v.extend(answers),
+                    None => {
+                        by_image.insert(image, answers);
+                    }
+                }
+            }
+            for (all, some) in latencies.iter_mut().zip(share.latencies) {
+                all.extend(some);
+            }
+        }
+    }
+    let mut images: Vec<(String, Vec<Answer>)> = by_image.into_iter().collect();
+    images.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(PerImage { images, latencies })
+}
+
+/// Row groups of `cell_images` decoded as one task by [`answers`] (16,384 rows each).
+const GROUPS_PER_SHARE: usize = 4;
+
+/// What [`answers`] reads from a share of a part: its rows' answers as runs of one image (rows
+/// are sorted by image within a part), and its latencies per cell.
+struct Share {
+    runs: Vec<(String, Vec<Answer>)>,
+    latencies: Vec<Vec<i64>>,
+}
+
+fn answers_of(
+    root: &Path,
+    part: &DerivedPart,
+    groups: Groups<'_>,
+    index: &HashMap<String, usize>,
+    cells: usize,
+) -> Result<Share> {
+    const T: DerivedTable = DerivedTable::CellImages;
+    let mut share = Share {
+        runs: Vec::new(),
+        latencies: vec![Vec::new(); cells],
+    };
     let columns = [
         "cell_id",
         "image_id",
@@ -129,47 +219,41 @@ pub fn answers(
         "top5_prob",
         "latency_ns",
     ];
-    for part in state.parts_of(T) {
-        for batch in read(root, part, &columns, None)? {
-            let batch = batch?;
-            let c = Cols(&batch, T);
-            let ids = c.string("cell_id")?;
-            let images = c.string("image_id")?;
-            let labels = c.int("label")?;
-            let top1 = c.int("top1")?;
-            let top5 = c.list("top5")?;
-            let probs = c.list("top5_prob")?;
-            let lat = c.list("latency_ns")?;
-            for i in 0..batch.num_rows() {
-                let Some(&cell) = index.get(ids.value(i)) else {
-                    continue;
-                };
-                let t5 = top5.value(i);
-                let t5 = t5.as_primitive::<Int32Type>();
-                let p5 = probs.value(i);
-                let p5 = p5.as_primitive::<Float32Type>();
-                let answer = Answer {
-                    cell,
-                    label: labels.is_valid(i).then(|| labels.value(i)),
-                    top1: top1.value(i),
-                    top2: if t5.len() > 1 { t5.value(1) } else { -1 },
-                    p1: if !p5.is_empty() { p5.value(0) } else { 0.0 },
-                    p2: if p5.len() > 1 { p5.value(1) } else { 0.0 },
-                };
-                match by_image.get_mut(images.value(i)) {
-                    Some(v) => v.push(answer),
-                    None => {
-                        by_image.insert(images.value(i).to_string(), vec![answer]);
-                    }
-                }
-                let l = lat.value(i);
-                latencies[cell].extend_from_slice(l.as_primitive::<Int64Type>().values());
+    for batch in read(root, part, &columns, groups)? {
+        let batch = batch?;
+        let c = Cols(&batch, T);
+        let ids = c.string("cell_id")?;
+        let images = c.string("image_id")?;
+        let labels = c.int("label")?;
+        let top1 = c.int("top1")?;
+        let top5 = c.list("top5")?;
+        let probs = c.list("top5_prob")?;
+        let lat = c.list("latency_ns")?;
+        for i in 0..batch.num_rows() {
+            let Some(&cell) = index.get(ids.value(i)) else {
+                continue;
+            };
+            let t5 = top5.value(i);
+            let t5 = t5.as_primitive::<Int32Type>();
+            let p5 = probs.value(i);
+            let p5 = p5.as_primitive::<Float32Type>();
+            let answer = Answer {
+                cell,
+                label: labels.is_valid(i).then(|| labels.value(i)),
+                top1: top1.value(i),
+                top2: if t5.len() > 1 { t5.value(1) } else { -1 },
+                p1: if !p5.is_empty() { p5.value(0) } else { 0.0 },
+                p2: if p5.len() > 1 { p5.value(1) } else { 0.0 },
+            };
+            match share.runs.last_mut() {
+                Some((image, run)) if image == images.value(i) => run.push(answer),
+                _ => share.runs.push((images.value(i).to_string(), vec![answer])),
             }
+            let l = lat.value(i);
+            share.latencies[cell].extend_from_slice(l.as_primitive::<Int64Type>().values());
         }
     }
-    let mut images: Vec<(String, Vec<Answer>)> = by_image.into_iter().collect();
-    images.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(PerImage { images, latencies })
+    Ok(share)
 }
 
 /// One cell's row of one image, from `cell_images`.
@@ -217,7 +301,7 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
             "top5_prob",
             "logits_hash",
         ];
-        for batch in read(root, part, &columns, Some(image))? {
+        for batch in read(root, part, &columns, Groups::Holding(image))? {
             let batch = batch?;
             let c = Cols(&batch, C);
             let ids = c.string("image_id")?;
@@ -256,7 +340,7 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
             "kl_ab",
             "kl_ba",
         ];
-        for batch in read(root, part, &columns, Some(image))? {
+        for batch in read(root, part, &columns, Groups::Holding(image))? {
             let batch = batch?;
             let c = Cols(&batch, P);
             let ids = c.string("image_id")?;
@@ -286,4 +370,87 @@ pub fn image(root: &Path, state: &State, image: &str) -> Result<(Vec<ImageRow>, 
         }
     }
     Ok((rows, pairs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::derived::tables::{CellImage, CellImagesBuilder};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    /// Read in shares of row groups, in parallel, the answers and latencies come in the order
+    /// of one sequential read, whatever the share size: row groups of 7 rows cut images' runs
+    /// of 3 rows, and the second part repeats images of the first.
+    #[test]
+    fn answers_read_in_shares_keep_the_order_of_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cells = ["c0", "c1", "c2", "elsewhere"];
+        let index: HashMap<String, usize> = cells[..3]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), i))
+            .collect();
+        let mut expected: HashMap<String, Vec<Answer>> = HashMap::new();
+        let mut latencies = vec![Vec::new(); 3];
+        let mut state = State::default();
+        for (p, images) in [(0, 0..40), (1, 30..55)].into_iter() {
+            let mut rows = CellImagesBuilder::default();
+            for i in images {
+                let image_id = format!("img{i:03}");
+                for (c, cell_id) in cells.iter().enumerate() {
+                    let n = (p * 1000 + i * 10 + c) as i32;
+                    let lat = [i64::from(n), i64::from(n) + 1];
+                    let top5 = [n % 7, n % 5, 1, 2, 3];
+                    let prob = [0.5 + n as f32 / 1e5, 0.25, 0.1, 0.1, 0.05];
+                    rows.push(&CellImage {
+                        cell_id,
+                        image_id: &image_id,
+                        family: "f",
+                        model: "m",
+                        label: (i % 3 != 0).then_some(i as i32),
+                        top5: &top5,
+                        top5_prob: &prob,
+                        hash: n as u64,
+                        floor: crate::merge::RepFloor::default(),
+                        latencies: &lat,
+                    });
+                    if c < 3 {
+                        expected.entry(image_id.clone()).or_default().push(Answer {
+                            cell: c,
+                            label: (i % 3 != 0).then_some(i as i32),
+                            top1: top5[0],
+                            top2: top5[1],
+                            p1: prob[0],
+                            p2: prob[1],
+                        });
+                        latencies[c].extend(lat);
+                    }
+                }
+            }
+            let path = format!("part-{p}.parquet");
+            let file = File::create(dir.path().join(&path)).unwrap();
+            let props = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(7))
+                .build();
+            let mut writer =
+                ArrowWriter::try_new(file, DerivedTable::CellImages.schema(), Some(props)).unwrap();
+            writer.write(&rows.finish().unwrap()).unwrap();
+            writer.close().unwrap();
+            state.parts.push(DerivedPart {
+                table: DerivedTable::CellImages,
+                path,
+                rows: 0,
+                bytes: 0,
+                range: None,
+            });
+        }
+        let mut expected: Vec<(String, Vec<Answer>)> = expected.into_iter().collect();
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        for share in [1, 2, 3, usize::MAX] {
+            let got = answers_in_shares(dir.path(), &state, &index, 3, share).unwrap();
+            assert_eq!(got.images, expected, "{share} row groups per share");
+            assert_eq!(got.latencies, latencies, "{share} row groups per share");
+        }
+    }
 }

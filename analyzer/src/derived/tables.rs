@@ -19,7 +19,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
@@ -80,12 +80,11 @@ impl DerivedTable {
     /// The codec. `comparisons` (24 rows per output row) uses LZ4: its encoder thread was a
     /// third of a rebuild's CPU, zstd a fifth of that (and a compression context allocated per
     /// page); LZ4 took a 1M-row rebuild's CPU down by 2 s (user and system) for files 23%
-    /// larger, and scans of it are no slower (BENCHMARKS.md). `cell_images` is small: zstd.
+    /// larger, and scans of it are no slower (BENCHMARKS.md). `cell_images` too: a report
+    /// reads all of it, and the Parquet reader makes a zstd codec (a compression and a
+    /// decompression context) for every column chunk it reads.
     fn compression(self) -> Compression {
-        match self {
-            DerivedTable::Comparisons => Compression::LZ4_RAW,
-            DerivedTable::CellImages => Compression::ZSTD(ZstdLevel::default()),
-        }
+        Compression::LZ4_RAW
     }
 
     /// Rows per row group: `cell_images` is read one image at a time by the TUI (smaller groups
