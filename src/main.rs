@@ -37,16 +37,22 @@ fn keep_freed_memory() {
 }
 
 /// The same for what C libraries allocate through glibc's malloc: the Parquet reader makes a
-/// zstd codec for every column chunk it reads, and its contexts (hundreds of KB each) were
+/// zstd codec for every column chunk it reads, and its decompression context (about 95 KB) was
 /// allocated at the top of the heap and given back (`brk`) when freed, so the kernel faulted in
 /// and zeroed fresh pages for the next one: 4,400 `brk` calls and a fifth of a report's time on
 /// the 1M-row store (BENCHMARKS.md, "A report's C allocations"). Trimming only above 1 GiB
-/// keeps that memory in the heap for the next context.
+/// keeps that memory in the heap for the next context. Setting the trim threshold turns off
+/// glibc's adaptive mmap threshold, which would leave every block of 128 KiB or more to its own
+/// mmap and munmap: blocks up to 32 MiB are kept in the heap too.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn keep_freed_c_memory() {
-    // SAFETY: mallopt only sets an allocator parameter; M_TRIM_THRESHOLD takes a byte count.
-    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) };
+    // SAFETY: mallopt only sets allocator parameters (byte counts here); a refusal (0) leaves
+    // glibc's defaults, which are correct, only slower.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

@@ -55,7 +55,17 @@ fn read(
     let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
     let mut builder = builder.with_projection(mask).with_batch_size(8192);
     match groups {
-        Groups::Range(from, to) => builder = builder.with_row_groups((from..to).collect()),
+        Groups::Range(from, to) => {
+            // The count came from an earlier open: a rebuild may have replaced the part since.
+            let n = builder.metadata().num_row_groups();
+            if to > n {
+                return Err(Error::Invalid(format!(
+                    "{}: changed while being read (row groups {from}..{to} of {n})",
+                    path.display()
+                )));
+            }
+            builder = builder.with_row_groups((from..to).collect());
+        }
         Groups::Holding(image) => {
             let id_col = builder
                 .schema()
@@ -151,6 +161,7 @@ fn answers_in_shares(
     cells: usize,
     groups_per_share: usize,
 ) -> Result<PerImage> {
+    debug_assert!(groups_per_share > 0);
     // Shares of row groups are decoded in parallel (decoding is most of a report's time) and
     // put together in part and row order, so every image's answers and every cell's latencies
     // come in the order one sequential read gives.
@@ -452,5 +463,20 @@ mod tests {
             assert_eq!(got.images, expected, "{share} row groups per share");
             assert_eq!(got.latencies, latencies, "{share} row groups per share");
         }
+        // A share past the part's row groups (the part replaced by a rebuild since its groups
+        // were counted) is an error naming the file, not a panic in the Parquet reader.
+        let err = read(
+            dir.path(),
+            &state.parts[1],
+            &["cell_id"],
+            Groups::Range(4, 40),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("part-1.parquet") && err.contains("changed while being read"),
+            "{err}"
+        );
     }
 }
